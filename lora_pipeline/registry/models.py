@@ -1,0 +1,295 @@
+"""The registry schema: the single source of truth for characters, images and releases.
+
+Paths stored here are relative to the data root (DESIGN §7). Status columns hold short
+strings, listed in the `*_STATUSES` tuples, so that the same schema runs on SQLite and
+PostgreSQL without native enum types.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy import DateTime as _DateTime
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+IMAGE_STATUSES = ("pending", "approved", "rejected", "skipped")
+IMAGE_ORIGINS = ("frame", "generated", "upload", "comfyui")
+SOURCE_KINDS = ("url", "video_upload", "image_upload", "comfyui_output")
+SOURCE_STATES = ("pending", "running", "done", "failed")
+INGEST_MODES = ("single", "project")
+JOB_STATUSES = ("pending", "running", "completed", "failed")
+RELEASE_STATUSES = ("candidate", "approved", "active", "rejected")
+REGENERATION_STATES = ("none", "queued", "requested", "done")
+MODEL_KINDS = ("checkpoint", "lora", "vlm", "tagger", "face_detector", "embedding")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def DateTime() -> _DateTime:  # noqa: N802 - reads like a column type
+    # Naive UTC everywhere: SQLite has no time zones, and mixing aware and naive breaks compares.
+    return _DateTime(timezone=False)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    style_prompt: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+    characters: Mapped[list[Character]] = relationship(back_populates="project")
+
+
+class Character(Base):
+    __tablename__ = "characters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    # The slug is the Dagster partition key of the character.
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    trigger_word: Mapped[str] = mapped_column(String(64))
+    design_prompt: Mapped[str] = mapped_column(Text, default="")
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    # Generation settings, the character's "SSOT settings" of the user guide.
+    seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cfg: Mapped[float] = mapped_column(Float, default=7.0)
+    steps: Mapped[int] = mapped_column(Integer, default=25)
+    sampler: Mapped[str] = mapped_column(String(64), default="euler")
+    scheduler: Mapped[str] = mapped_column(String(64), default="normal")
+    width: Mapped[int] = mapped_column(Integer, default=512)
+    height: Mapped[int] = mapped_column(Integer, default=512)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, onupdate=utcnow)
+
+    project: Mapped[Project] = relationship(back_populates="characters")
+
+
+class Model(Base):
+    """A model file the studio uses: a checkpoint, a LoRA, a VLM, a tagger, a face detector."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    base_model_version: Mapped[str] = mapped_column(String(64), default="sd15")
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class GenerationProfile(Base):
+    """Links a project to its checkpoint, workflow template and LoRA (seed 001)."""
+
+    __tablename__ = "generation_profiles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    lora_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    lora_strength: Mapped[float] = mapped_column(Float, default=0.8)
+    workflow_template: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    is_default: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+
+class Source(Base):
+    """An ingest request and its state: a URL, an upload, or the ComfyUI output folder."""
+
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    # Set in single-character mode; NULL in project mode (frames are sorted by identification).
+    character_id: Mapped[int | None] = mapped_column(ForeignKey("characters.id"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    uri: Mapped[str] = mapped_column(Text)
+    mode: Mapped[str] = mapped_column(String(16), default="single")
+    fps: Mapped[float] = mapped_column(Float, default=1.0)
+    max_frames: Mapped[int] = mapped_column(Integer, default=100)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    video_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    local_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+
+
+class Frame(Base):
+    """A frame taken from a source, before it is sorted into characters.
+
+    Classification is stored here so that a frame is classified once per source, whatever
+    the number of characters it is sorted into.
+    """
+
+    __tablename__ = "frames"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    frame_index: Mapped[int] = mapped_column(Integer)
+    timestamp_s: Mapped[float] = mapped_column(Float)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    # Character slugs recognised in the frame; NULL until classified.
+    identified: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    identifier: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    raw_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    classified_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("source_id", "sha256"),)
+
+
+class Image(Base):
+    """An image of one character, waiting for or carrying a reviewer's decision."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    origin: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    frame_id: Mapped[int | None] = mapped_column(ForeignKey("frames.id"), nullable=True)
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id"), nullable=True)
+    generation_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("generation_jobs.id"), nullable=True
+    )
+    # Source, video id, timestamp, frame index; or the generator and its parameters.
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    generation_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+    character: Mapped[Character] = relationship()
+
+    __table_args__ = (UniqueConstraint("character_id", "sha256"),)
+
+
+class Feedback(Base):
+    """A reviewer's rejection: categories, notes, an optional design prompt edit."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    categories: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    prompt_edit: Mapped[str | None] = mapped_column(Text, nullable=True)
+    negative_terms: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    reviewer: Mapped[str] = mapped_column(String(200), default="")
+    regeneration_state: Mapped[str] = mapped_column(String(16), default="queued")
+    regeneration_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class GenerationJob(Base):
+    __tablename__ = "generation_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    kind: Mapped[str] = mapped_column(String(16), default="image")
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    backend: Mapped[str] = mapped_column(String(32), default="diffusers")
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    feedback_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    comfyui_prompt_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+
+
+class DatasetVersion(Base):
+    """An immutable set of approved images, identified by the hash of its manifest."""
+
+    __tablename__ = "dataset_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    version_hash: Mapped[str] = mapped_column(String(64))
+    image_count: Mapped[int] = mapped_column(Integer)
+    manifest_path: Mapped[str] = mapped_column(Text)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("character_id", "version_hash"),)
+
+
+class LoraRelease(Base):
+    __tablename__ = "lora_releases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    dataset_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dataset_versions.id"), nullable=True
+    )
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    base_checkpoint: Mapped[str] = mapped_column(Text, default="")
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    scope: Mapped[str] = mapped_column(String(16), default="project")
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class Eval(Base):
+    __tablename__ = "evals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lora_release_id: Mapped[int] = mapped_column(ForeignKey("lora_releases.id"))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    grid_path: Mapped[str] = mapped_column(Text)
+    image_paths: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    verdict: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class PromptSuggestion(Base):
+    __tablename__ = "prompt_suggestions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    suggested_prompt: Mapped[str] = mapped_column(Text)
+    rationale: Mapped[str] = mapped_column(Text, default="")
+    advisor: Mapped[str] = mapped_column(String(32), default="builtin")
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
