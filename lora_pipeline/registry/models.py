@@ -12,12 +12,16 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Float,
     ForeignKey,
+    Index,
     Integer,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy import DateTime as _DateTime
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -31,6 +35,18 @@ JOB_STATUSES = ("pending", "running", "completed", "failed")
 RELEASE_STATUSES = ("candidate", "approved", "active", "rejected")
 REGENERATION_STATES = ("none", "queued", "requested", "done")
 MODEL_KINDS = ("checkpoint", "lora", "vlm", "tagger", "face_detector", "embedding")
+RELEASE_SCOPES = ("project", "baseline")
+EVAL_VERDICTS = ("pending", "pass", "fail")
+
+# Explicit constraint names: Alembic can only alter or drop a constraint it can name, and
+# SQLite batch migrations need the names to be the same on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 
 
 def utcnow() -> datetime:
@@ -42,7 +58,12 @@ def DateTime() -> _DateTime:  # noqa: N802 - reads like a column type
     return _DateTime(timezone=False)
 
 
+# Python None is stored as SQL NULL, not as the JSON literal 'null', so `IS NULL` finds it.
+NullableJSON = JSON(none_as_null=True)
+
+
 class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
@@ -63,15 +84,17 @@ class Character(Base):
     __tablename__ = "characters"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     # The slug is the Dagster partition key of the character.
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
-    trigger_word: Mapped[str] = mapped_column(String(64))
+    # Unique: a trigger word shared by two LoRAs would make prompts ambiguous.
+    trigger_word: Mapped[str] = mapped_column(String(64), unique=True)
     design_prompt: Mapped[str] = mapped_column(Text, default="")
     negative_prompt: Mapped[str] = mapped_column(Text, default="")
     # Generation settings, the character's "SSOT settings" of the user guide.
-    seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # 64-bit: ComfyUI and diffusers seeds go past the 32-bit INTEGER of PostgreSQL.
+    seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     cfg: Mapped[float] = mapped_column(Float, default=7.0)
     steps: Mapped[int] = mapped_column(Integer, default=25)
     sampler: Mapped[str] = mapped_column(String(64), default="euler")
@@ -109,7 +132,7 @@ class GenerationProfile(Base):
     checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
     lora_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
     lora_strength: Mapped[float] = mapped_column(Float, default=0.8)
-    workflow_template: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    workflow_template: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
     is_default: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
@@ -122,7 +145,7 @@ class Source(Base):
     __tablename__ = "sources"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     # Set in single-character mode; NULL in project mode (frames are sorted by identification).
     character_id: Mapped[int | None] = mapped_column(ForeignKey("characters.id"), nullable=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -130,11 +153,11 @@ class Source(Base):
     mode: Mapped[str] = mapped_column(String(16), default="single")
     fps: Mapped[float] = mapped_column(Float, default=1.0)
     max_frames: Mapped[int] = mapped_column(Integer, default=100)
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     video_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     local_path: Mapped[str | None] = mapped_column(Text, nullable=True)
-    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
@@ -157,7 +180,7 @@ class Frame(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     # Character slugs recognised in the frame; NULL until classified.
-    identified: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    identified: Mapped[list[Any] | None] = mapped_column(NullableJSON, nullable=True)
     identifier: Mapped[str | None] = mapped_column(String(64), nullable=True)
     raw_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
     classified_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
@@ -187,14 +210,19 @@ class Image(Base):
     )
     # Source, video id, timestamp, frame index; or the generator and its parameters.
     provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    generation_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    generation_params: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
     reviewed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
     character: Mapped[Character] = relationship()
 
-    __table_args__ = (UniqueConstraint("character_id", "sha256"),)
+    __table_args__ = (
+        UniqueConstraint("character_id", "sha256"),
+        # The review queue and the per-character counts filter on these.
+        Index(None, "status"),
+        Index(None, "character_id", "status"),
+    )
 
 
 class Feedback(Base):
@@ -204,7 +232,7 @@ class Feedback(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
-    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"), index=True)
     categories: Mapped[list[Any]] = mapped_column(JSON, default=list)
     notes: Mapped[str] = mapped_column(Text, default="")
     prompt_edit: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -219,13 +247,13 @@ class GenerationJob(Base):
     __tablename__ = "generation_jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16), default="image")
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     backend: Mapped[str] = mapped_column(String(32), default="diffusers")
     prompt: Mapped[str] = mapped_column(Text)
     negative_prompt: Mapped[str] = mapped_column(Text, default="")
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     feedback_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
     comfyui_prompt_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -256,7 +284,7 @@ class LoraRelease(Base):
     __tablename__ = "lora_releases"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"), index=True)
     dataset_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("dataset_versions.id"), nullable=True
     )
@@ -269,12 +297,24 @@ class LoraRelease(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
+    __table_args__ = (
+        # At most one active release per character, enforced by the database itself so that
+        # two concurrent activations cannot both win.
+        Index(
+            "uq_lora_releases_one_active",
+            "character_id",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+    )
+
 
 class Eval(Base):
     __tablename__ = "evals"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    lora_release_id: Mapped[int] = mapped_column(ForeignKey("lora_releases.id"))
+    lora_release_id: Mapped[int] = mapped_column(ForeignKey("lora_releases.id"), index=True)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     grid_path: Mapped[str] = mapped_column(Text)
     image_paths: Mapped[list[Any]] = mapped_column(JSON, default=list)

@@ -1,0 +1,229 @@
+"""Engines, sessions and migrations of the registry, on SQLite and PostgreSQL.
+
+SQLite notes (why the hooks below exist):
+- pysqlite's legacy transaction handling emits no BEGIN before SELECT, DDL or SAVEPOINT, which
+  breaks savepoints and transactional migrations; SQLAlchemy's documented remedy is to turn it
+  off and emit BEGIN ourselves.
+- Write sessions start with BEGIN IMMEDIATE: with WAL, a deferred transaction that read first and
+  writes later fails at once with "database is locked" when another writer committed meanwhile,
+  whereas an immediate one waits (busy_timeout) for its turn. Read-only sessions use a plain
+  BEGIN so that they never wait for writers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from lora_pipeline.registry.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from lora_pipeline.config import Settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option that marks a read-only transaction (see the module docstring).
+READONLY_OPTION = "lora_pipeline_readonly"
+# Key of the PostgreSQL advisory lock held while migrating: two processes starting at once
+# (the code server and the review app) must not both create the tables.
+MIGRATION_LOCK_KEY = 0x6C6F7261  # "lora"
+# Alembic keeps its running context in module globals (alembic.context, alembic.op), so two
+# threads of one process must not migrate at the same time.
+_MIGRATE_THREAD_LOCK = threading.Lock()
+
+
+def normalize_url(url: str) -> URL:
+    """Parse a database URL; plain postgresql:// URLs get the installed psycopg2 driver.
+
+    SQLAlchemy 2.1 maps `postgresql://` to psycopg 3, which is not a dependency here.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise InvalidInputError(f"invalid database URL {url!r}: {error}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise InvalidInputError(
+            f"unsupported database {parsed.get_backend_name()!r} in URL: use sqlite:/// or "
+            "postgresql://"
+        )
+    return parsed
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL, or None for an in-memory database."""
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("mode") == "memory":
+        return None
+    if database.startswith("file:"):
+        database = database.removeprefix("file:").split("?", 1)[0]
+    return Path(database).expanduser()
+
+
+def make_engine(url: str, *, sqlite_foreign_keys: bool = True) -> Engine:
+    """An engine for `url` with the registry's connection settings.
+
+    `sqlite_foreign_keys=False` is for migrations only: SQLite rebuilds tables to alter them,
+    which foreign key enforcement would break; the migration checks the keys afterwards.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        db_file = _sqlite_file(parsed)
+        if db_file is not None:
+            db_file.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed)
+        _install_sqlite_hooks(engine, foreign_keys=sqlite_foreign_keys)
+    else:
+        # pre_ping: long-lived processes (sensors, the review app) survive a server restart.
+        engine = create_engine(parsed, pool_pre_ping=True)
+        _install_postgresql_hooks(engine)
+    return engine
+
+
+def _install_sqlite_hooks(engine: Engine, *, foreign_keys: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first, so that switching to WAL also waits for other writers.
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        readonly = connection.get_execution_options().get(READONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _install_postgresql_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        if connection.get_execution_options().get(READONLY_OPTION, False):
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
+# --- migrations -------------------------------------------------------------------------------
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic configuration built in code: no alembic.ini is needed at run time."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    # ConfigParser interpolates '%', which a URL-encoded password may contain.
+    rendered = normalize_url(url).render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision shipped with the package."""
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    head = script.get_current_head()
+    if head is None:  # pragma: no cover - the package always ships its migrations
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+def migrate(url: str) -> str:
+    """Upgrade the database at `url` to the newest schema; returns the head revision.
+
+    Safe to call at every start: an up-to-date database is left as it is, and concurrent
+    callers are serialised (advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite).
+    """
+    config = alembic_config(url)
+    engine = make_engine(url, sqlite_foreign_keys=False)
+    try:
+        with _MIGRATE_THREAD_LOCK, engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+    return head_revision()
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database at `url` is at; None when it was never migrated."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        db_file = _sqlite_file(parsed)
+        if db_file is not None and not db_file.exists():
+            return None  # do not create an empty file just to look at it
+    engine = make_engine(url)
+    try:
+        with engine.connect().execution_options(**{READONLY_OPTION: True}) as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+
+class Registry:
+    """The registry database: an engine and transactional sessions on it."""
+
+    def __init__(self, url: str) -> None:
+        self.url: str = normalize_url(url).render_as_string(hide_password=False)
+        self.engine: Engine = make_engine(self.url)
+        self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        readonly_engine = self.engine.execution_options(**{READONLY_OPTION: True})
+        self._readonly_sessions = sessionmaker(bind=readonly_engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        return cls(settings.database_url)
+
+    def __repr__(self) -> str:
+        return f"Registry({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def session(self, readonly: bool = False) -> Iterator[Session]:
+        """A session whose work is committed when the block succeeds, rolled back otherwise.
+
+        `readonly=True` is for queries only (sensors, pages): it never waits for writers on
+        SQLite, PostgreSQL refuses writes in it, and nothing is committed.
+        """
+        factory = self._readonly_sessions if readonly else self._sessions
+        with factory() as session:
+            try:
+                yield session
+                if readonly:
+                    session.rollback()
+                else:
+                    session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def migrate(self) -> str:
+        """Upgrade this registry's database to the newest schema (see `migrate`)."""
+        return migrate(self.url)
+
+    def current_revision(self) -> str | None:
+        return current_revision(self.url)
+
+    def is_current(self) -> bool:
+        """Whether the database is at the newest schema shipped with the package."""
+        return self.current_revision() == head_revision()
+
+    def dispose(self) -> None:
+        """Close the pooled connections (end of a test, or of a worker process)."""
+        self.engine.dispose()

@@ -1,0 +1,175 @@
+"""Read-only questions the sensors, assets, CLI and review app ask the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from lora_pipeline.registry.commands import get_character, get_project
+from lora_pipeline.registry.errors import InvalidInputError
+from lora_pipeline.registry.models import (
+    IMAGE_STATUSES,
+    JOB_STATUSES,
+    SOURCE_STATES,
+    Character,
+    DatasetVersion,
+    Feedback,
+    Frame,
+    GenerationJob,
+    Image,
+    LoraRelease,
+    Project,
+    Source,
+)
+
+
+def _limit(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidInputError(f"limit must be a positive whole number, got {limit!r}")
+    return limit
+
+
+def list_projects(session: Session) -> list[Project]:
+    return list(session.scalars(select(Project).order_by(Project.slug)))
+
+
+def list_characters(session: Session, project_slug: str | None = None) -> list[Character]:
+    query = select(Character).order_by(Character.slug)
+    if project_slug is not None:
+        query = query.where(Character.project_id == get_project(session, project_slug).id)
+    return list(session.scalars(query))
+
+
+def character_slugs(session: Session) -> list[str]:
+    return list(session.scalars(select(Character.slug).order_by(Character.slug)))
+
+
+def image_counts(session: Session, character_id: int) -> dict[str, int]:
+    """Number of images of the character per status; every status is present."""
+    counts = dict.fromkeys(IMAGE_STATUSES, 0)
+    rows = session.execute(
+        select(Image.status, func.count(Image.id))
+        .where(Image.character_id == character_id)
+        .group_by(Image.status)
+    ).tuples()
+    for status, count in rows:
+        counts[status] = count
+    return counts
+
+
+def approved_images(session: Session, character_id: int) -> list[Image]:
+    query = (
+        select(Image)
+        .where(Image.character_id == character_id, Image.status == "approved")
+        .order_by(Image.id)
+    )
+    return list(session.scalars(query))
+
+
+def pending_images(
+    session: Session,
+    project_slug: str | None = None,
+    character_slug: str | None = None,
+    limit: int | None = None,
+) -> list[Image]:
+    """The review queue, oldest first, optionally for one project or one character."""
+    query = select(Image).where(Image.status == "pending").order_by(Image.id)
+    if character_slug is not None:
+        character = get_character(session, character_slug)
+        if project_slug is not None and character.project.slug != project_slug:
+            get_project(session, project_slug)  # an unknown project is reported as such
+            raise InvalidInputError(
+                f"character {character_slug!r} is not in project {project_slug!r}"
+            )
+        query = query.where(Image.character_id == character.id)
+    elif project_slug is not None:
+        project = get_project(session, project_slug)
+        query = query.join(Character, Character.id == Image.character_id).where(
+            Character.project_id == project.id
+        )
+    return list(session.scalars(query.limit(_limit(limit))))
+
+
+def feedback_after(session: Session, last_id: int, limit: int | None = None) -> list[Feedback]:
+    """Rejections newer than a sensor's cursor, oldest first."""
+    query = select(Feedback).where(Feedback.id > last_id).order_by(Feedback.id)
+    return list(session.scalars(query.limit(_limit(limit))))
+
+
+def sources_after(
+    session: Session, last_id: int, states: Sequence[str] = ("pending",)
+) -> list[Source]:
+    """Sources newer than a sensor's cursor in one of `states`, oldest first."""
+    if isinstance(states, str):
+        states = (states,)
+    unknown = [s for s in states if s not in SOURCE_STATES]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown source state {', '.join(map(repr, unknown))}: valid are "
+            f"{', '.join(SOURCE_STATES)}"
+        )
+    query = select(Source).where(Source.id > last_id, Source.state.in_(states)).order_by(Source.id)
+    return list(session.scalars(query))
+
+
+def frames_of_source(session: Session, source_id: int) -> list[Frame]:
+    query = select(Frame).where(Frame.source_id == source_id).order_by(Frame.frame_index, Frame.id)
+    return list(session.scalars(query))
+
+
+def latest_dataset_version(session: Session, character_id: int) -> DatasetVersion | None:
+    query = (
+        select(DatasetVersion)
+        .where(DatasetVersion.character_id == character_id)
+        .order_by(DatasetVersion.id.desc())
+        .limit(1)
+    )
+    return session.scalar(query)
+
+
+def latest_release(session: Session, character_id: int) -> LoraRelease | None:
+    query = (
+        select(LoraRelease)
+        .where(LoraRelease.character_id == character_id)
+        .order_by(LoraRelease.id.desc())
+        .limit(1)
+    )
+    return session.scalar(query)
+
+
+def active_release(session: Session, character_id: int) -> LoraRelease | None:
+    query = select(LoraRelease).where(
+        LoraRelease.character_id == character_id, LoraRelease.status == "active"
+    )
+    return session.scalar(query)
+
+
+def trained_dataset_hashes(session: Session, character_id: int) -> set[str]:
+    """Hashes of the character's dataset versions that a LoRA release was trained on."""
+    query = (
+        select(DatasetVersion.version_hash)
+        .join(LoraRelease, LoraRelease.dataset_version_id == DatasetVersion.id)
+        .where(DatasetVersion.character_id == character_id)
+    )
+    return set(session.scalars(query))
+
+
+def generation_jobs(
+    session: Session,
+    character_id: int | None = None,
+    status: str | None = None,
+    limit: int | None = 50,
+) -> list[GenerationJob]:
+    """Generation jobs, newest first."""
+    query = select(GenerationJob).order_by(GenerationJob.id.desc())
+    if character_id is not None:
+        query = query.where(GenerationJob.character_id == character_id)
+    if status is not None:
+        if status not in JOB_STATUSES:
+            raise InvalidInputError(
+                f"unknown job status {status!r}: valid are {', '.join(JOB_STATUSES)}"
+            )
+        query = query.where(GenerationJob.status == status)
+    return list(session.scalars(query.limit(_limit(limit))))
