@@ -1,0 +1,277 @@
+"""Generate images in this process with diffusers (no ComfyUI needed).
+
+`DiffusersGenerator` loads a Stable Diffusion pipeline once, on first use, and renders one image
+per `GenerationRequest`, optionally with a kohya-format LoRA at a given strength. The same request
+gives the same pixels, which is what makes eval grids comparable across LoRA strengths.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import re
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from lora_pipeline.config import torch_device
+from lora_pipeline.generation.samplers import scheduler_for
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+}
+# How many LoRAs stay loaded (disabled) between calls, so an eval grid loads its LoRA once.
+MAX_CACHED_LORAS = 4
+
+
+class GenerationError(Exception):
+    """A model, LoRA or request that cannot be used to generate an image."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 7.0
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    width: int = 512
+    height: int = 512
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise GenerationError(f"steps must be at least 1, not {self.steps}")
+        if self.cfg < 0:
+            raise GenerationError(f"cfg must not be negative, not {self.cfg}")
+        for name, size in (("width", self.width), ("height", self.height)):
+            if size <= 0 or size % 8:
+                raise GenerationError(f"{name} must be a positive multiple of 8, not {size}")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: Path
+    strength: float = 1.0
+
+
+class SourceKind(Enum):
+    FOLDER = "diffusers folder"
+    SINGLE_FILE = "single-file checkpoint"
+    HUB = "hub id"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: SourceKind
+    location: str
+
+
+def resolve_model_source(model: str | Path) -> ModelSource:
+    """Say whether `model` is a diffusers folder, a single-file checkpoint or a hub id."""
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise GenerationError(
+                f"{path} is a folder but not a diffusers pipeline (no model_index.json)"
+            )
+        return ModelSource(SourceKind.FOLDER, str(path))
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise GenerationError(
+                f"{path} is not a checkpoint: expected one of {', '.join(SINGLE_FILE_SUFFIXES)}"
+            )
+        return ModelSource(SourceKind.SINGLE_FILE, str(path))
+    looks_like_path = (
+        path.is_absolute()
+        or text.startswith((".", "~"))
+        or path.suffix.lower() in SINGLE_FILE_SUFFIXES
+    )
+    if not looks_like_path and _HUB_ID.match(text):
+        return ModelSource(SourceKind.HUB, text)
+    raise GenerationError(f"model not found: {text} (no such file or folder)")
+
+
+def _is_sdxl_single_file(path: str) -> bool:
+    if not path.lower().endswith(".safetensors"):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as reader:
+        return any(key.startswith("conditioner.embedders.1.") for key in reader.keys())  # noqa: SIM118
+
+
+def torch_dtype(preference: str, device: str) -> torch.dtype:
+    """fp16 on CUDA and fp32 elsewhere for "auto"; otherwise the named dtype."""
+    if preference == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if preference not in _DTYPES:
+        raise GenerationError(f"unknown dtype {preference!r}; use auto or one of {sorted(_DTYPES)}")
+    return _DTYPES[preference]
+
+
+def load_pipeline(
+    model: str | Path, dtype: torch.dtype = torch.float32, config: str | Path | None = None
+) -> Any:
+    """Load a text-to-image pipeline (SD1.x or SDXL) with the safety checker off, on the CPU.
+
+    `config` is a diffusers folder whose component configs describe a single-file checkpoint, so
+    that it loads without fetching configs from the hub.
+    """
+    import diffusers
+
+    source = resolve_model_source(model)
+    no_safety_checker: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        if source.kind is SourceKind.SINGLE_FILE:
+            sdxl = _is_sdxl_single_file(source.location)
+            pipeline_class = (
+                diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
+            )
+            options: dict[str, Any] = {} if sdxl else no_safety_checker
+            if config is not None:
+                options.update(config=str(config), local_files_only=True)
+            return pipeline_class.from_single_file(source.location, dtype=dtype, **options)
+        return diffusers.AutoPipelineForText2Image.from_pretrained(
+            source.location,
+            dtype=dtype,
+            local_files_only=source.kind is SourceKind.FOLDER,
+            **no_safety_checker,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise GenerationError(f"could not load the {source.kind.value} {model}: {error}") from error
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class DiffusersGenerator:
+    """One diffusers pipeline, loaded on first use, shared by threads one call at a time."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        config: str | Path | None = None,
+    ) -> None:
+        self.model = str(model)
+        self.device = torch_device(device)
+        self.dtype = torch_dtype(dtype, self.device)
+        self.config = config
+        resolve_model_source(self.model)  # a missing model fails here, not at the first image
+        self._lock = threading.RLock()
+        self._pipe: Any = None
+        self._base_scheduler_config: dict[str, Any] = {}
+        # adapter name → LoRA file, oldest first
+        self._adapters: OrderedDict[str, Path] = OrderedDict()
+        self._hashes: dict[tuple[str, int, int], str] = {}
+
+    def _pipeline(self) -> Any:
+        with self._lock:
+            if self._pipe is None:
+                pipe = load_pipeline(self.model, self.dtype, self.config)
+                pipe.set_progress_bar_config(disable=True)
+                self._base_scheduler_config = dict(pipe.scheduler.config)
+                self._pipe = pipe.to(self.device)
+            return self._pipe
+
+    def _adapter_name(self, path: Path) -> str:
+        # Named by content, so a LoRA file rewritten in place is loaded afresh.
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key not in self._hashes:
+            self._hashes[key] = _file_sha256(path)
+        return "lora_" + self._hashes[key][:16]
+
+    def _load_adapter(self, pipe: Any, path: Path) -> str:
+        name = self._adapter_name(path)
+        if name in self._adapters:
+            self._adapters.move_to_end(name)
+            return name
+        while len(self._adapters) >= MAX_CACHED_LORAS:
+            oldest, _ = self._adapters.popitem(last=False)
+            pipe.delete_adapters(oldest)
+        try:
+            with warnings.catch_warnings():
+                # Several adapters on one UNet is what the cache is for; peft warns about it.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                pipe.load_lora_weights(str(path), adapter_name=name)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise GenerationError(f"could not load LoRA {path}: {error}") from error
+        self._adapters[name] = path
+        return name
+
+    def _activate_lora(self, pipe: Any, lora: LoraSpec | None) -> bool:
+        if lora is None or lora.strength == 0:
+            return False
+        path = Path(lora.path)
+        if not path.is_file():
+            raise GenerationError(f"LoRA file not found: {path}")
+        name = self._load_adapter(pipe, path)
+        pipe.set_adapters([name], adapter_weights=[float(lora.strength)])
+        pipe.enable_lora()
+        return True
+
+    def generate(self, request: GenerationRequest, lora: LoraSpec | None = None) -> Image.Image:
+        """One image for `request`, with `lora` applied at its strength (0 or None: no LoRA)."""
+        with self._lock:
+            pipe = self._pipeline()
+            pipe.scheduler = scheduler_for(
+                request.sampler, request.scheduler, self._base_scheduler_config
+            )
+            lora_active = self._activate_lora(pipe, lora)
+            try:
+                # A CPU generator gives the same noise on every device, so a seed means the same
+                # image on a laptop and on a GPU server (up to float precision).
+                generator = torch.Generator(device="cpu").manual_seed(request.seed)
+                output = pipe(
+                    prompt=request.prompt,
+                    negative_prompt=request.negative_prompt or None,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.cfg,
+                    width=request.width,
+                    height=request.height,
+                    generator=generator,
+                    output_type="pil",
+                )
+            finally:
+                if lora_active:
+                    pipe.disable_lora()
+            return output.images[0]
+
+    def close(self) -> None:
+        """Drop the pipeline and give its memory back; the next call loads it again."""
+        with self._lock:
+            self._pipe = None
+            self._adapters.clear()
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def __enter__(self) -> DiffusersGenerator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

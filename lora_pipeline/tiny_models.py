@@ -1,0 +1,132 @@
+"""Tiny Stable Diffusion models with random weights, built offline.
+
+The demo and the tests need a real diffusers pipeline that loads, generates and trains through the
+same code as a full SD1.5 checkpoint, without downloading anything. This builds one of about 6 MB
+(the recipe is in shared/reference/tiny-models.md): a byte-level CLIP tokenizer written from
+scratch, a 2-layer CLIP text encoder, a 2-block UNet and VAE, and the SD1.5 Euler scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+TOKENIZER_MAX_LENGTH = 77
+
+
+def _write_byte_level_tokenizer_files(folder: Path) -> tuple[Path, Path]:
+    """A CLIP vocabulary of the 256 byte symbols (with and without </w>) and no merges.
+
+    Such a tokenizer splits every text into single bytes, which is all a random-weight model needs,
+    and it is a valid CLIPTokenizer that kohya tools and diffusers load like the real one.
+    """
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [symbol + "</w>" for symbol in symbols]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab_file = folder / "vocab.json"
+    merges_file = folder / "merges.txt"
+    vocab_file.write_text(json.dumps({token: i for i, token in enumerate(tokens)}), "utf-8")
+    merges_file.write_text("#version: 0.2\n", "utf-8")
+    return vocab_file, merges_file
+
+
+def _build_pipeline(scratch: Path):  # -> StableDiffusionPipeline
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab_file, merges_file = _write_byte_level_tokenizer_files(scratch)
+    tokenizer = CLIPTokenizer(
+        str(vocab_file), str(merges_file), model_max_length=TOKENIZER_MAX_LENGTH
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=TOKENIZER_MAX_LENGTH,
+            projection_dim=32,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=32,
+    )
+    # steps_offset=1 as in the SD1.5 scheduler config (diffusers warns about 0).
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random-weight StableDiffusionPipeline into `folder` and return the folder.
+
+    The weights depend only on `seed`. An existing pipeline (a model_index.json in the folder) is
+    reused as it is, so a demo or a test session builds it once.
+    """
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Built in a sibling folder and renamed into place, so a crash or a concurrent build never
+    # leaves a half-written pipeline that a later call would take for a finished one.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pipeline = _build_pipeline(scratch)
+        pipeline.save_pretrained(scratch / "pipeline", safe_serialization=True)
+        # transformers 5 saves only tokenizer.json; older tools (kohya's tokenizer cache) read the
+        # slow files, so they go beside it.
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(scratch / name, scratch / "pipeline" / "tokenizer" / name)
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+        try:
+            os.replace(scratch / "pipeline", folder)
+        except OSError:
+            if not (folder / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder
