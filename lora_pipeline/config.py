@@ -6,16 +6,44 @@ without a config file; each one has a default under the project home.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ENV_PREFIX = "LORA_PIPELINE_"
 
 
+SETTINGS_FILE = "settings.json"
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(ENV_PREFIX + name)
     return value if value not in (None, "") else default
+
+
+def _home() -> Path:
+    return Path(_env("HOME", str(Path.home() / ".lora_pipeline"))).expanduser().resolve()
+
+
+def _saved(home: Path) -> dict[str, str]:
+    """Values saved by `lora-pipeline init/demo`, so `dagster dev` finds the demo models."""
+    path = home / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    return {str(k).upper(): str(v) for k, v in json.loads(path.read_text()).items() if v}
+
+
+def save_settings(home: Path, **values: str | None) -> Path:
+    """Merge values into the home's settings file (environment variables still win)."""
+    path = home / SETTINGS_FILE
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update({k.lower(): v for k, v in values.items() if v is not None})
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
 
 
 @dataclass(frozen=True)
@@ -30,23 +58,30 @@ class Settings:
     comfyui_url: str | None = None
     comfyui_loras_dir: Path | None = None
     device: str = "auto"
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = Path(_env("HOME", str(Path.home() / ".lora_pipeline"))).expanduser().resolve()
-        data_root = Path(_env("DATA_ROOT", str(home / "data"))).expanduser().resolve()
-        database_url = _env("DATABASE_URL", f"sqlite:///{home / 'registry.db'}")
-        loras_dir = _env("COMFYUI_LORAS_DIR")
+        home = _home()
+        saved = _saved(home)
+
+        def get(name: str, default: str | None = None) -> str | None:
+            return _env(name, saved.get(name, default))
+
+        data_root = Path(get("DATA_ROOT", str(home / "data"))).expanduser().resolve()
+        loras_dir = get("COMFYUI_LORAS_DIR")
         return cls(
             home=home,
-            database_url=database_url,
+            database_url=get("DATABASE_URL", f"sqlite:///{home / 'registry.db'}"),
             data_root=data_root,
-            base_model=_env("BASE_MODEL"),
-            comfyui_url=_env("COMFYUI_URL"),
+            base_model=get("BASE_MODEL"),
+            comfyui_url=get("COMFYUI_URL"),
             comfyui_loras_dir=Path(loras_dir).expanduser() if loras_dir else None,
-            device=_env("DEVICE", "auto") or "auto",
+            device=get("DEVICE", "auto") or "auto",
         )
+
+    @property
+    def dagster_home(self) -> Path:
+        return Path(os.environ.get("DAGSTER_HOME") or self.home / "dagster_home")
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)

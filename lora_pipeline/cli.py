@@ -1,0 +1,378 @@
+"""`lora-pipeline`: set up, add projects and characters, ingest, review, status, demo, ui.
+
+Every expected failure (unknown character, bad slug, missing file, unreachable URL) prints one
+line on stderr and exits with status 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lora_pipeline.config import Settings, save_settings
+from lora_pipeline.registry import commands, queries
+from lora_pipeline.registry.db import Registry, migrate
+from lora_pipeline.registry.errors import RegistryError
+
+
+class CliError(Exception):
+    """An expected failure: its message is printed as is."""
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _registry(settings: Settings) -> Registry:
+    migrate(settings.database_url)
+    return Registry(settings.database_url)
+
+
+# --- init -------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    from lora_pipeline.defs.instance import prepare_dagster_home
+
+    settings = _settings()
+    settings.ensure_dirs()
+    save_settings(settings.home, base_model=args.base_model, comfyui_url=args.comfyui_url)
+    revision = migrate(settings.database_url)
+    yaml_path = prepare_dagster_home(settings.dagster_home, postgres=args.dagster_postgres)
+    print(f"registry   {_display_url(settings.database_url)} (schema {revision})")
+    print(f"data root  {settings.data_root}")
+    print(f"dagster    {yaml_path} (pool gpu limited to 1)")
+
+
+def _display_url(url: str) -> str:
+    # Never print a password from a database URL.
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# --- projects and characters --------------------------------------------------------------------
+
+
+def cmd_project_add(args: argparse.Namespace) -> None:
+    with _registry(_settings()).session() as session:
+        project = commands.add_project(
+            session, args.slug, args.name or args.slug, args.description, args.style_prompt
+        )
+        print(f"project {project.slug} added")
+
+
+def cmd_character_add(args: argparse.Namespace) -> None:
+    settings = {
+        k: getattr(args, k)
+        for k in ("seed", "cfg", "steps", "sampler", "width", "height")
+        if getattr(args, k) is not None
+    }
+    with _registry(_settings()).session() as session:
+        character = commands.add_character(
+            session,
+            args.project,
+            args.slug,
+            args.name or args.slug,
+            design_prompt=args.design_prompt,
+            trigger_word=args.trigger_word,
+            negative_prompt=args.negative_prompt,
+            **settings,
+        )
+        print(f"character {character.slug} added (trigger word {character.trigger_word})")
+
+
+# --- ingest ---------------------------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from lora_pipeline.media.uploads import store_upload
+
+    settings = _settings()
+    registry = _registry(settings)
+    with registry.session() as session:
+        if args.character:
+            character = commands.get_character(session, args.character)
+            project_slug, mode = character.project.slug, "single"
+        else:
+            project_slug, mode = commands.get_project(session, args.project).slug, "project"
+    if args.source.startswith(("http://", "https://")):
+        kind, uri = "url", args.source
+    else:
+        from lora_pipeline.media.store import DataRoot
+
+        upload = store_upload(Path(args.source), DataRoot(settings.data_root))
+        kind, uri = upload.kind, upload.relpath
+    with registry.session() as session:
+        source = commands.create_source(
+            session,
+            project_slug,
+            kind,
+            uri,
+            character_slug=args.character,
+            mode=mode,
+            fps=args.fps,
+            max_frames=args.max_frames,
+        )
+        source_id = source.id
+    print(f"ingest request {source_id} created ({kind}, {mode} mode)")
+    if args.now:
+        _ingest_now(settings, registry, source_id)
+    else:
+        print("the ingest sensor starts it under `lora-pipeline ui`; or pass --now")
+
+
+def _ingest_now(settings: Settings, registry: Registry, source_id: int) -> None:
+    from lora_pipeline.defs.instance import materialize_partition, open_instance
+    from lora_pipeline.registry.models import Source
+
+    with registry.session() as session:
+        source = session.get(Source, source_id)
+        slug = _source_partition(session, source)
+    instance = open_instance(settings.dagster_home)
+    ok = materialize_partition(
+        instance,
+        slug,
+        ["ingested_frames", "classified_frames"],
+        {"ops": {"ingested_frames": {"config": {"source_ids": [source_id]}}}},
+    )
+    with registry.session() as session:
+        source = session.get(Source, source_id)
+        if source.state == "failed":
+            raise CliError(f"ingest {source_id} failed: {source.error}")
+        print(f"ingest {source_id}: {source.state}, {source.stats}")
+    if not ok:
+        raise CliError(f"the ingest run for {slug} failed; see `lora-pipeline ui` for its logs")
+
+
+def _source_partition(session, source) -> str:
+    from lora_pipeline.defs.sensors import _partition_for_source
+
+    slug = _partition_for_source(session, source)
+    if slug is None:
+        raise CliError("the project has no character to ingest for")
+    return slug
+
+
+# --- review -------------------------------------------------------------------------------------
+
+
+def cmd_review_list(args: argparse.Namespace) -> None:
+    with _registry(_settings()).session() as session:
+        images = queries.pending_images(
+            session, project_slug=args.project, character_slug=args.character, limit=args.limit
+        )
+        if not images:
+            print("no pending images")
+        for image in images:
+            params = image.generation_params or {}
+            detail = f"seed {params['seed']}" if "seed" in params else image.origin
+            print(f"{image.id:>6}  {image.character.slug:<20} {image.path}  {detail}")
+
+
+def cmd_review_approve(args: argparse.Namespace) -> None:
+    with _registry(_settings()).session() as session:
+        for image_id in args.image_ids:
+            commands.approve_image(session, image_id, reviewer=args.reviewer)
+    print(f"approved {', '.join(map(str, args.image_ids))}")
+
+
+def cmd_review_reject(args: argparse.Namespace) -> None:
+    from lora_pipeline.generation.negatives import negative_terms_for
+
+    categories = [c.replace("-", "_") for c in args.category]
+    with _registry(_settings()).session() as session:
+        feedback = commands.reject_image(
+            session,
+            args.image_id,
+            categories,
+            notes=args.notes,
+            prompt_edit=args.prompt_edit,
+            reviewer=args.reviewer,
+            negative_terms=negative_terms_for(categories),
+        )
+        terms = ", ".join(feedback.negative_terms) or "none"
+    print(f"rejected {args.image_id}; negative terms for the regeneration: {terms}")
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    with _registry(_settings()).session() as session:
+        characters = queries.list_characters(session, project_slug=args.project)
+        if not characters:
+            print("no characters yet: `lora-pipeline character add`")
+        print(f"{'character':<20} {'project':<14} pend  appr  rej  skip  dataset       release")
+        for c in characters:
+            counts = queries.image_counts(session, c.id)
+            version = queries.latest_dataset_version(session, c.id)
+            release = queries.latest_release(session, c.id)
+            print(
+                f"{c.slug:<20} {c.project.slug:<14} {counts['pending']:>4}  "
+                f"{counts['approved']:>4}  {counts['rejected']:>3}  {counts['skipped']:>4}  "
+                f"{version.version_hash[:12] if version else '-':<12}  "
+                f"{f'{release.id} ({release.status})' if release else '-'}"
+            )
+
+
+# --- demo and ui ----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from lora_pipeline.demo import run_demo
+
+    run_demo(_settings(), print)
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    """Start `dagster dev` on this code location with the project's Dagster home."""
+    from lora_pipeline.defs.instance import prepare_dagster_home
+
+    settings = _settings()
+    prepare_dagster_home(settings.dagster_home)
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    argv = [
+        dagster,
+        "dev",
+        "-m",
+        "lora_pipeline.definitions",
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
+    env = dict(os.environ, DAGSTER_HOME=str(settings.dagster_home))
+    os.execve(argv[0], argv, env)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="create the registry, data root and Dagster home")
+    init.add_argument("--base-model", help="diffusers folder, .safetensors file or hub id")
+    init.add_argument("--comfyui-url", help="e.g. http://127.0.0.1:8188")
+    init.add_argument("--dagster-postgres", action="store_true", help="Dagster on PostgreSQL")
+    init.set_defaults(func=cmd_init)
+
+    project = sub.add_parser("project", help="projects").add_subparsers(
+        dest="action", required=True
+    )
+    padd = project.add_parser("add", help="add a project")
+    padd.add_argument("slug")
+    padd.add_argument("--name")
+    padd.add_argument("--description", default="")
+    padd.add_argument("--style-prompt", default="")
+    padd.set_defaults(func=cmd_project_add)
+
+    character = sub.add_parser("character", help="characters").add_subparsers(
+        dest="action", required=True
+    )
+    cadd = character.add_parser("add", help="add a character to a project")
+    cadd.add_argument("slug")
+    cadd.add_argument("--project", required=True)
+    cadd.add_argument("--name")
+    cadd.add_argument("--design-prompt", default="")
+    cadd.add_argument("--trigger-word")
+    cadd.add_argument("--negative-prompt", default="")
+    cadd.add_argument("--seed", type=int)
+    cadd.add_argument("--cfg", type=float)
+    cadd.add_argument("--steps", type=int)
+    cadd.add_argument("--sampler")
+    cadd.add_argument("--width", type=int)
+    cadd.add_argument("--height", type=int)
+    cadd.set_defaults(func=cmd_character_add)
+
+    ingest = sub.add_parser("ingest", help="request an ingest of a URL, video or image")
+    ingest.add_argument("source", help="a URL (YouTube or any yt-dlp site) or a local file")
+    target = ingest.add_mutually_exclusive_group(required=True)
+    target.add_argument("--character", help="single-character mode")
+    target.add_argument("--project", help="project mode: frames sorted into its characters")
+    ingest.add_argument("--fps", type=float, default=1.0)
+    ingest.add_argument("--max-frames", type=int, default=100)
+    ingest.add_argument("--now", action="store_true", help="run the ingest in this process")
+    ingest.set_defaults(func=cmd_ingest)
+
+    review = sub.add_parser("review", help="review pending images").add_subparsers(
+        dest="action", required=True
+    )
+    rlist = review.add_parser("list", help="pending images")
+    rlist.add_argument("--project")
+    rlist.add_argument("--character")
+    rlist.add_argument("--limit", type=int, default=50)
+    rlist.set_defaults(func=cmd_review_list)
+    rapprove = review.add_parser("approve", help="approve images")
+    rapprove.add_argument("image_ids", type=int, nargs="+")
+    rapprove.add_argument("--reviewer", default=os.environ.get("USER", ""))
+    rapprove.set_defaults(func=cmd_review_approve)
+    rreject = review.add_parser("reject", help="reject an image with feedback")
+    rreject.add_argument("image_id", type=int)
+    rreject.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        choices=[c.replace("_", "-") for c in commands.REJECTION_CATEGORIES]
+        + list(commands.REJECTION_CATEGORIES),
+        help="repeatable",
+    )
+    rreject.add_argument("--notes", default="")
+    rreject.add_argument("--prompt-edit", help="new design prompt for all future generations")
+    rreject.add_argument("--reviewer", default=os.environ.get("USER", ""))
+    rreject.set_defaults(func=cmd_review_reject)
+
+    status = sub.add_parser("status", help="characters, counts, datasets and releases")
+    status.add_argument("--project")
+    status.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="build a demo project and run the whole graph on the CPU")
+    demo.set_defaults(func=cmd_demo)
+
+    ui = sub.add_parser("ui", help="start the Dagster web UI (dagster dev) on 127.0.0.1")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CliError, RegistryError)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from lora_pipeline.demo import DemoFailed
+    from lora_pipeline.media.download import DownloadFailed
+    from lora_pipeline.media.images import InvalidImageError
+    from lora_pipeline.media.store import UnsafePathError
+    from lora_pipeline.media.uploads import UploadError
+    from lora_pipeline.media.video import VideoError
+
+    return EXPECTED_ERRORS + (
+        DemoFailed,
+        DownloadFailed,
+        InvalidImageError,
+        UnsafePathError,
+        UploadError,
+        VideoError,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except _expected_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

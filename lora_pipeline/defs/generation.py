@@ -1,0 +1,57 @@
+"""Generation stage: images of the character from its design prompt and settings."""
+
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+
+from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
+from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
+from lora_pipeline.generation.backends import LocalImageBackend
+from lora_pipeline.generation.service import GenerationPlan, generate_for_character
+
+
+class GenerationConfig(Config):
+    """Launchpad settings; the rejection sensor fills `feedback_ids` for a regeneration."""
+
+    count: int = 4
+    seed: int | None = None
+    prompt_override: str | None = None
+    extra_negative: str = ""
+    feedback_ids: list[int] = []
+
+
+@asset(
+    partitions_def=character_partitions,
+    group_name="generation",
+    pool=GPU_POOL,
+    kinds={"pytorch", "diffusers"},
+)
+def generated_images(
+    context: AssetExecutionContext,
+    config: GenerationConfig,
+    registry: RegistryResource,
+    data_root: DataRootResource,
+    models: ModelsResource,
+) -> MaterializeResult:
+    """New pending images of the character; a regeneration carries the negatives of the
+    rejections it answers."""
+    plan = GenerationPlan(
+        count=config.count,
+        seed=config.seed,
+        prompt_override=config.prompt_override,
+        extra_negative=config.extra_negative,
+        feedback_ids=tuple(config.feedback_ids),
+    )
+    backend = LocalImageBackend(models.generator())
+    outcome = generate_for_character(
+        registry.get(), data_root.get(), backend, context.partition_key, plan, context.log.info
+    )
+    if not outcome.image_ids and outcome.failed_jobs:
+        raise RuntimeError(f"every generation job failed: {outcome.failed_jobs}")
+    return MaterializeResult(
+        metadata={
+            "images": MetadataValue.json(outcome.image_ids),
+            "failed_jobs": MetadataValue.json(outcome.failed_jobs),
+            "prompt": outcome.prompt,
+            "negative_prompt": outcome.negative_prompt,
+            "answers_feedback": MetadataValue.json(list(config.feedback_ids)),
+        }
+    )

@@ -1,0 +1,82 @@
+"""Schedules: sweep stuck generation jobs, and check every dataset version nightly."""
+
+from datetime import timedelta
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    DefaultScheduleStatus,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    ScheduleDefinition,
+    job,
+    op,
+)
+
+from lora_pipeline.dataset.quality import files_match_manifest
+from lora_pipeline.defs.resources import DataRootResource, RegistryResource
+from lora_pipeline.registry import commands, queries
+
+STUCK_AFTER = timedelta(minutes=30)
+
+
+@op
+def sweep_stuck_generation_jobs(context: OpExecutionContext, registry: RegistryResource) -> None:
+    """Generation jobs pending or running for over 30 minutes are marked failed."""
+    with registry.get().session() as session:
+        failed = commands.fail_stuck_jobs(session, STUCK_AFTER)
+    context.log.info(f"marked {len(failed)} stuck generation jobs failed: {failed}")
+
+
+@op
+def check_dataset_versions(
+    context: OpExecutionContext, registry: RegistryResource, data_root: DataRootResource
+) -> None:
+    """Every character's latest dataset version still matches its manifest on disk."""
+    root, broken = data_root.get(), {}
+    with registry.get().session() as session:
+        for character in queries.list_characters(session):
+            version = queries.latest_dataset_version(session, character.id)
+            if version is None:
+                continue
+            gate = files_match_manifest(root, version.manifest)
+            context.log_event(
+                AssetObservation(
+                    asset_key=AssetKey("approved_dataset"),
+                    partition=character.slug,
+                    metadata={
+                        "version_hash": version.version_hash,
+                        "intact": gate.passed,
+                        "check": gate.description,
+                        "problems": MetadataValue.json(gate.problems),
+                    },
+                )
+            )
+            if not gate.passed:
+                broken[character.slug] = gate.problems
+    if broken:
+        raise Failure(f"dataset versions changed on disk: {sorted(broken)}", metadata=broken)
+
+
+@job(description="Mark generation jobs that have been stuck for 30 minutes as failed.")
+def sweep_stuck_jobs_job() -> None:
+    sweep_stuck_generation_jobs()
+
+
+@job(description="Verify every character's latest dataset version against its manifest.")
+def dataset_quality_job() -> None:
+    check_dataset_versions()
+
+
+stuck_jobs_schedule = ScheduleDefinition(
+    job=sweep_stuck_jobs_job,
+    cron_schedule="*/10 * * * *",
+    default_status=DefaultScheduleStatus.RUNNING,
+)
+
+nightly_quality_schedule = ScheduleDefinition(
+    job=dataset_quality_job,
+    cron_schedule="0 3 * * *",
+    default_status=DefaultScheduleStatus.RUNNING,
+)

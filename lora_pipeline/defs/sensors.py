@@ -1,0 +1,142 @@
+"""Sensors: the registry's events become runs (DESIGN §3).
+
+Every run request carries a run_key built from the event it answers (source id, last
+rejection id, dataset hash). Dagster never launches two runs with one run_key of a sensor, so
+a tick that fails half-way and is retried cannot start a second regeneration or training.
+"""
+
+from collections import defaultdict
+
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
+from lora_pipeline.dataset.versions import dataset_fingerprint
+from lora_pipeline.defs.jobs import ingest_job, regenerate_job, training_job
+from lora_pipeline.defs.partitions import CHARACTER_PARTITIONS_NAME, character_partitions
+from lora_pipeline.defs.resources import RegistryResource
+from lora_pipeline.registry import queries
+from lora_pipeline.registry.models import Character, Source
+
+RUNNING = DefaultSensorStatus.RUNNING
+
+
+def _missing_partitions(context: SensorEvaluationContext, slugs: set[str]) -> list[str]:
+    existing = set(context.instance.get_dynamic_partitions(CHARACTER_PARTITIONS_NAME))
+    return sorted(slugs - existing)
+
+
+def _result(
+    context: SensorEvaluationContext, runs: list[RunRequest], cursor: str | None, skip: str
+) -> SensorResult:
+    """Run requests, plus the partitions they need that do not exist yet."""
+    keys = {r.partition_key for r in runs if r.partition_key}
+    new = _missing_partitions(context, keys)
+    return SensorResult(
+        run_requests=runs,
+        cursor=cursor,
+        dynamic_partitions_requests=[character_partitions.build_add_request(new)] if new else [],
+        skip_reason=None if runs else SkipReason(skip),
+    )
+
+
+@sensor(minimum_interval_seconds=30, default_status=RUNNING)
+def character_partitions_sensor(
+    context: SensorEvaluationContext, registry: RegistryResource
+) -> SensorResult:
+    """Adds a `character` partition for every character in the registry."""
+    with registry.get().session() as session:
+        slugs = set(queries.character_slugs(session))
+    new = _missing_partitions(context, slugs)
+    if not new:
+        return SensorResult(skip_reason=SkipReason("every character has a partition"))
+    context.log.info(f"adding partitions {new}")
+    return SensorResult(dynamic_partitions_requests=[character_partitions.build_add_request(new)])
+
+
+@sensor(job=ingest_job, minimum_interval_seconds=30, default_status=RUNNING)
+def ingest_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
+    """New ingest requests → one ingest run per source (cursor: last source id)."""
+    last_id = int(context.cursor or 0)
+    runs = []
+    with registry.get().session() as session:
+        sources = [s for s in queries.sources_after(session, last_id) if s.kind != "comfyui_output"]
+        for source in sources:
+            slug = _partition_for_source(session, source)
+            if slug is None:
+                context.log.warning(f"source {source.id}: its project has no character yet")
+                continue
+            runs.append(
+                RunRequest(
+                    run_key=f"ingest-{source.id}",
+                    partition_key=slug,
+                    run_config={
+                        "ops": {"ingested_frames": {"config": {"source_ids": [source.id]}}}
+                    },
+                    tags={"lora_pipeline/source_id": str(source.id)},
+                )
+            )
+    cursor = str(max([last_id] + [s.id for s in sources]))
+    return _result(context, runs, cursor, "no new ingest requests")
+
+
+def _partition_for_source(session, source: Source) -> str | None:
+    """Single mode: the source's character. Project mode: the run of the project's first
+    character ingests and classifies the frames once, sorting them into every character."""
+    if source.character_id is not None:
+        return session.get(Character, source.character_id).slug
+    characters = queries.list_characters(session, project_slug=None)
+    slugs = sorted(c.slug for c in characters if c.project_id == source.project_id)
+    return slugs[0] if slugs else None
+
+
+@sensor(job=regenerate_job, minimum_interval_seconds=30, default_status=RUNNING)
+def rejection_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
+    """New rejections → one regeneration run per character, carrying the rejection ids, whose
+    categories become negative prompt terms (cursor: last feedback id)."""
+    last_id = int(context.cursor or 0)
+    by_character: dict[str, list[int]] = defaultdict(list)
+    with registry.get().session() as session:
+        feedback = queries.feedback_after(session, last_id)
+        for item in feedback:
+            by_character[session.get(Character, item.character_id).slug].append(item.id)
+    runs = [
+        RunRequest(
+            run_key=f"regenerate-{slug}-{max(ids)}",
+            partition_key=slug,
+            run_config={"ops": {"generated_images": {"config": {"count": 1, "feedback_ids": ids}}}},
+            tags={"lora_pipeline/feedback_ids": ",".join(map(str, ids))},
+        )
+        for slug, ids in sorted(by_character.items())
+    ]
+    cursor = str(max([last_id] + [f.id for f in feedback]))
+    return _result(context, runs, cursor, "no new rejections")
+
+
+@sensor(job=training_job, minimum_interval_seconds=60, default_status=RUNNING)
+def training_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
+    """A character with ≥ 10 approved images whose approved set was never trained → one
+    training run; the run_key carries the dataset version hash."""
+    runs = []
+    with registry.get().session() as session:
+        for character in queries.list_characters(session):
+            approved = queries.approved_images(session, character.id)
+            if len(approved) < MIN_APPROVED_IMAGES:
+                continue
+            version = dataset_fingerprint(character.slug, [(i.id, i.sha256) for i in approved])
+            if version in queries.trained_dataset_hashes(session, character.id):
+                continue
+            runs.append(
+                RunRequest(
+                    run_key=f"train-{character.slug}-{version}",
+                    partition_key=character.slug,
+                    tags={"lora_pipeline/dataset_version": version},
+                )
+            )
+    return _result(context, runs, None, "no character has a new approved set of ≥ 10 images")

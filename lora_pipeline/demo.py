@@ -1,0 +1,159 @@
+"""`lora-pipeline demo`: the whole graph for one character on the CPU, from nothing.
+
+It builds a tiny randomly initialised Stable Diffusion, a demo project with two characters and a
+synthetic video, then drives the same code paths people and sensors do: an ingest request,
+generation, a reviewer's approvals and a rejection, and the training run through eval_grid.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from lora_pipeline.config import Settings, save_settings
+from lora_pipeline.defs.instance import (
+    ensure_partitions,
+    materialize_partition,
+    open_instance,
+    prepare_dagster_home,
+)
+from lora_pipeline.generation.negatives import negative_terms_for
+from lora_pipeline.media.store import DataRoot
+from lora_pipeline.media.uploads import store_upload
+from lora_pipeline.media.video import make_synthetic_video
+from lora_pipeline.registry import commands, queries
+from lora_pipeline.registry.db import Registry, migrate
+from lora_pipeline.tiny_models import build_tiny_sd
+
+Say = Callable[[str], None]
+
+PROJECT = "demo"
+CHARACTERS = {
+    "aiko": "Aiko, a girl with short teal hair, yellow raincoat, red boots, anime style",
+    "kenji": "Kenji, a tall boy with spiky black hair, green school uniform, anime style",
+}
+DEMO_CHARACTER = "aiko"
+
+
+class DemoFailed(RuntimeError):
+    pass
+
+
+def run_demo(settings: Settings, say: Say) -> None:
+    started = time.monotonic()
+    settings.ensure_dirs()
+    model_dir = build_tiny_sd(settings.home / "models" / "tiny-sd")
+    say(f"tiny Stable Diffusion at {model_dir}")
+    if not settings.base_model:
+        # The demo's model becomes the configured one, so `lora-pipeline ui` runs can use it.
+        save_settings(settings.home, base_model=str(model_dir))
+        settings = Settings.from_env()
+    migrate(settings.database_url)
+    registry = Registry(settings.database_url)
+    prepare_dagster_home(settings.dagster_home)
+    instance = open_instance(settings.dagster_home)
+    _create_cast(registry)
+    ensure_partitions(instance, sorted(CHARACTERS))
+
+    source_id = _request_video_ingest(registry, settings)
+    say(f"ingest request {source_id}: a synthetic video for {DEMO_CHARACTER}")
+    _run(instance, ["ingested_frames", "classified_frames"], say, source_id=source_id)
+    _run(instance, ["generated_images"], say, count=4)
+    approved = _review(registry, say)
+    say(f"approved {approved} images of {DEMO_CHARACTER}")
+    _run(
+        instance, ["approved_dataset", "captions", "shot_splits", "trained_lora", "eval_grid"], say
+    )
+    _report(registry, settings, say, time.monotonic() - started)
+
+
+def _create_cast(registry: Registry) -> None:
+    """The demo project and characters; a second demo run reuses them."""
+    with registry.session() as session:
+        if PROJECT not in {p.slug for p in queries.list_projects(session)}:
+            commands.add_project(session, PROJECT, "Demo Project", style_prompt="anime style")
+        existing = set(queries.character_slugs(session))
+        for slug, prompt in CHARACTERS.items():
+            if slug in existing:
+                continue
+            commands.add_character(
+                session,
+                PROJECT,
+                slug,
+                slug.title(),
+                design_prompt=prompt,
+                negative_prompt="lowres",
+                steps=4,
+                cfg=5.0,
+                width=64,
+                height=64,
+                seed=7,
+            )
+
+
+def _request_video_ingest(registry: Registry, settings: Settings) -> int:
+    video = make_synthetic_video(settings.home / "demo" / "trailer.mp4", seconds=8, scenes=4)
+    upload = store_upload(video, DataRoot(settings.data_root))
+    with registry.session() as session:
+        source = commands.create_source(
+            session,
+            PROJECT,
+            upload.kind,
+            upload.relpath,
+            character_slug=DEMO_CHARACTER,
+            fps=2.0,
+            max_frames=16,
+        )
+        return source.id
+
+
+def _run(
+    instance, selection: list[str], say: Say, source_id: int | None = None, count: int | None = None
+) -> None:
+    config: dict = {}
+    if source_id is not None:
+        config = {"ops": {"ingested_frames": {"config": {"source_ids": [source_id]}}}}
+    if count is not None:
+        config = {"ops": {"generated_images": {"config": {"count": count}}}}
+    say(f"materialising {', '.join(selection)} for {DEMO_CHARACTER} …")
+    if not materialize_partition(
+        instance, DEMO_CHARACTER, selection, config, tags={"lora_pipeline/started_by": "demo"}
+    ):
+        raise DemoFailed(f"the run of {selection} failed; `lora-pipeline ui` shows its logs")
+
+
+def _review(registry: Registry, say: Say) -> int:
+    """Approve pending images like a reviewer would; reject one with feedback."""
+    with registry.session() as session:
+        pending = queries.pending_images(session, character_slug=DEMO_CHARACTER)
+        ids = [image.id for image in pending]
+    if not ids:
+        raise DemoFailed("nothing to review: ingest and generation produced no images")
+    rejected, to_approve = ids[-1], ids[:-1]
+    categories = ["wrong_style", "bad_quality"]
+    with registry.session() as session:
+        for image_id in to_approve:
+            commands.approve_image(session, image_id, reviewer="demo")
+        commands.reject_image(
+            session,
+            rejected,
+            categories,
+            notes="too noisy",
+            reviewer="demo",
+            negative_terms=negative_terms_for(categories),
+        )
+    say(f"rejected image {rejected} as {', '.join(categories)} (the rejection sensor regenerates)")
+    with registry.session() as session:
+        character = commands.get_character(session, DEMO_CHARACTER)
+        return queries.image_counts(session, character.id)["approved"]
+
+
+def _report(registry: Registry, settings: Settings, say: Say, seconds: float) -> None:
+    with registry.session() as session:
+        character = commands.get_character(session, DEMO_CHARACTER)
+        release = queries.latest_release(session, character.id)
+    if release is None:
+        raise DemoFailed("the training run ended without a LoRA release")
+    say(f"LoRA release {release.id} ({release.status}) at {settings.data_root / release.path}")
+    say(f"eval grid under {settings.data_root / 'evals' / DEMO_CHARACTER}")
+    say(f"demo finished in {seconds:.0f} s; see it with `lora-pipeline ui` (http://127.0.0.1:3000)")

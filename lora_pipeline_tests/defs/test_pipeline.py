@@ -1,0 +1,161 @@
+"""The whole graph for one character on an SQLite Dagster instance, and the rejection loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, build_sensor_context
+from safetensors import safe_open
+
+from lora_pipeline.config import Settings
+from lora_pipeline.defs.instance import materialize_partition, open_instance, prepare_dagster_home
+from lora_pipeline.defs.resources import RegistryResource
+from lora_pipeline.defs.sensors import rejection_sensor, training_sensor
+from lora_pipeline.media.store import DataRoot
+from lora_pipeline.media.uploads import store_upload
+from lora_pipeline.media.video import make_synthetic_video
+from lora_pipeline.registry import commands, queries
+from lora_pipeline.registry.db import Registry, migrate
+from lora_pipeline.registry.models import Image
+
+ALL_ASSETS = [
+    "ingested_frames",
+    "classified_frames",
+    "generated_images",
+    "approved_dataset",
+    "captions",
+    "shot_splits",
+    "trained_lora",
+    "eval_grid",
+]
+TRAINING = ALL_ASSETS[3:]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def studio(project_home: Path) -> tuple[Settings, Registry, DagsterInstance]:
+    settings = Settings.from_env()
+    settings.ensure_dirs()
+    migrate(settings.database_url)
+    registry = Registry(settings.database_url)
+    prepare_dagster_home(settings.dagster_home)
+    with registry.session() as session:
+        commands.add_project(session, "demo", "Demo", style_prompt="anime style")
+        commands.add_character(
+            session,
+            "demo",
+            "aiko",
+            "Aiko",
+            design_prompt="teal hair, yellow raincoat",
+            negative_prompt="lowres",
+            steps=2,
+            cfg=5.0,
+            width=64,
+            height=64,
+            seed=3,
+        )
+    with open_instance(settings.dagster_home) as instance:
+        yield settings, registry, instance
+
+
+def _ingest_video(settings: Settings, registry: Registry) -> int:
+    video = make_synthetic_video(settings.home / "clip.mp4", seconds=6, scenes=3)
+    upload = store_upload(video, DataRoot(settings.data_root))
+    with registry.session() as session:
+        return commands.create_source(
+            session,
+            "demo",
+            upload.kind,
+            upload.relpath,
+            character_slug="aiko",
+            fps=2.0,
+            max_frames=12,
+        ).id
+
+
+def _materialised(instance: DagsterInstance, name: str) -> set[str]:
+    return set(instance.get_materialized_partitions(AssetKey(name)))
+
+
+def test_whole_graph_for_one_character(studio) -> None:
+    settings, registry, instance = studio
+    source_id = _ingest_video(settings, registry)
+    config = {"ops": {"ingested_frames": {"config": {"source_ids": [source_id]}}}}
+    assert materialize_partition(instance, "aiko", ALL_ASSETS[:2], config)
+    assert materialize_partition(
+        instance,
+        "aiko",
+        ["generated_images"],
+        {"ops": {"generated_images": {"config": {"count": 2}}}},
+    )
+    with registry.session() as session:
+        pending = queries.pending_images(session, character_slug="aiko")
+        origins = {image.origin for image in pending}
+        assert origins == {"frame", "generated"}
+        assert len(pending) >= 10, "the clip and generation give enough images to train"
+        frame_image = next(i for i in pending if i.origin == "frame")
+        assert frame_image.provenance["source_id"] == source_id
+        assert "timestamp_s" in frame_image.provenance
+        for image in pending:
+            commands.approve_image(session, image.id, reviewer="test")
+
+    context = build_sensor_context(
+        instance=instance, resources={"registry": RegistryResource(database_url=registry.url)}
+    )
+    (run,) = training_sensor(context).run_requests
+    assert materialize_partition(instance, "aiko", TRAINING, tags=run.tags)
+    for name in ALL_ASSETS:
+        assert _materialised(instance, name) == {"aiko"}, name
+
+    with registry.session() as session:
+        character = commands.get_character(session, "aiko")
+        release = queries.latest_release(session, character.id)
+        version = queries.latest_dataset_version(session, character.id)
+        assert release.status == "candidate"
+        assert version.version_hash == run.tags["lora_pipeline/dataset_version"]
+        assert release.dataset_version_id == version.id
+    lora = settings.data_root / release.path
+    with safe_open(str(lora), "pt") as handle:
+        keys = list(handle.keys())
+        metadata = handle.metadata()
+    assert keys and all(k.startswith("lora_unet_") for k in keys)
+    assert metadata["lora_pipeline.dataset_hash"] == version.version_hash
+    grid = settings.data_root / "evals" / "aiko" / str(release.id) / "grid.png"
+    assert grid.is_file()
+    event = instance.get_latest_materialization_event(AssetKey("eval_grid"))
+    assert event.asset_materialization.metadata["grid"].value.startswith("![eval grid")
+    # Trained: the sensor is quiet until the approved set changes.
+    assert training_sensor(context).run_requests == []
+
+
+def test_rejection_regenerates_with_the_negatives(studio) -> None:
+    settings, registry, instance = studio
+    assert materialize_partition(
+        instance,
+        "aiko",
+        ["generated_images"],
+        {"ops": {"generated_images": {"config": {"count": 1}}}},
+    )
+    with registry.session() as session:
+        (image,) = queries.pending_images(session, character_slug="aiko")
+        feedback = commands.reject_image(
+            session,
+            image.id,
+            ["wrong_style", "bad_quality"],
+            notes="too noisy",
+            negative_terms=["wrong art style", "blurry", "low quality"],
+        )
+        feedback_id = feedback.id
+    context = build_sensor_context(
+        instance=instance, resources={"registry": RegistryResource(database_url=registry.url)}
+    )
+    (run,) = rejection_sensor(context).run_requests
+    assert materialize_partition(instance, "aiko", ["generated_images"], run.run_config, run.tags)
+    with registry.session() as session:
+        (new,) = queries.pending_images(session, character_slug="aiko")
+        assert new.provenance["answers_feedback"] == [feedback_id]
+        negative = new.generation_params["negative_prompt"]
+        assert negative == "lowres, wrong art style, blurry, low quality"
+        assert session.get(Image, image.id).status == "rejected"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install lora_pipeline into ./.venv. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "lora_pipeline needs Python 3.11 or newer (found $("$PYTHON" --version))" >&2
+  exit 1
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+# torch first, pinned: the plain requirement would pull a multi-GB CUDA build on a CPU machine.
+# On a GPU machine install the CUDA build of the same version before running this script.
+.venv/bin/python -c 'import torch' 2>/dev/null || "${PIP[@]}" install "torch==2.13.0"
+
+stamp=.venv/.lora_pipeline_installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "${PIP[@]}" install -e ".[dev]"
+  touch "$stamp"
+fi
+echo "lora_pipeline installed in $(pwd)/.venv"
