@@ -150,9 +150,9 @@ def _ingest_now(settings: Settings, registry: Registry, source_id: int) -> None:
 
 
 def _source_partition(session, source) -> str:
-    from lora_pipeline.defs.sensors import _partition_for_source
+    from lora_pipeline.defs.sensors import partition_for_source
 
-    slug = _partition_for_source(session, source)
+    slug = partition_for_source(session, source)
     if slug is None:
         raise CliError("the project has no character to ingest for")
     return slug
@@ -225,7 +225,9 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from lora_pipeline.demo import run_demo
+    from lora_pipeline.logging_setup import quiet_ml_libraries
 
+    quiet_ml_libraries()
     run_demo(_settings(), print)
 
 

@@ -68,7 +68,7 @@ def ingest_sensor(context: SensorEvaluationContext, registry: RegistryResource) 
     with registry.get().session() as session:
         sources = [s for s in queries.sources_after(session, last_id) if s.kind != "comfyui_output"]
         for source in sources:
-            slug = _partition_for_source(session, source)
+            slug = partition_for_source(session, source)
             if slug is None:
                 context.log.warning(f"source {source.id}: its project has no character yet")
                 continue
@@ -86,7 +86,7 @@ def ingest_sensor(context: SensorEvaluationContext, registry: RegistryResource) 
     return _result(context, runs, cursor, "no new ingest requests")
 
 
-def _partition_for_source(session, source: Source) -> str | None:
+def partition_for_source(session, source: Source) -> str | None:
     """Single mode: the source's character. Project mode: the run of the project's first
     character ingests and classifies the frames once, sorting them into every character."""
     if source.character_id is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,11 @@ def store_upload(path: Path, root: DataRoot, max_bytes: int = MAX_UPLOAD_BYTES) 
         probe_video(path)
     except VideoError as exc:
         raise UploadError(f"{path.name}: neither an image nor a readable video ({exc})") from exc
-    relpath = f"uploads/{sha256_file(path)}{path.suffix.lower() or '.bin'}"
+    # The stored name is the content hash; the suffix is kept only when it is a plain one.
+    suffix = (
+        path.suffix.lower() if re.fullmatch(r"\.[a-z0-9]{1,8}", path.suffix.lower()) else ".bin"
+    )
+    relpath = f"uploads/{sha256_file(path)}{suffix}"
     target = root.path(relpath)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -17,12 +17,17 @@ from dagster import (
     asset,
     define_asset_job,
     execute_job,
+    in_process_executor,
     reconstructable,
 )
 
 from lora_pipeline.defs.partitions import GPU_POOL
 
-WAIT_FOR_OTHER_S = 6.0
+PROBES = ("a", "b")
+# Once both probe processes are about to execute, how long a running probe waits for the other
+# to start. Without a pool limit the other starts well within it; with the limit it never can.
+GRACE_S = 8.0
+READY_TIMEOUT_S = 120.0
 
 
 def _active_others(folder: Path, me: str) -> list[str]:
@@ -36,15 +41,23 @@ def gpu_probe(context: AssetExecutionContext) -> None:
     folder, me = Path(os.environ["POOL_PROBE_DIR"]), os.environ["POOL_PROBE_NAME"]
     started = time.time()
     (folder / f"start-{me}.json").write_text(json.dumps({"t": started}))
+    while not all((folder / f"ready-{name}").exists() for name in PROBES):
+        if time.time() - started > READY_TIMEOUT_S:
+            raise RuntimeError("the other probe process never got ready")
+        time.sleep(0.1)
+    all_ready = time.time()
     seen: list[str] = []
-    while time.time() - started < WAIT_FOR_OTHER_S and not seen:
+    while time.time() - all_ready < GRACE_S and not seen:
         seen = _active_others(folder, me)
         time.sleep(0.1)
     record = {"start": started, "end": time.time(), "saw_running": seen}
     (folder / f"end-{me}.json").write_text(json.dumps(record))
 
 
-probe_job = define_asset_job("gpu_probe_job", selection=[gpu_probe])
+# In-process steps: each probe process opens the SQLite instance once, as a run worker does.
+probe_job = define_asset_job(
+    "gpu_probe_job", selection=[gpu_probe], executor_def=in_process_executor
+)
 defs = Definitions(assets=[gpu_probe], jobs=[probe_job])
 
 
@@ -55,5 +68,6 @@ def get_probe_job():
 if __name__ == "__main__":
     os.environ["POOL_PROBE_NAME"] = sys.argv[1]
     with DagsterInstance.get() as instance:
+        (Path(os.environ["POOL_PROBE_DIR"]) / f"ready-{sys.argv[1]}").touch()
         result = execute_job(reconstructable(get_probe_job), instance=instance)
     sys.exit(0 if result.success else 1)

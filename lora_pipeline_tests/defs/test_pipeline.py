@@ -9,6 +9,7 @@ from dagster import AssetKey, DagsterInstance, build_sensor_context
 from safetensors import safe_open
 
 from lora_pipeline.config import Settings
+from lora_pipeline.definitions import ASSETS
 from lora_pipeline.defs.instance import materialize_partition, open_instance, prepare_dagster_home
 from lora_pipeline.defs.resources import RegistryResource
 from lora_pipeline.defs.sensors import rejection_sensor, training_sensor
@@ -19,16 +20,7 @@ from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.models import Image
 
-ALL_ASSETS = [
-    "ingested_frames",
-    "classified_frames",
-    "generated_images",
-    "approved_dataset",
-    "captions",
-    "shot_splits",
-    "trained_lora",
-    "eval_grid",
-]
+ALL_ASSETS = [asset.key.to_user_string() for asset in ASSETS]
 TRAINING = ALL_ASSETS[3:]
 
 pytestmark = pytest.mark.slow

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
-from lora_pipeline.tiny_models import build_tiny_sd
 from lora_pipeline.training.kohya_format import (
     UNET_TARGET_MODULES,
     kohya_metadata,
@@ -16,11 +14,6 @@ from lora_pipeline.training.kohya_format import (
 )
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-
-
-def session_tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny SD of this test session: the first caller builds it, the others reuse it."""
-    return build_tiny_sd(tmp_path_factory.getbasetemp() / "model-tests" / "tiny-sd")
 
 
 def write_random_lora(sd_folder: Path, path: Path, seed: int = 0, scale: float = 1.0) -> Path:

@@ -12,7 +12,6 @@ from lora_pipeline.training.trainer import (
     TrainingResult,
     train_lora,
 )
-from lora_pipeline_tests.generation.tiny_assets import session_tiny_sd
 
 CAPTIONS = ["zkchar, red square", "zkchar, blue circle", "zkchar, green bar", "zkchar, red square"]
 TRAINED_STEPS = 16
@@ -31,11 +30,6 @@ def write_examples(folder: Path) -> list[TrainingExample]:
         image.save(path)
         examples.append(TrainingExample(path, caption))
     return examples
-
-
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return session_tiny_sd(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
