@@ -44,6 +44,9 @@ def discover() -> list[str]:
 
 
 def main(names: list[str]) -> int:
+    from lora_pipeline.logging_setup import quiet_ml_libraries
+
+    quiet_ml_libraries()
     for name in names or discover():
         module = importlib.import_module(f"benchmarks.{name}")
         print(module.run().report(), flush=True)
