@@ -15,6 +15,15 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # On a GPU machine install the CUDA build of the same version before running this script.
 .venv/bin/python -c 'import torch' 2>/dev/null || "${PIP[@]}" install "torch==2.13.0"
 
+# Browser tests drive Debian's Chromium (Playwright's own browser download cannot be used).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: install Debian's chromium for the browser tests (they skip without it)" >&2
+  fi
+fi
+
 stamp=.venv/.lora_pipeline_installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "${PIP[@]}" install -e ".[dev]"
