@@ -92,6 +92,11 @@ def cmd_character_add(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from lora_pipeline.media.uploads import store_upload
 
+    if args.comfyui_output:
+        _ingest_comfyui_output(args)
+        return
+    if not args.source or not (args.character or args.project):
+        raise CliError("give a URL or file and --character or --project (or --comfyui-output)")
     settings = _settings()
     registry = _registry(settings)
     with registry.session() as session:
@@ -126,27 +131,65 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         print("the ingest sensor starts it under `lora-pipeline ui`; or pass --now")
 
 
-def _ingest_now(settings: Settings, registry: Registry, source_id: int) -> None:
+def _ingest_comfyui_output(args: argparse.Namespace) -> None:
+    """Scan the ComfyUI output folder now, as the comfyui_output_sensor does."""
+    from lora_pipeline.media.comfyui_scan import register_new_outputs
+
+    settings = _settings()
+    folder = Path(args.folder) if args.folder else settings.comfyui_output_dir
+    if folder is None or not folder.is_dir():
+        raise CliError(
+            f"no ComfyUI output folder at {folder}: pass --folder or set "
+            "LORA_PIPELINE_COMFYUI_OUTPUT_DIR"
+        )
+    registry = _registry(settings)
+    result = register_new_outputs(registry, folder, args.project or settings.comfyui_project, print)
+    print(f"{len(result.source_ids)} new ComfyUI outputs to ingest")
+    if args.now and result.source_ids:
+        _ingest_now(settings, registry, result.source_ids, {"comfyui_output_dir": str(folder)})
+
+
+def _ingest_now(
+    settings: Settings,
+    registry: Registry,
+    source_ids: int | list[int],
+    ingest_config: dict[str, object] | None = None,
+) -> None:
     from lora_pipeline.defs.instance import materialize_partition, open_instance
     from lora_pipeline.registry.models import Source
 
+    ids = [source_ids] if isinstance(source_ids, int) else list(source_ids)
+    by_partition: dict[str, list[int]] = {}
     with registry.session() as session:
-        source = session.get(Source, source_id)
-        slug = _source_partition(session, source)
+        for source_id in ids:
+            slug = _source_partition(session, session.get(Source, source_id))
+            by_partition.setdefault(slug, []).append(source_id)
     instance = open_instance(settings.dagster_home)
-    ok = materialize_partition(
-        instance,
-        slug,
-        ["ingested_frames", "classified_frames"],
-        {"ops": {"ingested_frames": {"config": {"source_ids": [source_id]}}}},
-    )
+    failed_runs = [
+        slug
+        for slug, group in by_partition.items()
+        if not materialize_partition(
+            instance,
+            slug,
+            ["ingested_frames", "classified_frames"],
+            {
+                "ops": {
+                    "ingested_frames": {"config": {"source_ids": group, **(ingest_config or {})}}
+                }
+            },
+        )
+    ]
     with registry.session() as session:
-        source = session.get(Source, source_id)
-        if source.state == "failed":
-            raise CliError(f"ingest {source_id} failed: {source.error}")
-        print(f"ingest {source_id}: {source.state}, {source.stats}")
-    if not ok:
-        raise CliError(f"the ingest run for {slug} failed; see `lora-pipeline ui` for its logs")
+        for source_id in ids:
+            source = session.get(Source, source_id)
+            if source.state == "failed":
+                raise CliError(f"ingest {source_id} failed: {source.error}")
+            print(f"ingest {source_id}: {source.state}, {source.stats}")
+    if failed_runs:
+        raise CliError(
+            f"the ingest run for {', '.join(failed_runs)} failed; "
+            "see `lora-pipeline ui` for its logs"
+        )
 
 
 def _source_partition(session, source) -> str:
@@ -159,6 +202,16 @@ def _source_partition(session, source) -> str:
 
 
 # --- review -------------------------------------------------------------------------------------
+
+
+def cmd_review_serve(args: argparse.Namespace) -> None:
+    """Start the review web app (Characters, Approve, Generate, Gallery, Ingest)."""
+    from lora_pipeline.review.app import check_bind, serve
+
+    check_bind(args.host, args.token)
+    login = " (log in once with /?token=YOUR-TOKEN)" if args.token else ""
+    print(f"review app on http://{args.host}:{args.port}/{login}", flush=True)
+    serve(_settings(), host=args.host, port=args.port, access_token=args.token)
 
 
 def cmd_review_list(args: argparse.Namespace) -> None:
@@ -293,19 +346,43 @@ def build_parser() -> argparse.ArgumentParser:
     cadd.add_argument("--height", type=int)
     cadd.set_defaults(func=cmd_character_add)
 
-    ingest = sub.add_parser("ingest", help="request an ingest of a URL, video or image")
-    ingest.add_argument("source", help="a URL (YouTube or any yt-dlp site) or a local file")
-    target = ingest.add_mutually_exclusive_group(required=True)
+    ingest = sub.add_parser(
+        "ingest", help="request an ingest of a URL, video or image, or scan ComfyUI's outputs"
+    )
+    ingest.add_argument(
+        "source", nargs="?", help="a URL (YouTube or any yt-dlp site) or a local file"
+    )
+    target = ingest.add_mutually_exclusive_group()
     target.add_argument("--character", help="single-character mode")
-    target.add_argument("--project", help="project mode: frames sorted into its characters")
+    target.add_argument(
+        "--project",
+        help="project mode: frames sorted into its characters (with --comfyui-output: the "
+        "project of files whose name matches no character)",
+    )
+    ingest.add_argument(
+        "--comfyui-output",
+        action="store_true",
+        help="ingest the new images of the ComfyUI output folder",
+    )
+    ingest.add_argument("--folder", help="the ComfyUI output folder (default: configured)")
     ingest.add_argument("--fps", type=float, default=1.0)
     ingest.add_argument("--max-frames", type=int, default=100)
     ingest.add_argument("--now", action="store_true", help="run the ingest in this process")
     ingest.set_defaults(func=cmd_ingest)
 
-    review = sub.add_parser("review", help="review pending images").add_subparsers(
-        dest="action", required=True
+    review_app = sub.add_parser(
+        "review", help="start the review web app on 127.0.0.1, or review from the terminal"
     )
+    review_app.add_argument("--host", default="127.0.0.1")
+    review_app.add_argument("--port", type=int, default=8765)
+    review_app.add_argument(
+        "--token",
+        default=os.environ.get("LORA_PIPELINE_REVIEW_TOKEN") or None,
+        help="access token, required to bind a non-loopback address "
+        "(default: $LORA_PIPELINE_REVIEW_TOKEN)",
+    )
+    review_app.set_defaults(func=cmd_review_serve)
+    review = review_app.add_subparsers(dest="action")
     rlist = review.add_parser("list", help="pending images")
     rlist.add_argument("--project")
     rlist.add_argument("--character")
@@ -354,8 +431,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from lora_pipeline.media.store import UnsafePathError
     from lora_pipeline.media.uploads import UploadError
     from lora_pipeline.media.video import VideoError
+    from lora_pipeline.review.app import ReviewAppError
 
     return EXPECTED_ERRORS + (
+        ReviewAppError,
         DemoFailed,
         DownloadFailed,
         InvalidImageError,

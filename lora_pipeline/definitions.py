@@ -15,6 +15,8 @@ from lora_pipeline.defs.schedules import (
 )
 from lora_pipeline.defs.sensors import (
     character_partitions_sensor,
+    comfyui_output_sensor,
+    generation_request_sensor,
     ingest_sensor,
     rejection_sensor,
     training_sensor,
@@ -43,7 +45,14 @@ def build_resources() -> dict[str, object]:
 defs = Definitions(
     assets=ASSETS,
     jobs=[ingest_job, regenerate_job, training_job, sweep_stuck_jobs_job, dataset_quality_job],
-    sensors=[character_partitions_sensor, ingest_sensor, rejection_sensor, training_sensor],
+    sensors=[
+        character_partitions_sensor,
+        ingest_sensor,
+        comfyui_output_sensor,
+        rejection_sensor,
+        generation_request_sensor,
+        training_sensor,
+    ],
     schedules=[stuck_jobs_schedule, nightly_quality_schedule],
     resources=build_resources(),
 )

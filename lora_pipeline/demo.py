@@ -33,6 +33,7 @@ CHARACTERS = {
     "kenji": "1boy, spiky black hair, green school uniform",
 }
 DEMO_CHARACTER = "aiko"
+DEMO_TRAINING = {"epochs": 2, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3}
 
 
 class DemoFailed(RuntimeError):
@@ -115,6 +116,9 @@ def _run(
         config = {"ops": {"ingested_frames": {"config": {"source_ids": [source_id]}}}}
     if count is not None:
         config = {"ops": {"generated_images": {"config": {"count": count}}}}
+    if "trained_lora" in selection:
+        # A short run suits the tiny random model; real models take the smart defaults.
+        config = {"ops": {"trained_lora": {"config": DEMO_TRAINING}}}
     say(f"materialising {', '.join(selection)} for {DEMO_CHARACTER} …")
     if not materialize_partition(
         instance, DEMO_CHARACTER, selection, config, tags={"lora_pipeline/started_by": "demo"}

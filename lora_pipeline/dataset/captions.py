@@ -33,8 +33,8 @@ def design_caption(trigger_word: str, design_prompt: str) -> str:
     trigger = normalize_caption(trigger_word)
     if not trigger or "," in trigger:
         raise CaptionError(f"trigger word {trigger_word!r} must be non-empty and have no comma")
-    parts = _distinct_parts(design_prompt, skip=trigger)
-    if parts and _starts_with_word(parts[0], trigger):
+    parts = distinct_parts(design_prompt, skip=trigger)
+    if parts and starts_with_word(parts[0], trigger):
         # "emma standing outdoors" already opens with the trigger; prefixing would repeat it.
         return ", ".join(parts)
     return ", ".join([trigger, *parts])
@@ -62,7 +62,7 @@ def write_captions(
     captions_dir = version_dir / CAPTIONS_DIRNAME
     captions_dir.mkdir(exist_ok=True)
     for image_file, caption in written.items():
-        _write_text_atomic(captions_dir / caption_file_name(image_file), caption)
+        write_text_atomic(captions_dir / caption_file_name(image_file), caption)
     return written
 
 
@@ -79,7 +79,7 @@ def check_captions(manifest: dict[str, Any], captions: Mapping[str, str]) -> dic
     checked: dict[str, str] = {}
     for name in files:
         caption = normalize_caption(captions[name])
-        if not _starts_with_word(caption, trigger):
+        if not starts_with_word(caption, trigger):
             raise CaptionError(
                 f"caption of {name} must start with the trigger word {trigger!r}: {caption!r:.80}"
             )
@@ -110,7 +110,7 @@ def load_captions(version_dir: Path, manifest: dict[str, Any]) -> dict[str, str]
     return check_captions(manifest, captions)
 
 
-def _distinct_parts(prompt: str, skip: str) -> list[str]:
+def distinct_parts(prompt: str, skip: str) -> list[str]:
     seen = {skip.casefold()}
     parts: list[str] = []
     for raw in prompt.split(","):
@@ -121,12 +121,12 @@ def _distinct_parts(prompt: str, skip: str) -> list[str]:
     return parts
 
 
-def _starts_with_word(text: str, word: str) -> bool:
+def starts_with_word(text: str, word: str) -> bool:
     # A word boundary after the trigger: "emma" opens "emma, ..." but not "emmanuel ...".
     return re.match(re.escape(word) + r"(?![\w])", text, flags=re.IGNORECASE) is not None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         temporary.write_text(text, encoding="utf-8")

@@ -1,31 +1,56 @@
-"""The kohya-ready layout of a dataset version, split by shot type.
+"""The kohya-ready layout of a dataset version, split by shot type (the LoRA prep guide).
 
 ```
 <out_dir>/
-  close/<slug>_close_0001.png  + <slug>_close_0001.txt (caption beside the image, as kohya wants)
-  mid/...   far/...   unknown/...   (only the shot types that have images)
-  shots.json      per file: shot_type, face_ratio, confidence, face_bbox, image_id, source_file
-  metadata.json   person, trigger_word, totals, shot_distribution, detector, warnings, created_at
+  close/<slug>_close_0001.png + <slug>_close_0001.txt   caption beside the image, as kohya wants
+  mid/…  far/…  unknown/…          only the shot types that have images
+  shots.json  metadata.json  concepts.json  preview_manifest.json      seed 002's formats
+  dataset_manifest.json            the version's manifest with captions, shots, tags, concepts
+  dataset.toml  kohya_config.json  training_config.json  training_info.json  train.sh
+  metadata.jsonl                   captions for diffusers' imagefolder loader
 ```
-The folder is built beside `out_dir` and swapped in whole, so a trainer never reads a mix of
-two builds; the same inputs give the same bytes, `created_at` aside.
+Each caption keeps the trigger word first and gets its shot type's tag second ("headshot",
+"portrait", "full body"), so the LoRA learns the framing words too. The folder is built beside
+`out_dir` and swapped in whole, so a trainer never reads a mix of two builds; the same inputs
+give the same bytes, but for `created_at` in metadata.json and training_info.json.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
 
-from lora_pipeline.dataset.captions import check_captions
+from lora_pipeline.dataset.balance import balance_repeats
+from lora_pipeline.dataset.caption_strategies import CaptionSet, caption_set_from_captions
+from lora_pipeline.dataset.captions import check_captions, normalize_caption
+from lora_pipeline.dataset.kohya_files import (
+    Subset,
+    TrainingPlan,
+    training_config,
+    write_training_files,
+)
+from lora_pipeline.dataset.prep_files import (
+    CONCEPTS_FILENAME,
+    DATASET_MANIFEST_FILENAME,
+    METADATA_FILENAME,
+    PREVIEW_FILENAME,
+    SHOTS_FILENAME,
+    Placement,
+    concepts_file,
+    dataset_manifest,
+    metadata_file,
+    preview_manifest,
+    shots_file,
+    write_prep_file,
+)
 from lora_pipeline.dataset.shots import CLOSE_MIN, MID_MIN, SHOT_TYPES, ShotResult, classify_shot
 from lora_pipeline.dataset.versions import (
     IMAGES_DIRNAME,
@@ -34,11 +59,11 @@ from lora_pipeline.dataset.versions import (
     validate_manifest,
 )
 from lora_pipeline.media.images import InvalidImageError, load_image
+from lora_pipeline.training.defaults import SmartDefaultsError, normalize_base_model_version
 from lora_pipeline.vision.faces import FaceBox, FaceDetector
 
-SHOTS_FILENAME = "shots.json"
-METADATA_FILENAME = "metadata.json"
 BALANCED_SHOT_TYPES = ("close", "mid", "far")
+DEFAULT_SHOT_TAGS = {"close": "headshot", "mid": "portrait", "far": "full body"}
 MIN_PER_SHOT = 3
 MAX_CLOSE_SHARE = 0.60
 MAX_FAR_SHARE = 0.50
@@ -58,6 +83,17 @@ class ShotSplitError(DatasetError):
     """The shot split cannot be built from the given version, captions or detector."""
 
 
+@dataclass(frozen=True)
+class SplitOptions:
+    """How to name, tag and configure the split; the defaults suit an SD1.5 character LoRA."""
+
+    person: str | None = None  # the display name; the character slug when not given
+    shot_tags: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SHOT_TAGS))
+    min_per_shot: int = MIN_PER_SHOT
+    base_model: str | None = None
+    base_model_version: str = "sd15"
+
+
 @dataclass
 class ShotSplit:
     directory: Path
@@ -65,13 +101,10 @@ class ShotSplit:
     metadata: dict[str, Any]
     distribution: dict[str, int]
     warnings: list[str]
-
-
-@dataclass(frozen=True)
-class _Placement:
-    entry: dict[str, Any]
-    shot: ShotResult
-    target_name: str
+    repeats: dict[str, int] = field(default_factory=dict)
+    top_concepts: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    face_detector: str | None = None
 
 
 def build_shot_splits(
@@ -81,43 +114,95 @@ def build_shot_splits(
     out_dir: Path,
     detector: FaceDetector | None,
     created_at: str,
+    *,
+    caption_set: CaptionSet | None = None,
+    options: SplitOptions | None = None,
 ) -> ShotSplit:
     """Classify every image of the version and publish the kohya layout at `out_dir`."""
     validate_manifest(manifest)
     checked_captions = check_captions(manifest, captions)
+    caption_set = _matching_caption_set(manifest, checked_captions, caption_set)
     if not isinstance(created_at, str) or not created_at.strip():
         raise ShotSplitError("created_at must be a non-empty timestamp string")
+    options = _checked_options(options or SplitOptions())
     version_dir, out_dir = Path(version_dir), Path(out_dir)
     _check_out_dir(version_dir, out_dir)
-    placements = _classify_all(version_dir, manifest, detector)
+    person = options.person or manifest["character"]
+    placements = _placements(version_dir, manifest, checked_captions, detector, options)
     distribution = {shot: 0 for shot in SHOT_TYPES}
     for placement in placements:
         distribution[placement.shot.shot_type] += 1
-    warnings = shot_warnings(distribution, detector is not None)
-    shots = {p.target_name: _shot_record(p) for p in placements}
-    metadata = _metadata(manifest, distribution, detector, warnings, created_at)
+    warnings = shot_warnings(distribution, detector is not None, options.min_per_shot)
+    repeats = balance_repeats(distribution)
+    plan = _training_plan(manifest, person, out_dir, options, distribution, repeats)
+    shots = shots_file(placements)
+    metadata = metadata_file(
+        person, manifest["trigger_word"], distribution, caption_set.top_concepts, created_at
+    )
+    shots_summary = {
+        "face_detector": detector.name if detector else None,
+        "note": NOTE_WITH_DETECTOR if detector else NOTE_NO_DETECTOR,
+        "distribution": distribution,
+        "warnings": warnings,
+    }
+    files = {
+        SHOTS_FILENAME: shots,
+        METADATA_FILENAME: metadata,
+        CONCEPTS_FILENAME: concepts_file(placements, caption_set),
+        PREVIEW_FILENAME: preview_manifest(
+            person, manifest["trigger_word"], placements, caption_set
+        ),
+        DATASET_MANIFEST_FILENAME: dataset_manifest(
+            manifest,
+            person,
+            placements,
+            caption_set,
+            shots_summary,
+            [subset.record() for subset in plan.subsets],
+        ),
+    }
     staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
         for placement in placements:
-            _place(version_dir, staging, placement, checked_captions[placement.entry["file"]])
-        _write_json(staging / SHOTS_FILENAME, shots)
-        _write_json(staging / METADATA_FILENAME, metadata)
+            _place(version_dir, staging, placement)
+        for name, value in files.items():
+            write_prep_file(staging, name, value)
+        write_training_files(
+            staging,
+            plan,
+            created_at,
+            distribution,
+            warnings,
+            [(p.relpath, p.caption) for p in placements],
+        )
         _publish(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ShotSplit(out_dir, shots, metadata, distribution, warnings)
+    return ShotSplit(
+        directory=out_dir,
+        shots=shots,
+        metadata=metadata,
+        distribution=distribution,
+        warnings=warnings,
+        repeats=repeats,
+        top_concepts=caption_set.top_concepts,
+        training=training_config(plan),
+        face_detector=detector.name if detector else None,
+    )
 
 
-def shot_warnings(distribution: Mapping[str, int], has_detector: bool) -> list[str]:
+def shot_warnings(
+    distribution: Mapping[str, int], has_detector: bool, min_per_shot: int = MIN_PER_SHOT
+) -> list[str]:
     """Balance warnings of the LoRA prep guide; without a detector there is nothing to judge."""
     if not has_detector:
         return []
     warnings = [
-        f"only {distribution[shot]} {shot} image(s): at least {MIN_PER_SHOT} per shot type "
+        f"only {distribution[shot]} {shot} image(s): at least {min_per_shot} per shot type "
         "are recommended"
         for shot in BALANCED_SHOT_TYPES
-        if distribution[shot] < MIN_PER_SHOT
+        if distribution[shot] < min_per_shot
     ]
     # Shares are of the images whose shot type is known: unknowns say nothing about balance.
     classified = sum(distribution[shot] for shot in BALANCED_SHOT_TYPES)
@@ -139,6 +224,50 @@ def shot_warnings(distribution: Mapping[str, int], has_detector: bool) -> list[s
     return warnings
 
 
+def shot_caption(caption: str, shot_tag: str | None) -> str:
+    """The caption with the shot tag second, right after the trigger-led first part."""
+    if not shot_tag:
+        return caption
+    first, *rest = (part.strip() for part in caption.split(","))
+    rest = [part for part in rest if part and part.casefold() != shot_tag.casefold()]
+    return ", ".join([first, shot_tag, *rest])
+
+
+def _matching_caption_set(
+    manifest: dict[str, Any], captions: dict[str, str], caption_set: CaptionSet | None
+) -> CaptionSet:
+    if caption_set is None:
+        return caption_set_from_captions(manifest["trigger_word"], captions)
+    if caption_set.captions != captions:
+        raise ShotSplitError("the caption set does not hold the captions given for this version")
+    return caption_set
+
+
+def _checked_options(options: SplitOptions) -> SplitOptions:
+    try:
+        version = normalize_base_model_version(options.base_model_version)
+    except SmartDefaultsError as error:
+        raise ShotSplitError(str(error)) from None
+    if isinstance(options.min_per_shot, bool) or not isinstance(options.min_per_shot, int):
+        raise ShotSplitError(f"min_per_shot must be an integer, got {options.min_per_shot!r}")
+    tags = {}
+    for shot, tag in options.shot_tags.items():
+        cleaned = normalize_caption(tag)
+        if shot not in BALANCED_SHOT_TYPES or not cleaned or "," in cleaned:
+            raise ShotSplitError(
+                f"shot tag {shot!r}: {tag!r} must belong to close, mid or far and be one "
+                "comma-free phrase"
+            )
+        tags[shot] = cleaned
+    return SplitOptions(
+        person=normalize_caption(options.person) if options.person else None,
+        shot_tags=tags,
+        min_per_shot=options.min_per_shot,
+        base_model=options.base_model,
+        base_model_version=version,
+    )
+
+
 def _check_out_dir(version_dir: Path, out_dir: Path) -> None:
     version, out = version_dir.resolve(), out_dir.resolve()
     # Replacing out_dir must never move the version (or the images folder) away.
@@ -146,9 +275,13 @@ def _check_out_dir(version_dir: Path, out_dir: Path) -> None:
         raise ShotSplitError(f"out_dir {out_dir} would replace the dataset version itself")
 
 
-def _classify_all(
-    version_dir: Path, manifest: dict[str, Any], detector: FaceDetector | None
-) -> list[_Placement]:
+def _placements(
+    version_dir: Path,
+    manifest: dict[str, Any],
+    captions: Mapping[str, str],
+    detector: FaceDetector | None,
+    options: SplitOptions,
+) -> list[Placement]:
     slug = manifest["character"]
     counters = {shot: 0 for shot in SHOT_TYPES}
     placements = []
@@ -157,8 +290,10 @@ def _classify_all(
         counters[shot.shot_type] += 1
         suffix = PurePosixPath(entry["file"]).suffix
         name = f"{slug}_{shot.shot_type}_{counters[shot.shot_type]:04d}{suffix}"
-        placements.append(_Placement(entry, shot, name))
-    return placements
+        caption = shot_caption(captions[entry["file"]], options.shot_tags.get(shot.shot_type))
+        placements.append(Placement(entry, shot, shot.shot_type, name, caption))
+    # Files listed by folder and number, as a person browsing the split sees them.
+    return sorted(placements, key=lambda p: p.relpath)
 
 
 def _classify_image(path: Path, entry: dict[str, Any], detector: FaceDetector | None) -> ShotResult:
@@ -185,42 +320,41 @@ def _detect(detector: FaceDetector, image: Image.Image) -> list[FaceBox]:
     return faces
 
 
-def _shot_record(placement: _Placement) -> dict[str, Any]:
-    shot = placement.shot
-    return {
-        "shot_type": shot.shot_type,
-        "face_ratio": shot.face_ratio,
-        "confidence": shot.confidence,
-        "face_bbox": shot.face_bbox,
-        # The link back to the registry row and the version's file.
-        "image_id": placement.entry["image_id"],
-        "source_file": placement.entry["file"],
-    }
-
-
-def _metadata(
+def _training_plan(
     manifest: dict[str, Any],
-    distribution: dict[str, int],
-    detector: FaceDetector | None,
-    warnings: list[str],
-    created_at: str,
-) -> dict[str, Any]:
-    return {
-        "person": manifest["character"],
-        "trigger_word": manifest["trigger_word"],
-        "dataset_version": manifest["version_hash"],
-        "total_images": len(manifest["images"]),
-        "shot_distribution": dict(distribution),
-        "top_concepts": [],
-        "created_at": created_at,
-        "face_detector": detector.name if detector else None,
-        "note": NOTE_WITH_DETECTOR if detector else NOTE_NO_DETECTOR,
-        "warnings": list(warnings),
-    }
+    person: str,
+    out_dir: Path,
+    options: SplitOptions,
+    distribution: Mapping[str, int],
+    repeats: Mapping[str, int],
+) -> TrainingPlan:
+    subsets = tuple(
+        Subset(
+            shot_type=shot,
+            folder=shot,
+            images=distribution[shot],
+            num_repeats=repeats[shot],
+            shot_tag=options.shot_tags.get(shot),
+            # The trigger word, and the shot tag when there is one, stay first on shuffling.
+            keep_tokens=2 if options.shot_tags.get(shot) else 1,
+        )
+        for shot in SHOT_TYPES
+        if distribution[shot]
+    )
+    return TrainingPlan(
+        person=person,
+        character=manifest["character"],
+        trigger_word=manifest["trigger_word"],
+        version_hash=manifest["version_hash"],
+        folder_name=out_dir.name,
+        base_model=options.base_model,
+        base_model_version=options.base_model_version,
+        subsets=subsets,
+    )
 
 
-def _place(version_dir: Path, staging: Path, placement: _Placement, caption: str) -> None:
-    shot_dir = staging / placement.shot.shot_type
+def _place(version_dir: Path, staging: Path, placement: Placement) -> None:
+    shot_dir = staging / placement.folder
     shot_dir.mkdir(exist_ok=True)
     target = shot_dir / placement.target_name
     source = version_dir / IMAGES_DIRNAME / placement.entry["file"]
@@ -228,12 +362,7 @@ def _place(version_dir: Path, staging: Path, placement: _Placement, caption: str
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
-    target.with_suffix(".txt").write_text(caption, encoding="utf-8")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    text = json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
-    path.write_text(text, encoding="utf-8")
+    target.with_suffix(".txt").write_text(placement.caption, encoding="utf-8")
 
 
 def _publish(staging: Path, out_dir: Path) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lora_pipeline.dataset.schema import check_schema
 from lora_pipeline.media.store import DataRoot, sha256_file
 
 SCHEMA_VERSION = 1
@@ -79,6 +80,34 @@ _IMAGE_ENTRY_SCHEMA: dict[str, Any] = {
     },
 }
 
+PROVENANCE_FIELDS = ("source", "author", "license", "url", "notes")
+TAG_MATCHES = ("all", "any")
+
+SELECTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "tags", "match"],
+    "additionalProperties": False,
+    "properties": {
+        "status": {"type": "string", "const": "approved"},
+        "tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}},
+        "match": {"type": "string", "enum": list(TAG_MATCHES)},
+    },
+}
+
+# Dataset-level provenance (seed 003's --provenance-* options) and the rule that chose the images.
+PROVENANCE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "source": {"type": "string", "minLength": 1, "maxLength": 500},
+        "author": {"type": "string", "minLength": 1, "maxLength": 500},
+        "license": {"type": "string", "minLength": 1, "maxLength": 500},
+        "url": {"type": "string", "pattern": r"https?://[^\s]+", "maxLength": 2000},
+        "notes": {"type": "string", "minLength": 1, "maxLength": 5000},
+        "selection": SELECTION_SCHEMA,
+    },
+}
+
 MANIFEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "lora_pipeline dataset version manifest",
@@ -99,7 +128,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "trigger_word": {"type": "string", "pattern": r"^[^,\s](?:[^,\n\r]*[^,\s])?$"},
         "version_hash": {"type": "string", "pattern": _SHA256_PATTERN},
         "images": {"type": "array", "items": _IMAGE_ENTRY_SCHEMA},
-        "provenance": {"type": "object"},
+        "provenance": PROVENANCE_SCHEMA,
     },
 }
 
@@ -154,7 +183,7 @@ def build_manifest(
 
 def validate_manifest(manifest: Any) -> None:
     """Raise ManifestError unless `manifest` follows MANIFEST_SCHEMA and is self-consistent."""
-    _check_schema(manifest, MANIFEST_SCHEMA, "manifest")
+    check_schema(manifest, MANIFEST_SCHEMA, "manifest", ManifestError)
     try:
         _canonical_compact(manifest)
     except (TypeError, ValueError) as error:
@@ -193,7 +222,7 @@ def write_dataset_version(root: DataRoot, manifest: dict[str, Any]) -> Path:
     validate_manifest(manifest)
     final_dir = version_dir_for(root, manifest)
     if final_dir.exists():
-        verify_dataset_version(final_dir, manifest)
+        verify_dataset_version(final_dir, _published_manifest(final_dir, manifest))
         return final_dir
     parent = root.dir(DATASETS_DIRNAME, manifest["character"])
     staging = parent / f".{manifest['version_hash']}.tmp-{uuid.uuid4().hex}"
@@ -205,10 +234,28 @@ def write_dataset_version(root: DataRoot, manifest: dict[str, Any]) -> Path:
             # Another writer published the same version first; theirs must equal ours.
             if not final_dir.exists():
                 raise
-            verify_dataset_version(final_dir, manifest)
+            verify_dataset_version(final_dir, _published_manifest(final_dir, manifest))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final_dir
+
+
+def _published_manifest(version_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of an existing version, which must match `manifest` but for provenance.
+
+    A version is immutable: the provenance written when it was first built stays, even when a
+    later build of the same images is given other provenance notes.
+    """
+    published = load_manifest(version_dir)
+    if _without_provenance(published) != _without_provenance(manifest):
+        raise ManifestError(
+            f"{version_dir / MANIFEST_FILENAME} differs from the manifest of this version"
+        )
+    return published
+
+
+def _without_provenance(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in manifest.items() if key != "provenance"}
 
 
 def verify_dataset_version(version_dir: Path, manifest: dict[str, Any]) -> None:
@@ -324,47 +371,3 @@ def _check_relative_path(path: str, image_id: int) -> None:
     pure = PurePosixPath(path)
     if pure.is_absolute() or "\\" in path or ".." in pure.parts:
         raise ManifestError(f"image {image_id} path {path!r} must be relative to the data root")
-
-
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,),
-    "array": (list,),
-    "string": (str,),
-    "integer": (int,),
-}
-
-
-def _check_schema(value: Any, schema: dict[str, Any], where: str) -> None:
-    """The subset of JSON Schema that MANIFEST_SCHEMA uses (jsonschema is not a dependency)."""
-    expected_type = schema.get("type")
-    if expected_type is not None:
-        is_bool = isinstance(value, bool)
-        if is_bool or not isinstance(value, _JSON_TYPES[expected_type]):
-            raise ManifestError(f"{where} must be a JSON {expected_type}, got {value!r:.80}")
-    if "const" in schema and value != schema["const"]:
-        raise ManifestError(f"{where} must be {schema['const']!r}, got {value!r:.80}")
-    if "minimum" in schema and value < schema["minimum"]:
-        raise ManifestError(f"{where} must be at least {schema['minimum']}, got {value}")
-    if "minLength" in schema and len(value) < schema["minLength"]:
-        raise ManifestError(f"{where} must not be empty")
-    if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
-        raise ManifestError(f"{where} has an invalid value {value!r:.80}")
-    if expected_type == "object":
-        _check_object(value, schema, where)
-    if expected_type == "array" and "items" in schema:
-        for index, item in enumerate(value):
-            _check_schema(item, schema["items"], f"{where}[{index}]")
-
-
-def _check_object(value: dict[str, Any], schema: dict[str, Any], where: str) -> None:
-    missing = [key for key in schema.get("required", []) if key not in value]
-    if missing:
-        raise ManifestError(f"{where} lacks required field(s) {missing}")
-    properties = schema.get("properties", {})
-    if schema.get("additionalProperties", True) is False:
-        unknown = sorted(str(key) for key in value if key not in properties)
-        if unknown:
-            raise ManifestError(f"{where} has unknown field(s) {unknown}")
-    for key, subschema in properties.items():
-        if key in value:
-            _check_schema(value[key], subschema, f"{where}.{key}")

@@ -4,18 +4,22 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
+from lora_pipeline.generation.advisor import configured_advisors
 from lora_pipeline.generation.backends import LocalImageBackend
 from lora_pipeline.generation.service import GenerationPlan, generate_for_character
 
 
 class GenerationConfig(Config):
-    """Launchpad settings; the rejection sensor fills `feedback_ids` for a regeneration."""
+    """Launchpad settings; the rejection sensor fills `feedback_ids` for a regeneration, the
+    generation request sensor fills `job_ids` with the jobs requested in the review app (then
+    count, seed, prompt_override and extra_negative do not apply)."""
 
     count: int = 4
     seed: int | None = None
     prompt_override: str | None = None
     extra_negative: str = ""
     feedback_ids: list[int] = []
+    job_ids: list[int] = []
 
 
 @asset(
@@ -39,10 +43,17 @@ def generated_images(
         prompt_override=config.prompt_override,
         extra_negative=config.extra_negative,
         feedback_ids=tuple(config.feedback_ids),
+        job_ids=tuple(config.job_ids),
     )
     backend = LocalImageBackend(models.generator())
     outcome = generate_for_character(
-        registry.get(), data_root.get(), backend, context.partition_key, plan, context.log.info
+        registry.get(),
+        data_root.get(),
+        backend,
+        context.partition_key,
+        plan,
+        context.log.info,
+        advisors=configured_advisors(),
     )
     if not outcome.image_ids and outcome.failed_jobs:
         raise RuntimeError(f"every generation job failed: {outcome.failed_jobs}")
@@ -53,5 +64,6 @@ def generated_images(
             "prompt": outcome.prompt,
             "negative_prompt": outcome.negative_prompt,
             "answers_feedback": MetadataValue.json(list(config.feedback_ids)),
+            "requested_jobs": MetadataValue.json(list(config.job_ids)),
         }
     )

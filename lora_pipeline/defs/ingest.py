@@ -1,34 +1,99 @@
 """Ingest stage: sources → frames (ingested_frames) → frames sorted into characters."""
 
+from pathlib import Path
+
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from sqlalchemy import or_, select
 
+from lora_pipeline.config import Settings
+from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, RegistryResource
-from lora_pipeline.media.ingest import ingest_source
+from lora_pipeline.media.contact_sheet import contact_sheet
+from lora_pipeline.media.frames import FrameFilters, FrameStats
+from lora_pipeline.media.images import InvalidImageError, load_image
+from lora_pipeline.media.ingest import IngestOptions, ingest_source
+from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands
-from lora_pipeline.registry.models import Source
-from lora_pipeline.vision.classify import classify_character_sources
+from lora_pipeline.registry.db import Registry
+from lora_pipeline.registry.models import Frame, Source
+from lora_pipeline.vision.classify import (
+    ClassifyOptions,
+    classify_character_sources,
+    registry_references,
+)
+from lora_pipeline.vision.identification import Identifier, build_identifier
+
+CONTACT_SHEET_IMAGES = 16
 
 
 class IngestConfig(Config):
-    """Which sources to ingest; empty means every pending source of the character."""
+    """Which sources to ingest (empty: every pending source of the character), and filter
+    settings for this run; unset filter fields take the LORA_PIPELINE_* settings, -1 turns a
+    filter off."""
 
     source_ids: list[int] = []
+    near_duplicate_distance: int | None = None
+    static_threshold: float | None = None
+    min_sharpness: float | None = None
+    min_side: int | None = None
+    # Where ComfyUI output sources' files are, when not the configured folder.
+    comfyui_output_dir: str | None = None
 
 
-def _pending_source_ids(registry, slug: str) -> list[int]:
-    with registry.session() as session:
+class ClassifyConfig(Config):
+    """The identifier for this run (llava:<model>, ollama:<url>#<model>, reference:<model>);
+    unset takes the project's configured one."""
+
+    identifier: str | None = None
+
+
+def _off_if_negative(value):
+    return None if value is not None and value < 0 else value
+
+
+def frame_filters(settings: Settings, config: IngestConfig) -> FrameFilters:
+    def pick(name: str):
+        value = getattr(config, name)
+        return _off_if_negative(getattr(settings, name) if value is None else value)
+
+    return FrameFilters(
+        static_threshold=pick("static_threshold"),
+        near_duplicate_distance=pick("near_duplicate_distance"),
+        min_sharpness=pick("min_sharpness"),
+        min_side=max(1, pick("min_side") or 1),
+    )
+
+
+def _pending_source_ids(registry: Registry, slug: str) -> list[int]:
+    with registry.session(readonly=True) as session:
         character = commands.get_character(session, slug)
         query = select(Source.id).where(
             Source.state == "pending",
-            Source.kind != "comfyui_output",
             or_(
                 Source.character_id == character.id,
                 (Source.mode == "project") & (Source.project_id == character.project_id),
             ),
         )
         return list(session.scalars(query.order_by(Source.id)))
+
+
+def _sheet_metadata(root: DataRoot, paths: list[str], title: str) -> dict:
+    images = []
+    for path in paths[:CONTACT_SHEET_IMAGES]:
+        try:
+            images.append(load_image(root.path(path)))
+        except InvalidImageError:
+            continue
+    return {"contact_sheet": image_markdown(contact_sheet(images), title)} if images else {}
+
+
+def _frame_paths(registry: Registry, frame_ids: list[int]) -> list[str]:
+    if not frame_ids:
+        return []
+    with registry.session(readonly=True) as session:
+        query = select(Frame.path).where(Frame.id.in_(frame_ids[: CONTACT_SHEET_IMAGES * 4]))
+        return list(session.scalars(query.order_by(Frame.id)))
 
 
 @asset(
@@ -42,20 +107,55 @@ def ingested_frames(
     registry: RegistryResource,
     data_root: DataRootResource,
 ) -> MaterializeResult:
-    """Frames of the character's sources (URL, uploaded video or image), deduplicated, with
-    provenance. A failed source is marked failed with its reason; the others go on."""
-    reg, root = registry.get(), data_root.get()
+    """Frames of the character's sources (URL, uploaded video or image, ComfyUI output file),
+    without repeats: exact duplicates, a static shot's copies and near-duplicates of the stream
+    or of the character's dataset are dropped, with blurry and tiny frames. Each kept frame
+    has its provenance. A failed source is marked failed with its reason; the others go on."""
+    reg, root, settings = registry.get(), data_root.get(), Settings.from_env()
+    comfyui_dir = config.comfyui_output_dir or settings.comfyui_output_dir
+    options = IngestOptions(
+        filters=frame_filters(settings, config),
+        comfyui_output_dir=Path(comfyui_dir) if comfyui_dir else None,
+    )
     source_ids = config.source_ids or _pending_source_ids(reg, context.partition_key)
-    outcomes = [ingest_source(reg, root, sid, context.log.info) for sid in source_ids]
+    outcomes = [ingest_source(reg, root, sid, context.log.info, options) for sid in source_ids]
+    total = FrameStats()
+    for outcome in outcomes:
+        total.add(outcome.stats)
     failed = {str(o.source_id): o.error for o in outcomes if o.state == "failed"}
+    kept_paths = _frame_paths(reg, [fid for o in outcomes for fid in o.frame_ids])
     return MaterializeResult(
         metadata={
             "sources": len(outcomes),
+            "sources_already_done": sum(o.already_done for o in outcomes),
             "sources_failed": MetadataValue.json(failed),
-            "frames_seen": sum(o.stats.seen for o in outcomes),
-            "frames_kept": sum(o.stats.kept for o in outcomes),
-            "duplicates_dropped": sum(o.stats.duplicates for o in outcomes),
+            "frames_seen": total.seen,
+            "frames_kept": total.kept,
+            "duplicates_dropped": total.duplicates,
+            "static_dropped": total.static,
+            "near_duplicates_dropped": total.near_duplicates,
+            "blurry_dropped": total.blurry,
+            "too_small_dropped": total.too_small,
+            **_sheet_metadata(root, kept_paths, "kept frames"),
         }
+    )
+
+
+def project_identifier(
+    registry: Registry, root: DataRoot, settings: Settings, slug: str, override: str | None
+) -> Identifier | None:
+    """The identifier configured for the character's project (or given for this run)."""
+    with registry.session(readonly=True) as session:
+        project_slug = commands.get_character(session, slug).project.slug
+    spec = override or settings.identifier_for(project_slug)
+    if not spec:
+        return None
+    return build_identifier(
+        spec,
+        device=settings.device,
+        references=registry_references(registry, root),
+        reference_threshold=settings.reference_threshold,
+        cache_dir=root.dir("cache", "embeddings"),
     )
 
 
@@ -68,20 +168,38 @@ def ingested_frames(
 )
 def classified_frames(
     context: AssetExecutionContext,
+    config: ClassifyConfig,
     registry: RegistryResource,
     data_root: DataRootResource,
 ) -> MaterializeResult:
     """Each frame checked once for which characters it shows; recognised frames become pending
-    images of those characters, the rest are skipped."""
-    stats = classify_character_sources(
-        registry.get(), data_root.get(), context.partition_key, None, context.log.info
-    )
+    images of those characters (unless they nearly repeat one), the rest are skipped."""
+    reg, root, settings = registry.get(), data_root.get(), Settings.from_env()
+    identifier = project_identifier(reg, root, settings, context.partition_key, config.identifier)
+    distance = _off_if_negative(settings.near_duplicate_distance)
+    try:
+        stats = classify_character_sources(
+            reg,
+            root,
+            context.partition_key,
+            identifier,
+            context.log.info,
+            ClassifyOptions(near_duplicate_distance=distance),
+        )
+    finally:
+        close = getattr(identifier, "close", None)
+        if close is not None:
+            close()
     return MaterializeResult(
         metadata={
+            "identifier": identifier.name if identifier else "source character (none configured)",
             "frames_classified": stats.frames_classified,
             "frames_already_classified": stats.frames_cached,
+            "frames_answer_reused": stats.frames_reused,
             "images_added": stats.images_added,
             "skipped": stats.skipped,
+            "near_duplicates_dropped": stats.near_duplicates,
             "per_character": MetadataValue.json(stats.per_character),
+            **_sheet_metadata(root, stats.added_paths, "images added"),
         }
     )

@@ -7,13 +7,22 @@ and the tests share one configuration.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource
 
 from lora_pipeline.config import Settings, torch_device
-from lora_pipeline.generation.local import DiffusersGenerator
+from lora_pipeline.generation.local import SINGLE_FILE_SUFFIXES, DiffusersGenerator
 from lora_pipeline.media.store import DataRoot
+from lora_pipeline.model_configs import config_folder_for
 from lora_pipeline.registry.db import Registry, migrate
+from lora_pipeline.training.gpu import free_comfyui_vram
+from lora_pipeline.training.service import KohyaSetup
+from lora_pipeline.vision.captioner import Captioner, load_captioner
+from lora_pipeline.vision.faces import FaceDetector, load_face_detector
+from lora_pipeline.vision.tagger import OnnxTagger
 
 
 def _settings() -> Settings:
@@ -58,6 +67,20 @@ class ModelsResource(ConfigurableResource):
     base_model: str | None = None
     device: str | None = None
     comfyui_loras_dir: str | None = None
+    # Training: ComfyUI's URL (to free its VRAM first), a kohya sd-scripts checkout (train with
+    # kohya when set), its Python, and a CLIP tokenizer folder for single-file checkpoints.
+    comfyui_url: str | None = None
+    kohya_scripts_dir: str | None = None
+    kohya_python: str | None = None
+    tokenizer_dir: str | None = None
+    # Dataset: the shot splits' face detector (a YOLO-style .onnx, or insightface:<root>[#pack])
+    # and its score threshold, the WD14 tagger (.onnx + selected_tags.csv), and the vlm
+    # caption strategy's captioner ('package.module:factory').
+    face_detector: str | None = None
+    face_threshold: float | None = None
+    tagger: str | None = None
+    tagger_tags: str | None = None
+    captioner: str | None = None
 
     def base_model_id(self) -> str:
         model = self.base_model or _settings().base_model
@@ -83,11 +106,99 @@ class ModelsResource(ConfigurableResource):
         for generator in list(_GENERATORS.values()):
             generator.close()
         _GENERATORS.clear()
+        # The dataset stages' ONNX sessions hold GPU memory too under onnxruntime-gpu.
+        _DATASET_MODELS.clear()
         gc.collect()
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def free_comfyui_vram(self) -> str:
+        """POST /free to the configured ComfyUI; what happened, as a sentence for the log."""
+        url = self.comfyui_url or _settings().comfyui_url
+        if not url:
+            return "no ComfyUI configured: nothing to free"
+        return free_comfyui_vram(url)
+
+    def kohya_setup(self) -> KohyaSetup | None:
+        """The kohya sd-scripts checkout to train with, or None for the built-in trainer."""
+        settings = _settings()
+        scripts = self.kohya_scripts_dir or settings.kohya_scripts_dir
+        if not scripts:
+            return None
+        python = self.kohya_python or settings.kohya_python or _venv_python(Path(scripts))
+        return KohyaSetup(Path(scripts), python, self._tokenizer_dir())
+
+    def single_file_config(self) -> str | None:
+        """A diffusers config folder for a single-file base checkpoint (shipped configs plus the
+        configured tokenizer), so that it loads offline; None for a folder or hub id."""
+        model = self.base_model_id()
+        if not model.lower().endswith(SINGLE_FILE_SUFFIXES):
+            return None
+        tokenizer = self._tokenizer_dir()
+        if tokenizer is None:
+            return None
+        folder = config_folder_for(Path(model), tokenizer, _settings().home / "model_configs")
+        return str(folder)
+
+    def _tokenizer_dir(self) -> Path | None:
+        configured = self.tokenizer_dir or _settings().tokenizer_dir
+        return Path(configured) if configured else None
+
+    def configured_base_model(self) -> str | None:
+        """The base model if one is configured (the dataset files name it; None is fine)."""
+        return self.base_model or _settings().base_model
+
+    def face_detector_model(self) -> FaceDetector | None:
+        """The configured face detector, loaded once per process; None when none is set."""
+        settings = _settings()
+        spec = self.face_detector or settings.face_detector
+        if not spec:
+            return None
+        threshold = (
+            self.face_threshold if self.face_threshold is not None else settings.face_threshold
+        )
+        device = self.device or settings.device
+        return _cached(
+            ("faces", spec, threshold, device),
+            lambda: load_face_detector(spec, score_threshold=threshold, device=device),
+        )
+
+    def tagger_model(self) -> OnnxTagger | None:
+        """The configured WD14 tagger, loaded once per process; None when none is set."""
+        settings = _settings()
+        model = self.tagger or settings.tagger
+        if not model:
+            return None
+        tags = self.tagger_tags or settings.tagger_tags
+        device = self.device or settings.device
+        return _cached(
+            ("tagger", model, tags, device), lambda: OnnxTagger(model, tags, device=device)
+        )
+
+    def captioner_model(self) -> Captioner | None:
+        """The configured vlm captioner, made once per process; None when none is set."""
+        spec = self.captioner or _settings().captioner
+        return _cached(("captioner", spec), lambda: load_captioner(spec)) if spec else None
+
+
+def _venv_python(scripts: Path) -> str | None:
+    for venv in ("venv", ".venv"):
+        python = scripts / venv / "bin" / "python"
+        if python.is_file():
+            return str(python)
+    return None
+
+
+_DATASET_MODELS: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, load: Callable[[], Any]) -> Any:
+    # Models hold onnxruntime sessions: load each configuration once per process.
+    if key not in _DATASET_MODELS:
+        _DATASET_MODELS[key] = load()
+    return _DATASET_MODELS[key]
 
 
 _GENERATORS: dict[tuple[str, str], DiffusersGenerator] = {}

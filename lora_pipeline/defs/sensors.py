@@ -16,11 +16,14 @@ from dagster import (
     sensor,
 )
 
+from lora_pipeline.config import Settings
 from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
 from lora_pipeline.dataset.versions import dataset_fingerprint
 from lora_pipeline.defs.jobs import ingest_job, regenerate_job, training_job
 from lora_pipeline.defs.partitions import CHARACTER_PARTITIONS_NAME, character_partitions
 from lora_pipeline.defs.resources import RegistryResource
+from lora_pipeline.generation.service import pending_requests
+from lora_pipeline.media.comfyui_scan import register_new_outputs
 from lora_pipeline.registry import queries
 from lora_pipeline.registry.models import Character, Source
 
@@ -96,6 +99,64 @@ def partition_for_source(session, source: Source) -> str | None:
     return slugs[0] if slugs else None
 
 
+@sensor(job=ingest_job, minimum_interval_seconds=30, default_status=RUNNING)
+def comfyui_output_sensor(
+    context: SensorEvaluationContext, registry: RegistryResource
+) -> SensorResult:
+    """New files in the ComfyUI output folder (LORA_PIPELINE_COMFYUI_OUTPUT_DIR) → ingest
+    requests, each file once even across restarts → one ingest run per character with the
+    new ones (cursor: last source id requested)."""
+    settings = Settings.from_env()
+    folder = settings.comfyui_output_dir
+    if folder is None:
+        return SensorResult(
+            skip_reason=SkipReason("no ComfyUI output folder: set LORA_PIPELINE_COMFYUI_OUTPUT_DIR")
+        )
+    if not folder.is_dir():
+        return SensorResult(skip_reason=SkipReason(f"ComfyUI output folder {folder} is missing"))
+    reg = registry.get()
+    register_new_outputs(reg, folder, settings.comfyui_project, context.log.info)
+    last_id = int(context.cursor or 0)
+    by_partition: dict[str, list[int]] = defaultdict(list)
+    with reg.session(readonly=True) as session:
+        sources = [s for s in queries.sources_after(session, last_id) if s.kind == "comfyui_output"]
+        cursor = str(max([last_id] + [s.id for s in sources]))
+        for source in sources:
+            slug = partition_for_source(session, source)
+            if slug is None:
+                context.log.warning(f"source {source.id}: its project has no character yet")
+                continue
+            by_partition[slug].append(source.id)
+    # A retried tick groups the same sources the same way, so its run_keys repeat; and a
+    # source already ingested is skipped by the run, so an overlap costs nothing.
+    runs = [
+        RunRequest(
+            run_key=f"comfyui-{slug}-{ids[0]}-{ids[-1]}",
+            partition_key=slug,
+            run_config={"ops": {"ingested_frames": {"config": {"source_ids": ids}}}},
+            tags={"lora_pipeline/source_ids": ",".join(map(str, ids))},
+        )
+        for slug, ids in sorted(by_partition.items())
+    ]
+    return _result(context, runs, cursor, "no new ComfyUI outputs")
+
+
+def _generation_runs(
+    by_character: dict[str, list[int]], key: str, field: str, config: dict | None = None
+) -> list[RunRequest]:
+    """One generated_images run per character carrying its event ids in `field`; the run_key
+    ends with the newest id, so a retried tick requests the same runs."""
+    return [
+        RunRequest(
+            run_key=f"{key}-{slug}-{max(ids)}",
+            partition_key=slug,
+            run_config={"ops": {"generated_images": {"config": {**(config or {}), field: ids}}}},
+            tags={f"lora_pipeline/{field}": ",".join(map(str, ids))},
+        )
+        for slug, ids in sorted(by_character.items())
+    ]
+
+
 @sensor(job=regenerate_job, minimum_interval_seconds=30, default_status=RUNNING)
 def rejection_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
     """New rejections → one regeneration run per character, carrying the rejection ids, whose
@@ -106,17 +167,25 @@ def rejection_sensor(context: SensorEvaluationContext, registry: RegistryResourc
         feedback = queries.feedback_after(session, last_id)
         for item in feedback:
             by_character[session.get(Character, item.character_id).slug].append(item.id)
-    runs = [
-        RunRequest(
-            run_key=f"regenerate-{slug}-{max(ids)}",
-            partition_key=slug,
-            run_config={"ops": {"generated_images": {"config": {"count": 1, "feedback_ids": ids}}}},
-            tags={"lora_pipeline/feedback_ids": ",".join(map(str, ids))},
-        )
-        for slug, ids in sorted(by_character.items())
-    ]
+    runs = _generation_runs(by_character, "regenerate", "feedback_ids", {"count": 1})
     cursor = str(max([last_id] + [f.id for f in feedback]))
     return _result(context, runs, cursor, "no new rejections")
+
+
+@sensor(job=regenerate_job, minimum_interval_seconds=10, default_status=RUNNING)
+def generation_request_sensor(
+    context: SensorEvaluationContext, registry: RegistryResource
+) -> SensorResult:
+    """Generation requests from the review app (pending jobs) → one run per character that
+    executes exactly those jobs (cursor: last job id)."""
+    last_id = int(context.cursor or 0)
+    by_character: dict[str, list[int]] = defaultdict(list)
+    with registry.get().session(readonly=True) as session:
+        for job in pending_requests(session, last_id):
+            by_character[session.get(Character, job.character_id).slug].append(job.id)
+    runs = _generation_runs(by_character, "generate", "job_ids")
+    cursor = str(max([last_id] + [max(ids) for ids in by_character.values()]))
+    return _result(context, runs, cursor, "no new generation requests")
 
 
 @sensor(job=training_job, minimum_interval_seconds=60, default_status=RUNNING)

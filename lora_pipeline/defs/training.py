@@ -1,26 +1,204 @@
-"""Training stage: a kohya-format LoRA, registered as a candidate release."""
+"""Training stage: a kohya-format LoRA trained in a child process, registered as a candidate.
 
+The trainer runs as `python -m lora_pipeline.training.pipes_entry` under Dagster's
+`PipesSubprocessClient`: its log lines (step, epoch, loss, it/s, ETA) stream into the run's log,
+each epoch becomes an `AssetObservation`, and a crash, an out-of-memory kill or a cancel ends the
+child, never the run worker. A re-run resumes from the last saved epoch.
+"""
+
+import re
+import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetObservation,
+    Config,
+    Failure,
+    MetadataValue,
+    Output,
+    PipesSubprocessClient,
+    PipesTempFileMessageReader,
+    PreviewWarning,
+    asset,
+)
+from dagster._core.errors import DagsterPipesExecutionError
 
+from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
-from lora_pipeline.training.service import ReleaseRef, train_character_lora
-from lora_pipeline.training.trainer import TrainingConfig, TrainingProgress
+from lora_pipeline.training.job import TrainingJob
+from lora_pipeline.training.service import (
+    ReleaseRef,
+    plan_character_training,
+    register_trained_lora,
+)
+from lora_pipeline.training.trainer import OOM_ADVICE, TrainingConfig, TrainingResult
+
+CHILD_MODULE = "lora_pipeline.training.pipes_entry"
 
 
 class TrainingRunConfig(Config):
-    """Overrides from the launchpad; the defaults suit the demo's tiny model."""
+    """Overrides from the launchpad. Unset values take the smart defaults for the dataset size
+    (epochs, batch size, learning rate 1e-4, rank 32, alpha 16, the model's native resolution)."""
 
-    max_steps: int | None = 40
-    epochs: int = 1
-    learning_rate: float = 1e-3
-    rank: int = 4
-    alpha: float = 4.0
-    batch_size: int = 2
-    resolution: int = 64
+    epochs: int | None = None
+    learning_rate: float | None = None
+    resolution: int | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    batch_size: int | None = None
+    max_steps: int | None = None
     seed: int = 0
+    train_text_encoder: bool = False
+    text_encoder_lr: float | None = None
+    conv_rank: int = 0
+    conv_alpha: float | None = None
+    optimizer: str = "adamw"
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    enable_bucket: bool = True
+    shuffle_caption: bool = False
+    keep_tokens: int = 1
+    noise_offset: float = 0.0
+    min_snr_gamma: float | None = None
+    save_every_n_epochs: int | None = None  # None: about 5 saves per run
+    keep_last_n_epochs: int = 2
+    samples: bool = True
+    backend: str = "auto"  # auto: kohya when a kohya sd-scripts folder is configured
+
+
+def training_config(run: TrainingRunConfig, models: ModelsResource) -> TrainingConfig:
+    settings = run.model_dump(exclude={"samples", "backend"})
+    return TrainingConfig(
+        base_model=models.base_model_id(),
+        device=models.device_name(),
+        single_file_config=models.single_file_config(),
+        **settings,
+    )
+
+
+class TrainingMessages(PipesTempFileMessageReader):
+    """Reads the child's Pipes messages; turns its epoch reports into AssetObservations and keeps
+    its result, failure or interruption for the asset."""
+
+    def __init__(self, context: AssetExecutionContext) -> None:
+        super().__init__()
+        self._context = context
+        self.result: TrainingResult | None = None
+        self.failure: str | None = None
+        self.interrupted: dict | None = None
+
+    @contextmanager
+    def read_messages(self, handler: Any):
+        with super().read_messages(_Intercepting(handler, self.on_custom_message)) as params:
+            yield params
+
+    def on_custom_message(self, payload: Any) -> None:
+        kind = payload.get("kind") if isinstance(payload, dict) else None
+        if kind == "epoch":
+            try:
+                self._context.log_event(_epoch_observation(self._context, payload))
+            except Exception as error:  # noqa: BLE001 - a report must never stop the reading
+                self._context.log.warning(f"could not record epoch {payload.get('epoch')}: {error}")
+        elif kind == "result":
+            self.result = TrainingResult.from_dict(payload["result"])
+        elif kind == "failure":
+            self.failure = str(payload.get("message"))
+        elif kind == "interrupted":
+            self.interrupted = payload
+
+
+class _Intercepting:
+    """The Pipes message handler, with custom messages also handed to a callback as they come."""
+
+    def __init__(self, handler: Any, on_custom: Any) -> None:
+        self._handler = handler
+        self._on_custom = on_custom
+
+    def handle_message(self, message: dict) -> None:
+        if message.get("method") == "report_custom_message":
+            self._on_custom((message.get("params") or {}).get("payload"))
+        self._handler.handle_message(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+
+def _epoch_observation(context: AssetExecutionContext, report: dict) -> AssetObservation:
+    metadata: dict[str, Any] = {
+        "epoch": report["epoch"],
+        "epochs": report["epochs"],
+        "step": report["step"],
+        "total_steps": report["total_steps"],
+        "mean_loss": round(float(report["mean_loss"]), 6),
+        "seconds": round(float(report["seconds"]), 2),
+    }
+    if report.get("lora_path"):
+        metadata["lora_file"] = MetadataValue.path(report["lora_path"])
+    samples = [Path(p) for p in report.get("sample_paths") or [] if Path(p).is_file()]
+    if samples:
+        from PIL import Image
+
+        with Image.open(samples[0]) as first:
+            metadata["sample"] = image_markdown(first, f"epoch {report['epoch']} sample")
+        metadata["samples"] = MetadataValue.json([str(p) for p in samples])
+    partition = context.partition_key if context.has_partition_key else None
+    return AssetObservation(asset_key=context.asset_key, partition=partition, metadata=metadata)
+
+
+def _failure(error: DagsterPipesExecutionError, messages: TrainingMessages) -> Failure:
+    """One readable reason for a training process that did not succeed."""
+    if messages.failure:
+        return Failure(description=f"training failed: {messages.failure}")
+    if messages.interrupted:
+        step = messages.interrupted.get("step")
+        return Failure(
+            description=f"training was stopped at step {step}; its state is saved and the next "
+            "run of trained_lora for this character resumes from there"
+        )
+    match = re.search(r"code (-?\d+)", str(error))
+    code = int(match.group(1)) if match else None
+    if code is not None and code < 0:
+        return Failure(
+            description=f"the training process was killed by signal {-code}"
+            f"{' (SIGKILL: most often the out-of-memory killer)' if code == -9 else ''}. "
+            f"If memory ran out: {OOM_ADVICE}."
+        )
+    return Failure(
+        description=f"the training process crashed (exit code {code}); its traceback is in the "
+        "step's stderr. The next run resumes from the last saved epoch."
+    )
+
+
+def run_training_process(
+    context: AssetExecutionContext, job: TrainingJob, env: dict | None = None
+) -> tuple[TrainingResult, dict]:
+    """Train `job` in a child process through Dagster Pipes; the result and the metadata the
+    child reported for the materialization."""
+    messages = TrainingMessages(context)
+    client = PipesSubprocessClient(message_reader=messages, termination_timeout_seconds=60)
+    try:
+        with warnings.catch_warnings():
+            # Dagster's own Pipes handler reads a preview property of every message reader.
+            warnings.simplefilter("ignore", PreviewWarning)
+            invocation = client.run(
+                context=context,
+                command=[sys.executable, "-m", CHILD_MODULE],
+                extras={"job": job.to_dict()},
+                env=env,
+            )
+    except DagsterPipesExecutionError as error:
+        raise _failure(error, messages) from error
+    if messages.result is None:
+        raise Failure(description="the training process ended without reporting a result")
+    reported = invocation.get_materialize_result().metadata or {}
+    return messages.result, dict(reported)
 
 
 @asset(
@@ -37,50 +215,40 @@ def trained_lora(
     data_root: DataRootResource,
     models: ModelsResource,
 ) -> Output[ReleaseRef]:
-    """A LoRA on the UNet trained on the shot splits, saved in kohya format (ComfyUI's
-    LoraLoader applies every key), copied to the ComfyUI loras folder when one is set."""
+    """A kohya-format LoRA trained on the shot splits (built-in trainer or kohya sd-scripts),
+    copied to the ComfyUI loras folder when one is set, registered as a candidate release."""
     models.free_gpu()
-    training = TrainingConfig(
-        base_model=models.base_model_id(),
-        rank=config.rank,
-        alpha=config.alpha,
-        learning_rate=config.learning_rate,
-        max_steps=config.max_steps,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        resolution=config.resolution,
-        seed=config.seed,
-        device=models.device_name(),
-        title=context.partition_key,
-    )
-
-    def report(progress: TrainingProgress) -> None:
-        if progress.step == progress.total_steps or progress.step % 10 == 0:
-            context.log.info(
-                f"step {progress.step}/{progress.total_steps} epoch {progress.epoch} "
-                f"loss {progress.loss:.4f} {progress.it_per_s:.2f} it/s eta {progress.eta_s:.0f}s"
-            )
-
-    loras_dir = models.loras_dir()
-    release, result = train_character_lora(
+    context.log.info(models.free_comfyui_vram())
+    kohya = models.kohya_setup() if config.backend in ("auto", "kohya") else None
+    if config.backend == "kohya" and kohya is None:
+        raise Failure(description="backend kohya asked for, but no kohya scripts folder is set")
+    root = data_root.get()
+    job = plan_character_training(
         registry.get(),
-        data_root.get(),
+        root,
         shot_splits["dataset"],
         shot_splits["split_relpath"],
-        training,
-        on_progress=report,
+        training_config(config, models),
+        kohya=kohya,
+        samples=config.samples,
+    )
+    result, reported = run_training_process(context, job)
+    loras_dir = models.loras_dir()
+    release = register_trained_lora(
+        registry.get(),
+        root,
+        shot_splits["dataset"],
+        job,
+        result,
         comfyui_loras_dir=Path(loras_dir) if loras_dir else None,
     )
     return Output(
         release,
         metadata={
+            **reported,
             "release_id": release.release_id,
-            "sha256": release.sha256,
-            "steps": result.steps,
-            "final_loss": result.final_loss,
-            "seconds": round(result.seconds, 2),
-            "loss_curve": MetadataValue.json([round(x, 5) for x in result.losses]),
-            "path": MetadataValue.path(str(data_root.get().path(release.relpath))),
+            "backend": job.backend,
+            "path": MetadataValue.path(str(root.path(release.relpath))),
             "comfyui_copy": release.comfyui_copy or "not configured",
         },
     )

@@ -9,14 +9,21 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lora_pipeline.generation.advisor import PromptAdvisor, propose_refinement
 from lora_pipeline.generation.backends import ImageBackend
-from lora_pipeline.generation.local import GenerationRequest
+from lora_pipeline.generation.local import GenerationError, GenerationRequest
 from lora_pipeline.generation.negatives import merge_negative_prompt, negative_terms_for
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry
-from lora_pipeline.registry.models import Character, Feedback
+from lora_pipeline.registry.errors import ConflictError, InvalidInputError
+from lora_pipeline.registry.models import Character, Feedback, GenerationJob
 
 Log = Callable[[str], None]
 
@@ -28,6 +35,9 @@ class GenerationPlan:
     prompt_override: str | None = None
     extra_negative: str = ""
     feedback_ids: tuple[int, ...] = ()
+    # Jobs requested beforehand (the review app's Generate tab): they are run as they are,
+    # and count, seed, prompt_override and extra_negative do not apply.
+    job_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -59,6 +69,30 @@ def generate_for_character(
     character_slug: str,
     plan: GenerationPlan,
     log: Log,
+    advisors: Sequence[PromptAdvisor] = (),
+) -> GenerationOutcome:
+    """New pending images of the character: `plan.job_ids` runs requested jobs, otherwise
+    `plan.count` new jobs are made from the character's settings. After a regeneration, the
+    advisors may propose a refined design prompt (see `advisor.propose_refinement`)."""
+    if plan.job_ids:
+        outcome = _run_requested_jobs(registry, root, backend, character_slug, plan.job_ids, log)
+    else:
+        outcome = _run_new_jobs(registry, root, backend, character_slug, plan, log)
+    if plan.feedback_ids:
+        with registry.session() as session:
+            commands.mark_feedback_regeneration(session, list(plan.feedback_ids), "done")
+        if advisors:
+            propose_refinement(registry, character_slug, advisors, log)
+    return outcome
+
+
+def _run_new_jobs(
+    registry: Registry,
+    root: DataRoot,
+    backend: ImageBackend,
+    character_slug: str,
+    plan: GenerationPlan,
+    log: Log,
 ) -> GenerationOutcome:
     with registry.session() as session:
         character = commands.get_character(session, character_slug)
@@ -69,7 +103,7 @@ def generate_for_character(
             negative_prompt=build_negative_prompt(character, feedback, plan.extra_negative),
         )
         base_seed = plan.seed if plan.seed is not None else _seed_for(character)
-        settings = _request_settings(character)
+        settings = request_settings(character)
         character_id = character.id
     for offset in range(plan.count):
         request = GenerationRequest(
@@ -78,11 +112,94 @@ def generate_for_character(
             seed=base_seed + offset,
             **settings,
         )
-        _generate_one(registry, root, backend, character_id, request, plan, outcome, log)
-    if plan.feedback_ids:
+        params = asdict(request) | {"backend": backend.name}
         with registry.session() as session:
-            commands.mark_feedback_regeneration(session, list(plan.feedback_ids), "done")
+            job = commands.create_generation_job(
+                session,
+                character_id,
+                request.prompt,
+                request.negative_prompt,
+                request.seed,
+                params,
+                backend=backend.name,
+                feedback_ids=list(plan.feedback_ids),
+            )
+            commands.mark_job(session, job.id, "running")
+            job_id = job.id
+        job = _StartedJob(job_id, character_id, request, params, list(plan.feedback_ids))
+        _finish_job(registry, root, backend, job, outcome, log)
     return outcome
+
+
+@dataclass(frozen=True)
+class _StartedJob:
+    job_id: int
+    character_id: int
+    request: GenerationRequest
+    params: dict[str, Any]
+    feedback_ids: list[int]
+    kind: str = "image"
+
+
+def _run_requested_jobs(
+    registry: Registry,
+    root: DataRoot,
+    backend: ImageBackend,
+    character_slug: str,
+    job_ids: Sequence[int],
+    log: Log,
+) -> GenerationOutcome:
+    outcome = GenerationOutcome()
+    for job_id in job_ids:
+        job = _start_requested_job(registry, backend, character_slug, job_id, outcome, log)
+        if job is not None:
+            outcome.prompt = job.request.prompt
+            outcome.negative_prompt = job.request.negative_prompt
+            _finish_job(registry, root, backend, job, outcome, log)
+    return outcome
+
+
+def _start_requested_job(
+    registry: Registry,
+    backend: ImageBackend,
+    character_slug: str,
+    job_id: int,
+    outcome: GenerationOutcome,
+    log: Log,
+) -> _StartedJob | None:
+    """Mark a pending job running and build its request; None when it is not this run's."""
+    with registry.session() as session:
+        character = commands.get_character(session, character_slug)
+        job = session.get(GenerationJob, job_id)
+        if job is None or job.character_id != character.id:
+            raise InvalidInputError(
+                f"generation job {job_id} is not a job of character {character_slug!r}"
+            )
+        try:
+            commands.mark_job(session, job.id, "running")
+        except ConflictError as error:
+            # A retried run, or a job cleared as stuck meanwhile: never run a job twice.
+            log(f"{error}; not run again")
+            return None
+        settings = request_settings(character)
+        overrides = {k: job.params[k] for k in settings if job.params.get(k) is not None}
+        fields = (job.prompt, job.negative_prompt, job.seed, job.kind, list(job.feedback_ids))
+        params = dict(job.params)
+    prompt, negative, seed, kind, feedback_ids = fields
+    try:
+        request = GenerationRequest(prompt, negative, seed, **(settings | overrides))
+    except (GenerationError, TypeError) as error:
+        _fail_job(registry, job_id, f"invalid job parameters: {error}", outcome, log)
+        return None
+    if kind != "image":
+        message = (
+            f"the {backend.name} backend generates images only; {kind} jobs need ComfyUI "
+            "(set LORA_PIPELINE_COMFYUI_URL)"
+        )
+        _fail_job(registry, job_id, message, outcome, log)
+        return None
+    params |= asdict(request) | {"backend": backend.name}
+    return _StartedJob(job_id, character.id, request, params, feedback_ids, kind)
 
 
 def _seed_for(character: Character) -> int:
@@ -90,7 +207,8 @@ def _seed_for(character: Character) -> int:
     return character.seed if character.seed is not None else random.randrange(2**31)
 
 
-def _request_settings(character: Character) -> dict[str, object]:
+def request_settings(character: Character) -> dict[str, Any]:
+    """The character's settings that a GenerationRequest takes (all but the seed)."""
     return {
         "steps": character.steps,
         "cfg": character.cfg,
@@ -101,52 +219,136 @@ def _request_settings(character: Character) -> dict[str, object]:
     }
 
 
-def _generate_one(
+def _fail_job(
+    registry: Registry, job_id: int, error: str, outcome: GenerationOutcome, log: Log
+) -> None:
+    with registry.session() as session:
+        commands.mark_job(session, job_id, "failed", error=error.splitlines()[0][:500])
+    outcome.failed_jobs.append(job_id)
+    log(f"generation job {job_id} failed: {error}")
+
+
+def _finish_job(
     registry: Registry,
     root: DataRoot,
     backend: ImageBackend,
-    character_id: int,
-    request: GenerationRequest,
-    plan: GenerationPlan,
+    job: _StartedJob,
     outcome: GenerationOutcome,
     log: Log,
 ) -> None:
-    params = asdict(request) | {"backend": backend.name}
-    with registry.session() as session:
-        job = commands.create_generation_job(
-            session,
-            character_id,
-            request.prompt,
-            request.negative_prompt,
-            request.seed,
-            params,
-            backend=backend.name,
-            feedback_ids=list(plan.feedback_ids),
-        )
-        commands.mark_job(session, job.id, "running")
-        job_id = job.id
+    """Generate a running job's image and record it as a pending image of the character."""
     try:
-        image = backend.generate(request)
+        image = backend.generate(job.request)
     except Exception as exc:  # noqa: BLE001 - any backend failure fails this job, not the run
-        with registry.session() as session:
-            commands.mark_job(session, job_id, "failed", error=str(exc).splitlines()[0][:500])
-        outcome.failed_jobs.append(job_id)
-        log(f"generation job {job_id} failed: {exc}")
+        _fail_job(registry, job.job_id, str(exc) or type(exc).__name__, outcome, log)
         return
     stored = root.put_image(image)
     with registry.session() as session:
         row, _ = commands.add_image(
             session,
-            character_id,
+            job.character_id,
             stored.sha256,
             stored.relpath,
             stored.width,
             stored.height,
             "generated",
-            provenance={"generation_job_id": job_id, "answers_feedback": list(plan.feedback_ids)},
-            generation_job_id=job_id,
-            generation_params=params,
+            provenance={"generation_job_id": job.job_id, "answers_feedback": job.feedback_ids},
+            generation_job_id=job.job_id,
+            generation_params=job.params,
         )
-        commands.mark_job(session, job_id, "completed")
+        commands.mark_job(session, job.job_id, "completed")
         outcome.image_ids.append(row.id)
-    log(f"generated image {row.id} (seed {request.seed})")
+    log(f"generated image {row.id} (seed {job.request.seed}, job {job.job_id})")
+
+
+# --- requests from the review app -----------------------------------------------------------------
+
+REQUEST_MARK = "requested_by"
+JOB_KINDS = ("image", "video")
+# The guide's video mode: at most 512×512 and 16 frames.
+VIDEO_MAX_SIZE = 512
+VIDEO_FRAMES = 16
+
+
+def request_generation(
+    session: Session,
+    character_slug: str,
+    kind: str = "image",
+    prompt_override: str | None = None,
+    negative_prompt: str = "",
+    seed: int | None = None,
+    backend: str = "diffusers",
+    requested_by: str = "review",
+) -> GenerationJob:
+    """Record a pending generation job for the generation request sensor to run.
+
+    The job carries the full prompt, negative prompt, seed and settings, so the run makes
+    exactly what was asked even if the character's settings change meanwhile.
+    """
+    if kind not in JOB_KINDS:
+        raise InvalidInputError(f"invalid generation kind {kind!r}: use image or video")
+    character = commands.get_character(session, character_slug)
+    settings = request_settings(character)
+    params: dict[str, Any] = {"kind": kind, REQUEST_MARK: requested_by or "review"}
+    if kind == "video":
+        settings["width"] = min(settings["width"], VIDEO_MAX_SIZE)
+        settings["height"] = min(settings["height"], VIDEO_MAX_SIZE)
+        params["frames"] = VIDEO_FRAMES
+    override = (prompt_override or "").strip()
+    extra = (negative_prompt or "").strip()
+    params |= settings | {"prompt_override": override or None, "negative_override": extra or None}
+    return commands.create_generation_job(
+        session,
+        character.id,
+        override or build_prompt(character),
+        merge_negative_prompt(character.negative_prompt, [extra] if extra else []),
+        seed if seed is not None else _seed_for(character),
+        params,
+        backend=backend,
+        kind=kind,
+    )
+
+
+def pending_requests(session: Session, after_id: int) -> list[GenerationJob]:
+    """Requested jobs still pending, newer than a sensor's cursor, oldest first."""
+    query = (
+        select(GenerationJob)
+        .where(GenerationJob.id > after_id, GenerationJob.status == "pending")
+        .order_by(GenerationJob.id)
+    )
+    return [job for job in session.scalars(query) if (job.params or {}).get(REQUEST_MARK)]
+
+
+@dataclass
+class ClearedJobs:
+    failed: list[int] = field(default_factory=list)
+    # Job id → what ComfyUI did with its prompt ("interrupted", "removed", ...) or the error.
+    cancelled: dict[int, str] = field(default_factory=dict)
+    cancel_errors: dict[int, str] = field(default_factory=dict)
+
+
+def clear_stuck_jobs(
+    registry: Registry,
+    older_than: timedelta,
+    cancel: Callable[[str], object] | None = None,
+) -> ClearedJobs:
+    """Fail jobs pending or running for longer than `older_than`; those sent to ComfyUI are
+    also stopped there (`cancel(prompt_id)`: interrupted if running, deleted if queued), so a
+    cleared job does not keep the GPU busy for nobody."""
+    cleared = ClearedJobs()
+    with registry.session() as session:
+        cleared.failed = commands.fail_stuck_jobs(session, older_than)
+        sent = session.execute(
+            select(GenerationJob.id, GenerationJob.comfyui_prompt_id).where(
+                GenerationJob.id.in_(cleared.failed), GenerationJob.comfyui_prompt_id.is_not(None)
+            )
+        ).tuples()
+        prompts = dict(sent.all())
+    if cancel is None:
+        return cleared
+    for job_id, prompt_id in sorted(prompts.items()):
+        try:
+            cleared.cancelled[job_id] = str(cancel(prompt_id))
+        except Exception as error:  # noqa: BLE001 - the jobs stay failed whatever ComfyUI says
+            cleared.cancel_errors[job_id] = str(error) or type(error).__name__
+    return cleared

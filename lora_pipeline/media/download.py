@@ -168,7 +168,9 @@ def _options(
         # A channel or playlist URL is refused; do not list its entries to find that out.
         "extract_flat": "in_playlist",
         "playlist_items": "1",
-        "format": f"bv*[height<={height}]/b[height<={height}]/bv*/b",
+        # The best format up to max_height; a site that has none that small gives its
+        # smallest, never a 4K file we would only shrink.
+        "format": f"bv*[height<={height}]/b[height<={height}]/wv*/w",
         "outtmpl": {"default": "%(extractor)s/%(id)s.%(ext)s"},
         "paths": {"home": str(dest_dir)},
         "restrictfilenames": True,

@@ -77,6 +77,23 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return image
 
 
+def sniff_image_format(path: Path) -> str | None:
+    """The image format of a file judged from its header ("PNG", "JPEG", ...), or None when
+    the content is not one of the allowed image formats. Reads only the header."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path, formats=_formats()) as image:
+                return image.format
+        except UnidentifiedImageError:
+            return None
+        except Image.DecompressionBombError:
+            return "oversized image"
+        except (OSError, SyntaxError, ValueError):
+            # A recognised header with damage after it: an image, which load_image rejects.
+            return "damaged image"
+
+
 def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
     image = _open(data, name, max_pixels)
     try:
@@ -145,9 +162,12 @@ def load_image(
 
 def encode_png(image: Image.Image) -> bytes:
     """Deterministic PNG bytes of the image's RGB pixels: no metadata, fixed settings."""
-    rgb = to_rgb(image)
-    # PIL copies some info keys (icc_profile, transparency) into the PNG; drop them all.
-    rgb.info = {}
+    if image.mode == "RGB" and not image.info:
+        rgb = image  # nothing to convert or strip: spare a copy of every pixel
+    else:
+        rgb = to_rgb(image)
+        # PIL copies some info keys (icc_profile, transparency) into the PNG; drop them all.
+        rgb.info = {}
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()

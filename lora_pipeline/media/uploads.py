@@ -1,17 +1,25 @@
-"""Uploaded files: typed by content, size-limited, copied into the data root before use."""
+"""Uploaded files: typed by content, size-limited, checked whole, copied into the data root.
+
+The type comes from the bytes, never the name: an image header makes it an image (decoded in
+full, with the pixel-count guard of `load_image`); otherwise ffmpeg must read it as a video
+from the first packet to the last. Anything else is refused with the reason.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_pipeline.media.images import InvalidImageError, load_image
+from lora_pipeline.media.images import InvalidImageError, load_image, sniff_image_format
 from lora_pipeline.media.store import DataRoot, sha256_file
-from lora_pipeline.media.video import VideoError, probe_video
+from lora_pipeline.media.video import VideoError, verify_video
 
 MAX_UPLOAD_BYTES = 4 * 1024**3
+UPLOADS_DIR = "uploads"
 
 
 class UploadError(ValueError):
@@ -25,6 +33,8 @@ class StoredUpload:
 
 
 def store_upload(path: Path, root: DataRoot, max_bytes: int = MAX_UPLOAD_BYTES) -> StoredUpload:
+    """Check an uploaded file and store it in the data root; UploadError says why not."""
+    path = Path(path)
     if not path.is_file():
         raise UploadError(f"{path}: no such file")
     size = path.stat().st_size
@@ -32,25 +42,37 @@ def store_upload(path: Path, root: DataRoot, max_bytes: int = MAX_UPLOAD_BYTES) 
         raise UploadError(f"{path.name}: the file is empty")
     if size > max_bytes:
         raise UploadError(f"{path.name}: {size} bytes is over the {max_bytes} byte upload limit")
+    if sniff_image_format(path) is not None:
+        return _store_image(path, root)
     try:
-        stored = root.put_image(load_image(path, name=path.name))
-        return StoredUpload("image_upload", stored.relpath)
-    except InvalidImageError as image_error:
-        if "not an image" not in str(image_error):
-            raise UploadError(str(image_error)) from image_error
-    try:
-        probe_video(path)
+        verify_video(path)
     except VideoError as exc:
         raise UploadError(f"{path.name}: neither an image nor a readable video ({exc})") from exc
+    return _store_video(path, root)
+
+
+def _store_image(path: Path, root: DataRoot) -> StoredUpload:
+    try:
+        stored = root.put_image(load_image(path, name=path.name))
+    except InvalidImageError as exc:
+        raise UploadError(str(exc)) from exc
+    return StoredUpload("image_upload", stored.relpath)
+
+
+def _store_video(path: Path, root: DataRoot) -> StoredUpload:
     # The stored name is the content hash; the suffix is kept only when it is a plain one.
-    suffix = (
-        path.suffix.lower() if re.fullmatch(r"\.[a-z0-9]{1,8}", path.suffix.lower()) else ".bin"
-    )
-    relpath = f"uploads/{sha256_file(path)}{suffix}"
+    suffix = path.suffix.lower()
+    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ".bin"
+    relpath = f"{UPLOADS_DIR}/{sha256_file(path)}{suffix}"
     target = root.path(relpath)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".partial")
-        shutil.copyfile(path, tmp)
-        tmp.replace(target)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return StoredUpload("video_upload", relpath)

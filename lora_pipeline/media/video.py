@@ -33,6 +33,8 @@ _UNINFORMATIVE = (
     "Error opening input files",
 )
 _PROBE_TIMEOUT_S = 60.0
+# 8K is 33 Mpx; anything beyond 64 Mpx a frame is a decompression bomb, not footage.
+MAX_FRAME_PIXELS = 64_000_000
 # Bigger pipe buffers mean fewer context switches between ffmpeg and us for large frames.
 _PIPE_SIZE = 1 << 20
 
@@ -190,6 +192,37 @@ def probe_video(path: Path) -> VideoInfo:
     return VideoInfo(duration_s=duration_s, width=width, height=height, fps=_parse_fps(block[0]))
 
 
+def verify_video(path: Path) -> VideoInfo:
+    """probe_video, plus a read of every packet (no decoding) that finds a truncated file.
+
+    A cut mp4 whose index is at the front probes fine and fails only part way through
+    decoding; copying its packets to nowhere finds that in about the time of reading the file.
+    """
+    info = probe_video(path)
+    if info.width * info.height > MAX_FRAME_PIXELS:
+        raise VideoError(
+            f"{Path(path).name}: frames of {info.width}x{info.height} are too large "
+            f"(limit {MAX_FRAME_PIXELS} pixels)"
+        )
+    try:
+        result = subprocess.run(
+            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+            + ["-i", _input_url(Path(path)), "-map", "0:V:0", "-c", "copy", "-f", "null", "-"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=_PROBE_TIMEOUT_S * 5,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise VideoError(f"{Path(path).name}: ffmpeg took too long to read the file") from exc
+    if "partial file" in result.stderr:
+        raise VideoError(f"{Path(path).name}: video is truncated (the file ends too early)")
+    if result.returncode != 0:
+        raise VideoError(f"{Path(path).name}: corrupt video ({_error_reason(result.stderr)})")
+    return info
+
+
 def _extract_command(video: Path, fps: float, max_frames: int, size: tuple[int, int]) -> list[str]:
     width, height = size
     # The explicit scale pins the frame size we slice the pipe by, whatever ffmpeg's
@@ -264,6 +297,12 @@ def extract_frames(video: Path, fps: float, max_frames: int) -> Iterator[VideoFr
     if max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames!r}")
     info = probe_video(video)
+    if info.width * info.height > MAX_FRAME_PIXELS:
+        # Each frame is one buffer of width x height x 3 bytes: refuse a "video bomb".
+        raise VideoError(
+            f"{video.name}: frames of {info.width}x{info.height} are too large "
+            f"(limit {MAX_FRAME_PIXELS} pixels)"
+        )
     return _stream_frames(video, fps, max_frames, (info.width, info.height))
 
 

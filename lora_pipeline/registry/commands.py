@@ -36,6 +36,7 @@ from lora_pipeline.registry.models import (
     SOURCE_STATES,
     Base,
     Character,
+    ComfyuiOutputFile,
     DatasetVersion,
     Eval,
     Feedback,
@@ -63,6 +64,7 @@ SOURCE_FIELDS = ("video_id", "local_path", "stats", "processed_at")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _TRIGGER_WORD = re.compile(r"[a-z0-9_]{2,32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_PHASH = re.compile(r"[0-9a-f]{16}")
 _VERSION_HASH = re.compile(r"[0-9a-f]{8,64}")
 _MAX_SEED = 2**63 - 1  # BIGINT
 _MAX_INT = 2**31 - 1  # INTEGER on PostgreSQL
@@ -459,6 +461,8 @@ def add_frame(
     timestamp_s: float,
     width: int,
     height: int,
+    phash: str | None = None,
+    generation_params: dict[str, Any] | None = None,
 ) -> tuple[Frame, bool]:
     """Record a frame of a source; the same content twice gives the first row and False."""
     source = _get(session, Source, source_id, "source")
@@ -471,6 +475,12 @@ def add_frame(
         timestamp_s=_non_negative(timestamp_s, "timestamp_s"),
         width=_int(width, "width", minimum=1),
         height=_int(height, "height", minimum=1),
+        phash=_phash(phash),
+        generation_params=(
+            None
+            if generation_params is None
+            else _json(generation_params, "generation_params", dict)
+        ),
     )
     lookup = select(Frame).where(Frame.source_id == source.id, Frame.sha256 == digest)
     existing = session.scalar(lookup)
@@ -481,6 +491,15 @@ def add_frame(
     return _existing_after_race(
         session, lookup, f"frame {digest[:12]} of source {source.id}"
     ), False
+
+
+def _phash(value: object) -> str | None:
+    """A perceptual hash as stored: 16 lower-case hex digits (64 bits), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _PHASH.fullmatch(value.lower()):
+        raise InvalidInputError(f"invalid perceptual hash {value!r}: expected 16 hex digits")
+    return value.lower()
 
 
 def _non_negative(value: object, what: str) -> float:
@@ -547,6 +566,7 @@ def add_image(
     generation_job_id: int | None = None,
     generation_params: dict[str, Any] | None = None,
     status_reason: str | None = None,
+    phash: str | None = None,
 ) -> tuple[Image, bool]:
     """Add an image of a character; the same content twice gives the first row and False.
 
@@ -577,6 +597,7 @@ def add_image(
             if generation_params is None
             else _json(generation_params, "generation_params", dict)
         ),
+        phash=_phash(phash),
     )
     lookup = select(Image).where(Image.character_id == character.id, Image.sha256 == digest)
     existing = session.scalar(lookup)
@@ -986,3 +1007,47 @@ def record_eval(
     session.add(evaluation)
     session.flush()
     return evaluation
+
+
+# --- perceptual hashes and ComfyUI outputs (ingest) -------------------------------------------
+
+
+def set_image_phash(session: Session, image_id: int, phash: str) -> Image:
+    """Store the perceptual hash of an image added without one (computed from its file)."""
+    image = _get(session, Image, image_id, "image")
+    image.phash = _phash(phash)
+    session.flush()
+    return image
+
+
+def record_comfyui_output(
+    session: Session,
+    relpath: str,
+    size: int,
+    mtime_ns: int,
+    source_id: int | None = None,
+    note: str | None = None,
+) -> tuple[ComfyuiOutputFile, bool]:
+    """Remember a file of the ComfyUI output folder; the same file twice gives the first row
+    and False, so that two scans racing record (and ingest) it once."""
+    if source_id is not None:
+        source_id = _get(session, Source, source_id, "source").id
+    relpath = _relative_path(relpath, "ComfyUI output path")
+    row = ComfyuiOutputFile(
+        relpath=relpath,
+        size=_int(size, "size", maximum=_MAX_SEED),
+        mtime_ns=_int(mtime_ns, "mtime_ns", maximum=_MAX_SEED),
+        source_id=source_id,
+        note=_optional_text(note, "note"),
+    )
+    lookup = select(ComfyuiOutputFile).where(
+        ComfyuiOutputFile.relpath == relpath,
+        ComfyuiOutputFile.size == row.size,
+        ComfyuiOutputFile.mtime_ns == row.mtime_ns,
+    )
+    existing = session.scalar(lookup)
+    if existing is not None:
+        return existing, False
+    if _try_insert(session, row):
+        return row, True
+    return _existing_after_race(session, lookup, f"ComfyUI output {relpath}"), False

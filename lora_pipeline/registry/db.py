@@ -8,11 +8,17 @@ SQLite notes (why the hooks below exist):
   writes later fails at once with "database is locked" when another writer committed meanwhile,
   whereas an immediate one waits (busy_timeout) for its turn. Read-only sessions use a plain
   BEGIN so that they never wait for writers.
+- Switching a brand-new (empty) file to WAL writes the file header from inside the pragma's read
+  transaction; SQLite never calls the busy handler for such a read-to-write upgrade (it could
+  deadlock), so a second connection doing the same at that moment fails at once with "database
+  is locked" whatever busy_timeout says. The switch is therefore retried up to that timeout.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +40,8 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Pause between attempts to switch a new SQLite file to WAL (see the module docstring).
+WAL_SWITCH_RETRY_S = 0.01
 # Execution option that marks a read-only transaction (see the module docstring).
 READONLY_OPTION = "lora_pipeline_readonly"
 # Key of the PostgreSQL advisory lock held while migrating: two processes starting at once
@@ -84,7 +92,9 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True) -> Engine:
         db_file = _sqlite_file(parsed)
         if db_file is not None:
             db_file.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed)
+        # The driver's own timeout also covers the dialect's first queries, which run before
+        # the connect hook below sets busy_timeout.
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _install_sqlite_hooks(engine, foreign_keys=sqlite_foreign_keys)
     else:
         # pre_ping: long-lived processes (sensors, the review app) survive a server restart.
@@ -99,9 +109,8 @@ def _install_sqlite_hooks(engine: Engine, *, foreign_keys: bool) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
         try:
-            # busy_timeout first, so that switching to WAL also waits for other writers.
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor)
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         finally:
             cursor.close()
@@ -110,6 +119,25 @@ def _install_sqlite_hooks(engine: Engine, *, foreign_keys: bool) -> None:
     def _on_begin(connection: Connection) -> None:
         readonly = connection.get_execution_options().get(READONLY_OPTION, False)
         connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """`PRAGMA journal_mode = WAL`, retried while another connection holds the write lock.
+
+    See the module docstring: on a new file the pragma fails with SQLITE_BUSY without waiting.
+    Once the file is in WAL mode the pragma only reads, so the retries end as soon as the other
+    connection has written the header.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            busy = error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(WAL_SWITCH_RETRY_S)
 
 
 def _install_postgresql_hooks(engine: Engine) -> None:

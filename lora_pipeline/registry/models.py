@@ -185,6 +185,10 @@ class Frame(Base):
     raw_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
     classified_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    # 64-bit perceptual hash as 16 hex digits (media.phash); near-duplicates are within a few bits.
+    phash: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # What made the picture, when the source says (a ComfyUI PNG's `prompt` graph).
+    generation_params: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
 
     __table_args__ = (UniqueConstraint("source_id", "sha256"),)
 
@@ -214,6 +218,8 @@ class Image(Base):
     reviewed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    # Perceptual hash (see Frame.phash); NULL until computed, filled in lazily by ingest.
+    phash: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     character: Mapped[Character] = relationship()
 
@@ -333,3 +339,25 @@ class PromptSuggestion(Base):
     advisor: Mapped[str] = mapped_column(String(32), default="builtin")
     status: Mapped[str] = mapped_column(String(16), default="open")
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class ComfyuiOutputFile(Base):
+    """A file seen in the ComfyUI output folder: each is ingested once, even across restarts.
+
+    A file is known by its path, size and modification time: ComfyUI reuses a name once its
+    files were deleted, and such a new file must be seen as new.
+    """
+
+    __tablename__ = "comfyui_output_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Relative to the configured output folder, in POSIX form.
+    relpath: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    # The ingest request made for the file; NULL when no character or project matched it.
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id"), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("relpath", "size", "mtime_ns"),)

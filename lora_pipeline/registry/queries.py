@@ -14,6 +14,7 @@ from lora_pipeline.registry.models import (
     JOB_STATUSES,
     SOURCE_STATES,
     Character,
+    ComfyuiOutputFile,
     DatasetVersion,
     Feedback,
     Frame,
@@ -173,3 +174,20 @@ def generation_jobs(
             )
         query = query.where(GenerationJob.status == status)
     return list(session.scalars(query.limit(_limit(limit))))
+
+
+def image_hashes(session: Session, character_id: int) -> list[tuple[int, str | None, str]]:
+    """(id, perceptual hash or None, path) of every image of the character, whatever its
+    status: a near-duplicate of a rejected image would be rejected again."""
+    query = (
+        select(Image.id, Image.phash, Image.path)
+        .where(Image.character_id == character_id)
+        .order_by(Image.id)
+    )
+    return [(row.id, row.phash, row.path) for row in session.execute(query)]
+
+
+def seen_comfyui_outputs(session: Session) -> set[tuple[str, int, int]]:
+    """(relpath, size, mtime_ns) of every ComfyUI output file already recorded."""
+    query = select(ComfyuiOutputFile.relpath, ComfyuiOutputFile.size, ComfyuiOutputFile.mtime_ns)
+    return {(row.relpath, row.size, row.mtime_ns) for row in session.execute(query)}

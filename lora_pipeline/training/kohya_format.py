@@ -99,7 +99,7 @@ def safetensors_hashes(
     return model_hash, legacy_hash
 
 
-def _package_version() -> str:
+def package_version() -> str:
     try:
         return importlib_metadata.version("lora_pipeline")
     except importlib_metadata.PackageNotFoundError:
@@ -116,7 +116,15 @@ def _nested_tag_frequency(tag_frequency: Mapping, dataset_dir: str) -> dict[str,
 
 
 def _datasets_json(
-    *, batch_size: int, num_images: int, resolution: int, tag_frequency: dict, dataset_dir: str
+    *,
+    batch_size: int,
+    num_images: int,
+    resolution: int,
+    tag_frequency: dict,
+    dataset_dir: str,
+    enable_bucket: bool,
+    shuffle_caption: bool,
+    keep_tokens: int,
 ) -> list[dict]:
     return [
         {
@@ -125,9 +133,9 @@ def _datasets_json(
             "num_train_images": num_images,
             "num_reg_images": 0,
             "resolution": [resolution, resolution],
-            "enable_bucket": False,
-            "min_bucket_reso": None,
-            "max_bucket_reso": None,
+            "enable_bucket": enable_bucket,
+            "min_bucket_reso": resolution // 2 if enable_bucket else None,
+            "max_bucket_reso": resolution * 2 if enable_bucket else None,
             "tag_frequency": tag_frequency,
             "bucket_info": None,
             "resize_interpolation": None,
@@ -138,8 +146,8 @@ def _datasets_json(
                     "color_aug": False,
                     "flip_aug": False,
                     "random_crop": False,
-                    "shuffle_caption": False,
-                    "keep_tokens": 0,
+                    "shuffle_caption": shuffle_caption,
+                    "keep_tokens": keep_tokens,
                     "keep_tokens_separator": "",
                     "secondary_separator": None,
                     "enable_wildcard": False,
@@ -172,14 +180,19 @@ def kohya_metadata(
     base_model_hash: str,
     trigger_word: str,
     title: str,
+    base_model_version: str = "sd15",
+    enable_bucket: bool = False,
+    shuffle_caption: bool = False,
+    keep_tokens: int = 0,
     extra: dict | None = None,
 ) -> dict[str, str]:
-    """The safetensors header metadata of a kohya SD1.x LoRA, every value a string.
+    """The safetensors header metadata of a kohya SD1.x / SDXL LoRA, every value a string.
 
     `tag_frequency` is {tag: count} for one image folder or kohya's {folder: {tag: count}}.
-    `extra` adds or overrides keys (the trainer passes ss_training_started_at/finished_at,
-    precision, prediction type). The `sshs_*` hashes depend on the tensors, so `save_kohya_lora`
-    adds them.
+    `base_model_version` is `sd15` or `sdxl` (kohya's `sd_v1` / `sdxl_base_v1-0` and the matching
+    modelspec architecture). `extra` adds or overrides keys (the trainer passes
+    ss_training_started_at/finished_at, precision, prediction type, optimizer, schedule).
+    The `sshs_*` hashes depend on the tensors, so `save_kohya_lora` adds them.
     """
     dataset_dir = f"1_{trigger_word}" if trigger_word else "img"
     frequency = _nested_tag_frequency(tag_frequency, dataset_dir)
@@ -189,13 +202,17 @@ def kohya_metadata(
         resolution=resolution,
         tag_frequency=frequency,
         dataset_dir=dataset_dir,
+        enable_bucket=enable_bucket,
+        shuffle_caption=shuffle_caption,
+        keep_tokens=keep_tokens,
     )
+    sdxl = base_model_version == "sdxl"
     now = datetime.now(UTC)
     values: dict[str, object] = {
         "ss_sd_model_name": base_model_name,
         "ss_new_sd_model_hash": base_model_hash,
         "ss_sd_model_hash": "None",
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
         "ss_v2": False,
         "ss_network_module": "networks.lora",
         "ss_network_dim": int(rank),
@@ -226,6 +243,12 @@ def kohya_metadata(
         "ss_clip_skip": None,
         "ss_max_token_length": None,
         "ss_cache_latents": False,
+        "ss_enable_bucket": enable_bucket,
+        "ss_shuffle_caption": shuffle_caption,
+        "ss_keep_tokens": keep_tokens,
+        "ss_batch_size_per_device": batch_size,
+        "ss_total_batch_size": batch_size,
+        "ss_resolution": (resolution, resolution),
         "ss_caption_dropout_rate": 0.0,
         "ss_caption_dropout_every_n_epochs": 0,
         "ss_caption_tag_dropout_rate": 0.0,
@@ -263,16 +286,18 @@ def kohya_metadata(
         "ss_dataset_dirs": json.dumps({dataset_dir: {"n_repeats": 1, "img_count": num_images}}),
         "ss_sd_scripts_commit_hash": "(lora_pipeline)",
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": (
+            "stable-diffusion-xl-v1-base/lora" if sdxl else "stable-diffusion-v1/lora"
+        ),
         "modelspec.implementation": "diffusers",
-        "modelspec.implementation_version": f"lora_pipeline/{_package_version()}",
+        "modelspec.implementation_version": f"lora_pipeline/{package_version()}",
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.prediction_type": "epsilon",
         "modelspec.date": now.strftime("%Y-%m-%dT%H:%M:%S"),
         "lora_pipeline.dataset_hash": dataset_hash,
         "lora_pipeline.base_model_hash": base_model_hash,
-        "lora_pipeline.version": _package_version(),
+        "lora_pipeline.version": package_version(),
     }
     if trigger_word:
         values["modelspec.trigger_phrase"] = trigger_word

@@ -1,8 +1,11 @@
 """Sort the frames of ingested sources into characters.
 
 A frame is classified once per source (the answer is stored on the `Frame` row), then becomes a
-`pending` image of every character it shows, or is left as skipped with the reason. Re-running
-does no identification work twice.
+`pending` image of every character it shows, unless it nearly repeats an image that character
+already has. Re-running does no identification work twice: classified frames are skipped, and
+a picture already classified by the same model in another source of the project reuses that
+answer. Model calls happen outside any registry transaction; each batch is committed as soon
+as it is answered, so a crash loses at most one batch of work.
 """
 
 from __future__ import annotations
@@ -10,40 +13,126 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.media.images import load_image
-from lora_pipeline.media.ingest import frame_provenance
+from lora_pipeline.media.ingest import dataset_hash_index, frame_provenance
+from lora_pipeline.media.phash import DEFAULT_NEAR_DUPLICATE_DISTANCE, HashIndex, hash_from_hex
 from lora_pipeline.media.store import DataRoot
-from lora_pipeline.registry import commands
+from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import Character, Frame, Source
 from lora_pipeline.vision.identification import (
     CharacterProfile,
+    Identification,
     Identifier,
     SourceCharacterIdentifier,
 )
+from lora_pipeline.vision.reference import ReferenceImage, ReferenceSource
 
 Log = Callable[[str], None]
 BATCH_SIZE = 8
+# Image origin by source kind (registry IMAGE_ORIGINS).
+_ORIGINS = {
+    "url": "frame",
+    "video_upload": "frame",
+    "image_upload": "upload",
+    "comfyui_output": "comfyui",
+}
+_REASON_CHARS = 300
 
 
 class IdentifierUnavailable(RuntimeError):
     """Project-mode sources need a vision model to sort frames; none is configured."""
 
 
+@dataclass(frozen=True)
+class ClassifyOptions:
+    near_duplicate_distance: int | None = DEFAULT_NEAR_DUPLICATE_DISTANCE
+    batch_size: int = BATCH_SIZE
+
+
 @dataclass
 class ClassificationStats:
     frames_classified: int = 0
+    # Classified in an earlier run: not looked at again.
     frames_cached: int = 0
+    # The same picture was classified by the same model in another source: answer reused.
+    frames_reused: int = 0
     images_added: int = 0
     skipped: int = 0
+    near_duplicates: int = 0
     per_character: dict[str, int] = field(default_factory=dict)
+    added_paths: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _SourceInfo:
+    id: int
+    kind: str
+    mode: str
+    character_slug: str | None
+
+
+@dataclass(frozen=True)
+class _FrameInfo:
+    """The frame columns classification reads, copied out of the session that loaded them."""
+
+    id: int
+    sha256: str
+    path: str
+    frame_index: int
+    timestamp_s: float
+    width: int
+    height: int
+    phash: str | None
+    generation_params: dict | None
+
+    @classmethod
+    def of(cls, frame: Frame) -> _FrameInfo:
+        return cls(
+            frame.id,
+            frame.sha256,
+            frame.path,
+            frame.frame_index,
+            frame.timestamp_s,
+            frame.width,
+            frame.height,
+            frame.phash,
+            frame.generation_params,
+        )
+
+
+@dataclass
+class _Context:
+    """What a classification run shares across sources."""
+
+    registry: Registry
+    root: DataRoot
+    project_id: int
+    candidates: list[CharacterProfile]
+    by_slug: dict[str, int]
+    options: ClassifyOptions
+    stats: ClassificationStats
+    log: Log
+    dataset_indexes: dict[str, HashIndex] = field(default_factory=dict)
 
 
 def profile_of(character: Character) -> CharacterProfile:
     return CharacterProfile(character.slug, character.name, character.design_prompt)
+
+
+def registry_references(registry: Registry, root: DataRoot) -> ReferenceSource:
+    """Reference images for reference matching: each character's approved images."""
+
+    def references(slug: str) -> list[ReferenceImage]:
+        with registry.session(readonly=True) as session:
+            character = commands.get_character(session, slug)
+            approved = queries.approved_images(session, character.id)
+            return [ReferenceImage(image.sha256, root.path(image.path)) for image in approved]
+
+    return references
 
 
 def classify_character_sources(
@@ -52,21 +141,45 @@ def classify_character_sources(
     character_slug: str,
     project_identifier: Identifier | None,
     log: Log,
+    options: ClassifyOptions | None = None,
 ) -> ClassificationStats:
-    """Classify every finished source that can hold frames of this character."""
+    """Classify every finished source that can hold frames of this character.
+
+    Project-mode sources need `project_identifier`; without one they are left unclassified and
+    IdentifierUnavailable is raised after the other sources are done.
+    """
+    options = options or ClassifyOptions()
     stats = ClassificationStats()
-    with registry.session() as session:
+    with registry.session(readonly=True) as session:
         character = commands.get_character(session, character_slug)
+        context = _Context(
+            registry,
+            root,
+            character.project_id,
+            [profile_of(c) for c in character.project.characters],
+            {c.slug: c.id for c in character.project.characters},
+            options,
+            stats,
+            log,
+        )
         sources = _sources_for(session, character)
-        candidates = [profile_of(c) for c in character.project.characters]
-        by_slug = {c.slug: c.id for c in character.project.characters}
-        for source in sources:
-            identifier = _identifier_for(session, source, project_identifier)
-            _classify_source(session, root, source, identifier, candidates, by_slug, stats, log)
+    waiting = []
+    for source in sources:
+        identifier = _identifier_for(source, project_identifier)
+        if identifier is None:
+            waiting.append(source.id)
+            continue
+        _classify_source(context, source, identifier)
+    if waiting:
+        raise IdentifierUnavailable(
+            f"project-mode sources {', '.join(map(str, waiting))} need a vision identifier to "
+            "sort their frames (set LORA_PIPELINE_IDENTIFIER to llava:<model>, "
+            "ollama:<url>#<model> or reference:<model>); their frames wait unclassified"
+        )
     return stats
 
 
-def _sources_for(session: Session, character: Character) -> Sequence[Source]:
+def _sources_for(session: Session, character: Character) -> list[_SourceInfo]:
     query = select(Source).where(
         Source.state == "done",
         or_(
@@ -74,75 +187,182 @@ def _sources_for(session: Session, character: Character) -> Sequence[Source]:
             (Source.mode == "project") & (Source.project_id == character.project_id),
         ),
     )
-    return session.scalars(query.order_by(Source.id)).all()
+    infos = []
+    for source in session.scalars(query.order_by(Source.id)):
+        owner = session.get(Character, source.character_id) if source.character_id else None
+        infos.append(
+            _SourceInfo(source.id, source.kind, source.mode, owner.slug if owner else None)
+        )
+    return infos
 
 
 def _identifier_for(
-    session: Session, source: Source, project_identifier: Identifier | None
-) -> Identifier:
-    if source.mode == "single" and source.character_id is not None:
-        return SourceCharacterIdentifier(session.get(Character, source.character_id).slug)
-    if project_identifier is None:
-        raise IdentifierUnavailable(
-            f"source {source.id} is in project mode, which needs a vision identifier "
-            "(LLaVA, Ollama or reference matching); none is configured"
-        )
+    source: _SourceInfo, project_identifier: Identifier | None
+) -> Identifier | None:
+    """Single mode: the configured model checks the frames, or the source's word is taken
+    (always for a ComfyUI file whose name named the character). Project mode: the model."""
+    if source.mode == "single" and source.character_slug is not None:
+        if project_identifier is None or source.kind == "comfyui_output":
+            return SourceCharacterIdentifier(source.character_slug)
+        return project_identifier
     return project_identifier
 
 
-def _classify_source(
-    session: Session,
-    root: DataRoot,
-    source: Source,
-    identifier: Identifier,
-    candidates: list[CharacterProfile],
-    by_slug: dict[str, int],
-    stats: ClassificationStats,
-    log: Log,
-) -> None:
-    frames = session.scalars(select(Frame).where(Frame.source_id == source.id)).all()
-    todo = [f for f in frames if f.identified is None]
-    stats.frames_cached += len(frames) - len(todo)
-    for start in range(0, len(todo), BATCH_SIZE):
-        batch = todo[start : start + BATCH_SIZE]
-        images = [load_image(root.path(f.path)) for f in batch]
-        answers = identifier.identify(images, candidates)
-        for frame, answer in zip(batch, answers, strict=True):
-            slugs = sorted(answer.slugs & by_slug.keys())
-            commands.record_frame_identification(
-                session, frame.id, slugs, identifier.name, answer.raw_answer
+def _classify_source(context: _Context, source: _SourceInfo, identifier: Identifier) -> None:
+    with context.registry.session(readonly=True) as session:
+        todo = [
+            _FrameInfo.of(frame)
+            for frame in session.scalars(
+                select(Frame)
+                .where(Frame.source_id == source.id, Frame.identified.is_(None))
+                .order_by(Frame.frame_index, Frame.id)
             )
-            stats.frames_classified += 1
-            _add_images_for(session, source, frame, slugs, by_slug, stats)
-    if todo:
-        log(f"source {source.id}: classified {len(todo)} frames with {identifier.name}")
-
-
-def _add_images_for(
-    session: Session,
-    source: Source,
-    frame: Frame,
-    slugs: list[str],
-    by_slug: dict[str, int],
-    stats: ClassificationStats,
-) -> None:
-    if not slugs:
-        stats.skipped += 1
-        return
-    provenance = frame_provenance(source, frame.frame_index, frame.timestamp_s)
-    for slug in slugs:
-        _, created = commands.add_image(
-            session,
-            by_slug[slug],
-            frame.sha256,
-            frame.path,
-            frame.width,
-            frame.height,
-            "frame",
-            provenance=provenance,
-            frame_id=frame.id,
-            source_id=source.id,
+        ]
+        context.stats.frames_cached += (
+            session.scalar(
+                select(func.count(Frame.id)).where(
+                    Frame.source_id == source.id, Frame.identified.is_not(None)
+                )
+            )
+            or 0
         )
-        if created:
-            stats.images_added += 1
-            stats.per_character[slug] = stats.per_character.get(slug, 0) + 1
+        reused = _earlier_answers(session, context.project_id, identifier, todo)
+    size = context.options.batch_size
+    for start in range(0, len(todo), size):
+        batch = todo[start : start + size]
+        answers = _answers(context, identifier, batch, reused)
+        with context.registry.session() as session:
+            for frame, answer in zip(batch, answers, strict=True):
+                _record(session, context, source, frame, identifier, answer)
+    if todo:
+        context.log(f"source {source.id}: classified {len(todo)} frames with {identifier.name}")
+
+
+def _earlier_answers(
+    session: Session, project_id: int, identifier: Identifier, frames: Sequence[_FrameInfo]
+) -> dict[str, Identification]:
+    """Answers the same model gave for the same pictures in other sources of the project."""
+    if not frames or not getattr(identifier, "answers_are_stable", True):
+        return {}
+    if isinstance(identifier, SourceCharacterIdentifier):
+        return {}  # no model work to save, and its answer depends on the source
+    shas = sorted({frame.sha256 for frame in frames})
+    rows = session.execute(
+        select(Frame.sha256, Frame.identified, Frame.raw_answer)
+        .join(Source, Source.id == Frame.source_id)
+        .where(
+            Source.project_id == project_id,
+            Frame.identifier == identifier.name,
+            Frame.identified.is_not(None),
+            Frame.sha256.in_(shas),
+        )
+        .order_by(Frame.id)
+    )
+    return {sha: Identification(frozenset(slugs or []), raw or "") for sha, slugs, raw in rows}
+
+
+def _answers(
+    context: _Context,
+    identifier: Identifier,
+    batch: Sequence[_FrameInfo],
+    reused: dict[str, Identification],
+) -> list[Identification]:
+    """The identifier's answer for each frame; only frames never classified reach the model."""
+    fresh = [frame for frame in batch if frame.sha256 not in reused]
+    images = [load_image(context.root.path(frame.path)) for frame in fresh]
+    answered = iter(identifier.identify(images, context.candidates) if images else [])
+    context.stats.frames_reused += len(batch) - len(fresh)
+    return [reused[f.sha256] if f.sha256 in reused else next(answered) for f in batch]
+
+
+def _record(
+    session: Session,
+    context: _Context,
+    source: _SourceInfo,
+    frame: _FrameInfo,
+    identifier: Identifier,
+    answer: Identification,
+) -> None:
+    recognised = sorted(answer.slugs & context.by_slug.keys())
+    commands.record_frame_identification(
+        session, frame.id, recognised, identifier.name, answer.raw_answer
+    )
+    context.stats.frames_classified += 1
+    row = session.get(Source, source.id)
+    assert row is not None  # the source's frames are being recorded
+    if source.mode == "single" and source.character_slug is not None:
+        keep = [s for s in recognised if s == source.character_slug]
+        if not keep:
+            _skip_for_character(session, context, row, frame, identifier, answer)
+            return
+    else:
+        keep = recognised
+    if not keep:
+        context.stats.skipped += 1
+        return
+    for slug in keep:
+        _add_image(session, context, row, frame, slug)
+
+
+def _skip_for_character(
+    session: Session,
+    context: _Context,
+    source: Source,
+    frame: _FrameInfo,
+    identifier: Identifier,
+    answer: Identification,
+) -> None:
+    """A single-mode frame without its character: kept as a skipped image with the reason."""
+    context.stats.skipped += 1
+    assert source.character_id is not None  # single mode
+    reason = f"not recognised by {identifier.name}: {answer.raw_answer}"[:_REASON_CHARS]
+    _image_row(session, source, frame, source.character_id, status="skipped", status_reason=reason)
+
+
+def _add_image(
+    session: Session, context: _Context, source: Source, frame: _FrameInfo, slug: str
+) -> None:
+    index = _dataset_index(session, context, slug)
+    distance = context.options.near_duplicate_distance
+    phash = hash_from_hex(frame.phash) if frame.phash else None
+    if phash is not None and distance is not None and index.has_near(phash, distance):
+        context.stats.near_duplicates += 1
+        return
+    created = _image_row(session, source, frame, context.by_slug[slug])
+    if phash is not None:
+        index.add(phash)
+    if created:
+        stats = context.stats
+        stats.images_added += 1
+        stats.per_character[slug] = stats.per_character.get(slug, 0) + 1
+        stats.added_paths.append(frame.path)
+
+
+def _image_row(
+    session: Session, source: Source, frame: _FrameInfo, character_id: int, **status: str
+) -> bool:
+    """The frame as an image of a character, with its provenance; False if it was there."""
+    _, created = commands.add_image(
+        session,
+        character_id,
+        frame.sha256,
+        frame.path,
+        frame.width,
+        frame.height,
+        _ORIGINS.get(source.kind, "frame"),
+        provenance=frame_provenance(source, frame.frame_index, frame.timestamp_s),
+        frame_id=frame.id,
+        source_id=source.id,
+        generation_params=frame.generation_params,
+        phash=frame.phash,
+        **status,
+    )
+    return created
+
+
+def _dataset_index(session: Session, context: _Context, slug: str) -> HashIndex:
+    if slug not in context.dataset_indexes:
+        context.dataset_indexes[slug] = dataset_hash_index(
+            session, context.root, context.by_slug[slug], context.log
+        )
+    return context.dataset_indexes[slug]

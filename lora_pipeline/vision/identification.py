@@ -34,11 +34,60 @@ class Identification:
 
 @runtime_checkable
 class Identifier(Protocol):
+    """Says which candidates appear in each image; one Identification per image, in order.
+
+    `name` is recorded on every frame it classifies (at most 64 characters). Raises
+    IdentifierError when the backend itself fails (server down, model missing): the frames
+    stay unclassified and a later run retries them.
+    """
+
     name: str
 
     def identify(
         self, images: Sequence[Image.Image], candidates: Sequence[CharacterProfile]
     ) -> list[Identification]: ...
+
+
+class IdentifierError(RuntimeError):
+    """An identification backend failed; the message is one line naming it and the reason."""
+
+
+# Design prompts are tag lists for a diffusion model; the first few tags describe the look.
+_DESCRIPTION_CHARS = 120
+
+
+def short_description(design_prompt: str) -> str:
+    """The start of a design prompt, cut at a comma, for naming a character to a VLM."""
+    text = " ".join(design_prompt.split())
+    if len(text) <= _DESCRIPTION_CHARS:
+        return text
+    cut = text.rfind(",", 0, _DESCRIPTION_CHARS)
+    return text[: cut if cut > 0 else _DESCRIPTION_CHARS].rstrip(" ,")
+
+
+def identification_question(candidates: Sequence[CharacterProfile]) -> str:
+    """The question a vision-language model is asked about one image.
+
+    It lists every candidate with a short description and asks for a JSON list, which
+    `parse_character_answer` reads first; free text still parses when a model ignores that.
+    """
+    lines = [
+        "Which of these anime characters appear in the image?",
+        *(
+            f"- {c.name} ({c.slug}): {short_description(c.description) or 'no description'}"
+            for c in candidates
+        ),
+        'Answer only with a JSON list of the names of the characters you see, e.g. ["'
+        + (candidates[0].name if candidates else "Name")
+        + '"], or [] if none of them appears.',
+    ]
+    return "\n".join(lines)
+
+
+def short_name(kind: str, model: str) -> str:
+    """An identifier name for the registry (64 characters at most): kind and model."""
+    label = model.rstrip("/").rsplit("/", 1)[-1] if "/" in model and len(model) > 40 else model
+    return f"{kind}:{label}"[:64]
 
 
 class SourceCharacterIdentifier:
@@ -220,3 +269,65 @@ def _truthy(verdict: Any) -> bool:
     if isinstance(verdict, str):
         return verdict.strip().lower() in _TRUE_WORDS
     return False
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+IDENTIFIER_KINDS = ("llava", "ollama", "reference")
+
+
+@dataclass(frozen=True)
+class IdentifierSpec:
+    """A parsed identifier setting: `llava:<folder|hub id>`, `ollama:<url>#<model>` or
+    `reference:<folder|hub id>`."""
+
+    kind: str
+    target: str
+    model: str = ""
+
+
+def parse_identifier_spec(spec: str) -> IdentifierSpec:
+    kind, _, rest = spec.strip().partition(":")
+    kind, rest = kind.strip().lower(), rest.strip()
+    if kind not in IDENTIFIER_KINDS or not rest:
+        raise ValueError(
+            f"invalid identifier {spec!r}: use llava:<folder or hub id>, "
+            "ollama:<url>#<model> or reference:<folder or hub id>"
+        )
+    if kind != "ollama":
+        return IdentifierSpec(kind, rest)
+    url, _, model = rest.partition("#")
+    if not url.strip() or not model.strip():
+        raise ValueError(f"invalid Ollama identifier {spec!r}: use ollama:<url>#<model>")
+    return IdentifierSpec(kind, url.strip(), model.strip())
+
+
+def build_identifier(
+    spec: str,
+    device: str = "auto",
+    references: Any = None,
+    reference_threshold: float = 0.85,
+    cache_dir: Any = None,
+) -> Identifier:
+    """The identifier a setting names. `references` (slug -> approved images) and `cache_dir`
+    (for embeddings) serve reference matching."""
+    parsed = parse_identifier_spec(spec)
+    if parsed.kind == "llava":
+        from lora_pipeline.vision.llava import LlavaIdentifier
+
+        return LlavaIdentifier(parsed.target, device=device)
+    if parsed.kind == "ollama":
+        from lora_pipeline.vision.ollama import OllamaIdentifier
+
+        return OllamaIdentifier(parsed.target, parsed.model)
+    from lora_pipeline.vision.reference import ReferenceIdentifier
+
+    if references is None:
+        raise ValueError("reference matching needs the characters' approved images")
+    return ReferenceIdentifier(
+        parsed.target,
+        references,
+        threshold=reference_threshold,
+        cache_dir=cache_dir,
+        device=device,
+    )

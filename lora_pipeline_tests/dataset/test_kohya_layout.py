@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lora_pipeline.dataset.caption_strategies import caption_set_from_captions
 from lora_pipeline.dataset.captions import CaptionError
 from lora_pipeline.dataset.kohya_layout import (
     NOTE_NO_DETECTOR,
     NOTE_WITH_DETECTOR,
     ShotSplitError,
+    SplitOptions,
     build_shot_splits,
+    shot_caption,
     shot_warnings,
 )
 from lora_pipeline.dataset.versions import ManifestError, build_manifest, write_dataset_version
@@ -57,57 +60,69 @@ def files_under(directory: Path) -> dict[str, bytes]:
     }
 
 
+SPLIT_FILES = [
+    "concepts.json",
+    "dataset.toml",
+    "dataset_manifest.json",
+    "kohya_config.json",
+    "metadata.json",
+    "metadata.jsonl",
+    "preview_manifest.json",
+    "shots.json",
+    "train.sh",
+    "training_config.json",
+    "training_info.json",
+]
+
+
 def test_no_detector_puts_everything_in_unknown(data_root: DataRoot, tmp_path: Path) -> None:
     version_dir, manifest, captions = make_version(data_root, [1, 2])
     out = tmp_path / "kohya"
     split = build_shot_splits(version_dir, manifest, captions, out, None, "2025-01-02T03:04:05")
     assert split.directory == out
-    assert sorted(files_under(out)) == [
-        "metadata.json",
-        "shots.json",
-        "unknown/aya_unknown_0001.png",
-        "unknown/aya_unknown_0001.txt",
-        "unknown/aya_unknown_0002.png",
-        "unknown/aya_unknown_0002.txt",
-    ]
+    assert sorted(files_under(out)) == sorted(
+        [
+            *SPLIT_FILES,
+            "unknown/aya_unknown_0001.png",
+            "unknown/aya_unknown_0001.txt",
+            "unknown/aya_unknown_0002.png",
+            "unknown/aya_unknown_0002.txt",
+        ]
+    )
+    # Unknown shots get no shot tag: the caption is the caption given.
     assert (out / "unknown" / "aya_unknown_0002.txt").read_text() == "aya, pose 2"
     assert (out / "unknown" / "aya_unknown_0002.png").read_bytes() == (
         version_dir / "images" / "aya_0002.png"
     ).read_bytes()
+    unknown = {"shot_type": "unknown", "face_ratio": None, "confidence": None, "face_bbox": None}
     assert json.loads((out / "shots.json").read_text()) == {
-        "aya_unknown_0001.png": {
-            "shot_type": "unknown",
-            "face_ratio": None,
-            "confidence": None,
-            "face_bbox": None,
-            "image_id": 1,
-            "source_file": "aya_0001.png",
-        },
-        "aya_unknown_0002.png": {
-            "shot_type": "unknown",
-            "face_ratio": None,
-            "confidence": None,
-            "face_bbox": None,
-            "image_id": 2,
-            "source_file": "aya_0002.png",
-        },
+        "aya_unknown_0001.png": unknown,
+        "aya_unknown_0002.png": unknown,
     }
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata == {
         "person": "aya",
         "trigger_word": "aya",
-        "dataset_version": manifest["version_hash"],
         "total_images": 2,
         "shot_distribution": {"close": 0, "mid": 0, "far": 0, "unknown": 2},
         "top_concepts": [],
         "created_at": "2025-01-02T03:04:05",
-        "face_detector": None,
-        "note": NOTE_NO_DETECTOR,
-        "warnings": [],
     }
     assert split.metadata == metadata
     assert split.distribution == {"close": 0, "mid": 0, "far": 0, "unknown": 2}
     assert split.warnings == []
+    assert split.repeats == {"unknown": 1}
+    enriched = json.loads((out / "dataset_manifest.json").read_text())
+    assert enriched["shots"] == {
+        "face_detector": None,
+        "note": NOTE_NO_DETECTOR,
+        "distribution": {"close": 0, "mid": 0, "far": 0, "unknown": 2},
+        "warnings": [],
+    }
+    assert [(i["image_id"], i["source_file"], i["file"]) for i in enriched["images"]] == [
+        (1, "aya_0001.png", "unknown/aya_unknown_0001.png"),
+        (2, "aya_0002.png", "unknown/aya_unknown_0002.png"),
+    ]
 
 
 def test_detector_splits_by_shot_type(data_root: DataRoot, tmp_path: Path) -> None:
@@ -138,17 +153,17 @@ def test_detector_splits_by_shot_type(data_root: DataRoot, tmp_path: Path) -> No
         "unknown/aya_unknown_0001.png",
     ]
     assert len([n for n in names if n.endswith(".txt")]) == 8
-    # Numbering follows image ids within each shot type.
-    assert (out / "close" / "aya_close_0002.txt").read_text() == "aya, pose 4"
-    assert (out / "mid" / "aya_mid_0001.txt").read_text() == "aya, pose 2"
+    # Numbering follows image ids within each shot type; the shot tag follows the trigger.
+    assert (out / "close" / "aya_close_0002.txt").read_text() == "aya, headshot, pose 4"
+    assert (out / "mid" / "aya_mid_0001.txt").read_text() == "aya, portrait, pose 2"
+    assert (out / "far" / "aya_far_0001.txt").read_text() == "aya, full body, pose 3"
+    assert (out / "unknown" / "aya_unknown_0001.txt").read_text() == "aya, pose 6"
     shots = json.loads((out / "shots.json").read_text())
     assert shots["aya_close_0001.png"] == {
         "shot_type": "close",
         "face_ratio": 0.5208,
         "confidence": 0.93,
         "face_bbox": [10, 4, 50, 44],
-        "image_id": 1,
-        "source_file": "aya_0001.png",
     }
     assert shots["aya_mid_0001.png"]["face_ratio"] == 0.1302
     assert shots["aya_far_0001.png"] == {
@@ -156,8 +171,6 @@ def test_detector_splits_by_shot_type(data_root: DataRoot, tmp_path: Path) -> No
         "face_ratio": 0.0326,
         "confidence": 0.6,
         "face_bbox": [5, 5, 15, 15],
-        "image_id": 3,
-        "source_file": "aya_0003.png",
     }
     assert split.shots == shots
     expected_warnings = [
@@ -165,19 +178,18 @@ def test_detector_splits_by_shot_type(data_root: DataRoot, tmp_path: Path) -> No
         "1 image(s) had no detectable face (unknown)",
     ]
     metadata = json.loads((out / "metadata.json").read_text())
-    del metadata["created_at"]
-    assert metadata == {
-        "person": "aya",
-        "trigger_word": "aya",
-        "dataset_version": manifest["version_hash"],
-        "total_images": 8,
-        "shot_distribution": {"close": 3, "mid": 3, "far": 1, "unknown": 1},
-        "top_concepts": [],
-        "face_detector": "planted",
-        "note": NOTE_WITH_DETECTOR,
-        "warnings": expected_warnings,
-    }
+    assert metadata["shot_distribution"] == {"close": 3, "mid": 3, "far": 1, "unknown": 1}
     assert split.warnings == expected_warnings
+    enriched = json.loads((out / "dataset_manifest.json").read_text())
+    assert enriched["shots"]["face_detector"] == "planted"
+    assert enriched["shots"]["note"] == NOTE_WITH_DETECTOR
+    assert enriched["shots"]["warnings"] == expected_warnings
+    by_id = {image["image_id"]: image for image in enriched["images"]}
+    assert by_id[2]["file"] == "mid/aya_mid_0001.png"
+    assert by_id[2]["caption"] == "aya, portrait, pose 2"
+    # 3 close, 3 mid, 1 far: close and mid twice, far three times is 40/40/20 %, the fewest
+    # repeats inside the ranges; the unknown image gets the smallest repeat.
+    assert split.repeats == {"close": 2, "mid": 2, "far": 3, "unknown": 2}
 
 
 def test_rerun_is_identical_except_created_at(data_root: DataRoot, tmp_path: Path) -> None:
@@ -190,11 +202,12 @@ def test_rerun_is_identical_except_created_at(data_root: DataRoot, tmp_path: Pat
     build_shot_splits(version_dir, manifest, captions, out, detector, "second")
     second = files_under(out)
     assert set(first) == set(second)
-    assert {name for name in first if first[name] != second[name]} == {"metadata.json"}
-    meta_one = json.loads(first["metadata.json"])
-    meta_two = json.loads(second["metadata.json"])
-    assert (meta_one.pop("created_at"), meta_two.pop("created_at")) == ("first", "second")
-    assert meta_one == meta_two
+    changed = {name for name in first if first[name] != second[name]}
+    assert changed == {"metadata.json", "training_info.json"}
+    for name in changed:
+        one, two = json.loads(first[name]), json.loads(second[name])
+        assert (one.pop("created_at"), two.pop("created_at")) == ("first", "second")
+        assert one == two
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "kohya"]
 
 
@@ -258,3 +271,51 @@ def test_balance_warnings(distribution: dict[str, int], expected: list[str]) -> 
     for warning, start in zip(warnings, expected, strict=True):
         assert warning.startswith(start)
     assert shot_warnings(distribution, has_detector=False) == []
+
+
+def test_shot_caption_puts_the_shot_tag_second() -> None:
+    assert shot_caption("aya, pose 1", "headshot") == "aya, headshot, pose 1"
+    assert shot_caption("aya", "full body") == "aya, full body"
+    # Already mentioned later: moved up, not repeated.
+    assert (
+        shot_caption("aya standing, red, Portrait,x", "portrait")
+        == "aya standing, portrait, red, x"
+    )
+    assert shot_caption("aya, pose 1", None) == "aya, pose 1"
+
+
+def test_split_options_are_checked(data_root: DataRoot, tmp_path: Path) -> None:
+    version_dir, manifest, captions = make_version(data_root, [1])
+    for options, message in [
+        (SplitOptions(base_model_version="sd3"), "unknown base model version"),
+        (SplitOptions(shot_tags={"close": "head, shot"}), "comma-free"),
+        (SplitOptions(shot_tags={"unknown": "mystery"}), "close, mid or far"),
+    ]:
+        with pytest.raises(ShotSplitError, match=message):
+            build_shot_splits(
+                version_dir, manifest, captions, tmp_path / "k", None, "t", options=options
+            )
+    assert not (tmp_path / "k").exists()
+    split = build_shot_splits(
+        version_dir,
+        manifest,
+        captions,
+        tmp_path / "k",
+        PlantedDetector({1: [CLOSE_FACE]}),
+        "t",
+        options=SplitOptions(person=" Aya\nTanaka ", shot_tags={"close": "face  close-up"}),
+    )
+    assert (
+        tmp_path / "k" / "close" / "aya_close_0001.txt"
+    ).read_text() == "aya, face close-up, pose 1"
+    assert split.metadata["person"] == "Aya Tanaka"
+    assert split.training["resolution"] == 512
+
+
+def test_caption_set_must_match_the_captions(data_root: DataRoot, tmp_path: Path) -> None:
+    version_dir, manifest, captions = make_version(data_root, [1, 2])
+    other = caption_set_from_captions("aya", {**captions, "aya_0001.png": "aya, other"})
+    with pytest.raises(ShotSplitError, match="caption set does not hold"):
+        build_shot_splits(
+            version_dir, manifest, captions, tmp_path / "k", None, "t", caption_set=other
+        )

@@ -6,12 +6,15 @@ import functools
 import http.server
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from lora_pipeline.media.video import make_synthetic_video
+from lora_pipeline.registry import commands
+from lora_pipeline.registry.db import Registry, migrate
 
 VIDEO_SECONDS = 4.0
 VIDEO_SIZE = (160, 120)
@@ -68,13 +71,35 @@ def http_server(tmp_path: Path, synthetic_video: Path) -> Iterator[LocalServer]:
 
     server = _QuietServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
     server_state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serving(server):
+        yield server_state
+
+
+@contextmanager
+def serving(server: http.server.HTTPServer) -> Iterator[None]:
+    """Run an HTTP server on a daemon thread for the duration of the block."""
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )
     thread.start()
     try:
-        yield server_state
+        yield
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def demo_registry(folder: Path) -> Registry:
+    """A migrated SQLite registry with project "demo": Aiko (trigger word char_aiko, red coat)
+    and Kenji (blue coat). The caller disposes of it."""
+    url = f"sqlite:///{folder / 'registry.db'}"
+    migrate(url)
+    registry = Registry(url)
+    with registry.session() as session:
+        commands.add_project(session, "demo", "Demo")
+        commands.add_character(
+            session, "demo", "aiko", "Aiko", design_prompt="red coat", trigger_word="char_aiko"
+        )
+        commands.add_character(session, "demo", "kenji", "Kenji", design_prompt="blue coat")
+    return registry

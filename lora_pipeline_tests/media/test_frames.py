@@ -2,16 +2,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
 
-from lora_pipeline.media.frames import FrameStats, IngestedFrame, store_unique_frames
+from lora_pipeline.media.frames import (
+    FrameFilters,
+    FrameStats,
+    IngestedFrame,
+    store_unique_frames,
+)
 from lora_pipeline.media.images import image_sha256, load_image
+from lora_pipeline.media.phash import HashIndex, perceptual_hash
 from lora_pipeline.media.store import DataRoot
-from lora_pipeline.media.video import VideoFrame, extract_frames
+from lora_pipeline.media.video import VideoFrame, extract_frames, make_synthetic_video
+
+EXACT = FrameFilters.exact_only()
 
 
-def _frame(index: int, colour: tuple[int, int, int]) -> VideoFrame:
-    return VideoFrame(index=index, timestamp_s=index / 2, image=Image.new("RGB", (16, 8), colour))
+def _frame(index: int, colour: tuple[int, int, int], size: tuple[int, int] = (16, 8)) -> VideoFrame:
+    return VideoFrame(index=index, timestamp_s=index / 2, image=Image.new("RGB", size, colour))
+
+
+def _pattern(index: int, seed: int, size: tuple[int, int] = (320, 240)) -> VideoFrame:
+    """A picture of random blocks: different seeds look nothing alike."""
+    blocks = np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(blocks).resize(size, Image.Resampling.NEAREST)
+    return VideoFrame(index=index, timestamp_s=float(index), image=image)
 
 
 def test_duplicates_within_the_stream_are_dropped(tmp_path: Path) -> None:
@@ -19,7 +36,7 @@ def test_duplicates_within_the_stream_are_dropped(tmp_path: Path) -> None:
     red, blue = (200, 0, 0), (0, 0, 200)
     frames = [_frame(0, red), _frame(1, red), _frame(2, blue), _frame(3, red), _frame(4, blue)]
     stats = FrameStats()
-    kept = list(store_unique_frames(frames, root, stats))
+    kept = list(store_unique_frames(frames, root, stats, EXACT))
     assert [f.index for f in kept] == [0, 2]
     assert [f.timestamp_s for f in kept] == [0.0, 1.0]
     assert (stats.seen, stats.kept, stats.duplicates) == (5, 2, 3)
@@ -33,7 +50,7 @@ def test_frame_already_in_store_is_still_yielded(tmp_path: Path) -> None:
     root = DataRoot(tmp_path / "data")
     root.put_image(_frame(0, (1, 2, 3)).image)
     stats = FrameStats()
-    kept = list(store_unique_frames([_frame(7, (1, 2, 3))], root, stats))
+    kept = list(store_unique_frames([_frame(7, (1, 2, 3))], root, stats, EXACT))
     assert len(kept) == 1 and not kept[0].stored.created
     assert (stats.seen, stats.kept, stats.duplicates) == (1, 1, 0)
 
@@ -45,7 +62,7 @@ def test_stream_is_lazy(tmp_path: Path) -> None:
     def source():
         for index in range(100):
             pulled.append(index)
-            yield _frame(index, (index, 0, 0))
+            yield _pattern(index, seed=index)
 
     stream = store_unique_frames(source(), root, FrameStats())
     next(stream)
@@ -53,11 +70,100 @@ def test_stream_is_lazy(tmp_path: Path) -> None:
     assert pulled == [0, 1]
 
 
+def test_static_shot_gives_one_frame(tmp_path: Path) -> None:
+    """A held shot with compression-like noise is one frame, whatever its length."""
+    root = DataRoot(tmp_path / "data")
+    base = np.asarray(_pattern(0, seed=1).image, dtype=np.int16)
+    noise = np.random.default_rng(0)
+    held = [
+        VideoFrame(
+            i,
+            float(i),
+            Image.fromarray(np.clip(base + noise.integers(-2, 3, base.shape), 0, 255).astype("u1")),
+        )
+        for i in range(40)
+    ]
+    stats = FrameStats()
+    kept = list(store_unique_frames([*held, _pattern(40, seed=2)], root, stats))
+    assert [f.index for f in kept] == [0, 40]
+    assert (stats.seen, stats.kept, stats.static) == (41, 2, 39)
+
+
+def test_near_duplicates_anywhere_in_the_stream_are_dropped(tmp_path: Path) -> None:
+    """A-B-A cuts: the return to shot A is a near-duplicate of the first A, not of B."""
+    root = DataRoot(tmp_path / "data")
+    a, b = _pattern(0, seed=1), _pattern(1, seed=2)
+    a_again = VideoFrame(2, 2.0, a.image.filter(ImageFilter.GaussianBlur(0.6)))
+    stats = FrameStats()
+    kept = list(store_unique_frames([a, b, a_again], root, stats))
+    assert [f.index for f in kept] == [0, 1]
+    assert stats.near_duplicates == 1
+    assert kept[0].phash == perceptual_hash(a.image)
+
+
+def test_known_hashes_are_not_repeated(tmp_path: Path) -> None:
+    """The character's dataset already has this picture (re-encoded): the frame is dropped,
+    and kept frames join the index."""
+    root = DataRoot(tmp_path / "data")
+    existing = _pattern(0, seed=5)
+    known = HashIndex([perceptual_hash(existing.image.resize((320, 240)))])
+    stats = FrameStats()
+    kept = list(store_unique_frames([existing, _pattern(1, seed=6)], root, stats, known=known))
+    assert [f.index for f in kept] == [1]
+    assert stats.near_duplicates == 1
+    assert len(known) == 2
+
+
+def test_near_duplicate_distance_is_configurable(tmp_path: Path) -> None:
+    root = DataRoot(tmp_path / "data")
+    a = _pattern(0, seed=1)
+    draw_on = a.image.copy()
+    ImageDraw.Draw(draw_on).rectangle((0, 0, 50, 40), fill=(255, 255, 255))
+    changed = VideoFrame(1, 1.0, draw_on)
+    distance = (perceptual_hash(a.image) ^ perceptual_hash(changed.image)).bit_count()
+    assert 0 < distance < 30
+    # The static-shot gate is off: this small change is what it would drop first.
+    strict = FrameFilters(static_threshold=None, near_duplicate_distance=distance - 1)
+    loose = FrameFilters(static_threshold=None, near_duplicate_distance=distance)
+    assert len(list(store_unique_frames([a, changed], root, FrameStats(), strict))) == 2
+    assert len(list(store_unique_frames([a, changed], root, FrameStats(), loose))) == 1
+
+
+def test_blurry_and_small_frames_are_dropped(tmp_path: Path) -> None:
+    root = DataRoot(tmp_path / "data")
+    sharp = _pattern(0, seed=1, size=(320, 240))
+    blurry = VideoFrame(
+        1, 1.0, _pattern(1, seed=2, size=(320, 240)).image.filter(ImageFilter.GaussianBlur(8))
+    )
+    tiny = _pattern(2, seed=3, size=(100, 80))
+    filters = FrameFilters(min_sharpness=50.0, min_side=120)
+    stats = FrameStats()
+    kept = list(store_unique_frames([sharp, blurry, tiny], root, stats, filters))
+    assert [f.index for f in kept] == [0]
+    assert (stats.blurry, stats.too_small) == (1, 1)
+    # Off by default: the blurry frame is kept.
+    assert len(list(store_unique_frames([blurry], root, FrameStats()))) == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"static_threshold": 2.0},
+        {"near_duplicate_distance": 65},
+        {"min_sharpness": -1.0},
+        {"min_side": 0},
+    ],
+)
+def test_filter_settings_are_checked(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        FrameFilters(**bad)  # type: ignore[arg-type]
+
+
 def test_frames_of_a_synthetic_video(tmp_path: Path, synthetic_video: Path) -> None:
     root = DataRoot(tmp_path / "data")
     stats = FrameStats()
     frames = extract_frames(synthetic_video, fps=6, max_frames=24)
-    kept: list[IngestedFrame] = list(store_unique_frames(frames, root, stats))
+    kept: list[IngestedFrame] = list(store_unique_frames(frames, root, stats, EXACT))
     assert stats.seen == 24
     assert stats.kept + stats.duplicates == stats.seen
     assert stats.kept == len(kept) > 4  # at least the four scenes
@@ -65,3 +171,17 @@ def test_frames_of_a_synthetic_video(tmp_path: Path, synthetic_video: Path) -> N
     for ingested in kept:
         image = load_image(root.path(ingested.stored.relpath))
         assert image.size == (ingested.stored.width, ingested.stored.height) == (160, 120)
+
+
+def test_static_scenes_of_a_video_give_one_frame_each(tmp_path: Path) -> None:
+    """Scenes 2 (colour bars) and 6 (a flat colour) are static: 4 samples each, 1 kept."""
+    video = make_synthetic_video(tmp_path / "clip.mp4", 12, width=320, height=240, scenes=6)
+    root = DataRoot(tmp_path / "data")
+    stats = FrameStats()
+    kept = list(store_unique_frames(extract_frames(video, fps=2, max_frames=24), root, stats))
+    static_scenes = {1, 5}
+    per_scene = {scene: [f for f in kept if f.index // 4 == scene] for scene in range(6)}
+    assert all(len(per_scene[s]) == 1 for s in static_scenes)
+    assert stats.seen == 24
+    assert stats.static + stats.duplicates >= 6
+    assert stats.kept == len(kept) == 24 - stats.static - stats.duplicates - stats.near_duplicates

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,10 @@ EXPECTED_TABLES = {
     "lora_releases",
     "evals",
     "prompt_suggestions",
+    "comfyui_output_files",
 }
+# The newest migration shipped with the package.
+HEAD = "0002"
 
 
 def schema_diff(url: str, metadata: MetaData) -> list[object]:
@@ -57,7 +62,7 @@ def schema_diff(url: str, metadata: MetaData) -> list[object]:
 def test_migrate_to_head_matches_models(registry_url: str) -> None:
     assert current_revision(registry_url) is None
     head = migrate(registry_url)
-    assert head == head_revision() == "0001"
+    assert head == head_revision() == HEAD
     assert current_revision(registry_url) == head
     engine = make_engine(registry_url)
     try:
@@ -84,7 +89,7 @@ def test_migrate_twice_is_a_no_op(registry_url: str) -> None:
     try:
         with registry.session() as session:
             commands.add_project(session, "show", "The Show")
-        assert migrate(registry_url) == "0001"
+        assert migrate(registry_url) == HEAD
         with registry.session() as session:
             assert session.scalar(select(Project.slug)) == "show"
         assert registry.is_current()
@@ -108,8 +113,8 @@ def test_concurrent_migrations_in_threads_both_succeed(registry_url: str) -> Non
     for thread in threads:
         thread.join()
     assert errors == []
-    assert results == ["0001", "0001"]
-    assert current_revision(registry_url) == "0001"
+    assert results == [HEAD, HEAD]
+    assert current_revision(registry_url) == HEAD
 
 
 def _migrate_in_child(url: str, barrier: Any, results: Any) -> None:
@@ -120,21 +125,56 @@ def _migrate_in_child(url: str, barrier: Any, results: Any) -> None:
         results.put(f"error: {error!r}")
 
 
-def test_concurrent_migrations_in_processes_both_succeed(registry_url: str) -> None:
-    # Two processes starting at once (code server and review app) on an empty database.
+def test_concurrent_migrations_in_processes_all_succeed(registry_url: str) -> None:
+    # Processes starting at once (code server, review app, run workers) on an empty database;
+    # four rather than two make an overlap of their first connections far more likely.
+    process_count = 4
     context = multiprocessing.get_context("fork")
-    barrier, results = context.Barrier(2), context.Queue()
+    barrier, results = context.Barrier(process_count), context.Queue()
     children = [
         context.Process(target=_migrate_in_child, args=(registry_url, barrier, results))
-        for _ in range(2)
+        for _ in range(process_count)
     ]
     for child in children:
         child.start()
     outcomes = sorted(results.get(timeout=120) for _ in children)
     for child in children:
         child.join()
-    assert outcomes == ["0001", "0001"]
+    assert outcomes == [HEAD] * process_count
     assert schema_diff(registry_url, Base.metadata) == []
+
+
+def _hold_write_lock(db_file: str, locked: Any, hold_s: float) -> None:
+    # In rollback-journal mode BEGIN IMMEDIATE takes the RESERVED lock: the state of a
+    # connection that is writing the WAL header of a new file.
+    connection = sqlite3.connect(db_file, isolation_level=None)
+    connection.execute("BEGIN IMMEDIATE")
+    locked.set()
+    time.sleep(hold_s)
+    connection.execute("COMMIT")
+    connection.close()
+
+
+def test_sqlite_wal_switch_of_a_new_file_waits_for_another_writer(tmp_path: Path) -> None:
+    # The WAL switch of an empty file upgrades a read lock to a write lock, and SQLite calls no
+    # busy handler for that: without a retry the connection failed at once ("database is
+    # locked"), which is how two processes migrating a new database at once could fail.
+    db_file = tmp_path / "registry.db"
+    context = multiprocessing.get_context("fork")
+    locked = context.Event()
+    holder = context.Process(target=_hold_write_lock, args=(str(db_file), locked, 1.0))
+    holder.start()
+    try:
+        assert locked.wait(timeout=60)
+        engine = make_engine(f"sqlite:///{db_file}")
+        try:
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        finally:
+            engine.dispose()
+    finally:
+        holder.join()
+    assert holder.exitcode == 0
 
 
 def test_downgrade_to_base_removes_every_table(registry_url: str) -> None:

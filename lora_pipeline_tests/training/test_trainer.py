@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lora_pipeline.generation.local import DiffusersGenerator, GenerationRequest, LoraSpec
+from lora_pipeline.training.data import batches_per_epoch, place_examples
 from lora_pipeline.training.kohya_format import UNET_TARGET_MODULES, read_kohya_lora
 from lora_pipeline.training.trainer import (
     TrainingConfig,
@@ -38,10 +39,17 @@ def tiny_unet_target_modules(tiny_sd: Path) -> set[str]:
     }
 
 
-def test_training_runs_the_steps_with_finite_loss(trained: Trained) -> None:
+def test_training_runs_the_steps_with_finite_loss(
+    trained: Trained, examples: list[TrainingExample]
+) -> None:
     result, progress = trained
     assert result.steps == TRAINED_STEPS
-    assert result.epochs == math.ceil(TRAINED_STEPS / 2)  # 4 images at batch 2
+    # 4 images of 3 aspect ratios at batch 2: batches never mix buckets
+    per_epoch = batches_per_epoch(place_examples(examples, 64, enable_bucket=True), 2)
+    assert per_epoch == 3
+    assert result.epochs == math.ceil(TRAINED_STEPS / per_epoch)
+    assert result.history == list(range(1, TRAINED_STEPS + 1))
+    assert result.config["rank"] == 4 and result.config["resolution"] == 64
     assert len(result.losses) == TRAINED_STEPS
     assert all(math.isfinite(loss) for loss in result.losses)
     assert result.final_loss == result.losses[-1]
@@ -167,7 +175,9 @@ def test_epochs_without_max_steps(
         tiny_sd, max_steps=None, epochs=2, batch_size=3, gradient_checkpointing=True
     )
     result = train_lora(config, examples, tmp_path / "e.safetensors")
-    assert (result.steps, result.epochs) == (4, 2)  # ceil(4 / 3) = 2 batches per epoch
+    # at 32 px one image has a square bucket and three a 40×24 one: 2 batches of ≤ 3 per epoch
+    assert batches_per_epoch(place_examples(examples, 32, enable_bucket=True), 3) == 2
+    assert (result.steps, result.epochs) == (4, 2)
 
 
 def test_bad_input_is_refused_before_anything_is_written(

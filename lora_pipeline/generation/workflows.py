@@ -1,0 +1,300 @@
+"""ComfyUI workflow templates (API format) and the edits the pipeline makes to them.
+
+A template is the graph ComfyUI's "Save (API format)" writes: `{node_id: {class_type, inputs}}`
+where a link is `[source_node_id, output_index]`. The shipped templates live in `workflows/`:
+`image` (checkpoint → LoraLoader → text encode ×2 → empty latent → KSampler → VAE decode → save)
+and `video` (the same chain through AnimateDiff-Evolved's Gen1 loader into VideoHelperSuite's
+Video Combine). Nodes are found by class, never by id, so a user's own template works as well.
+
+Every LoraLoader gets the character's LoRA (seed 001: "all workflows include a LoraLoader
+node"); a character without an active LoRA gets the template with its LoraLoaders removed and
+their links rewired to what fed them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+Workflow = dict[str, dict[str, Any]]
+
+TEMPLATES = ("image", "video")
+LORA_LOADER = "LoraLoader"
+CHECKPOINT_LOADER = "CheckpointLoaderSimple"
+SAMPLER = "KSampler"
+TEXT_ENCODER = "CLIPTextEncode"
+LATENT = "EmptyLatentImage"
+ANIMATEDIFF_LOADER = "ADE_AnimateDiffLoaderGen1"
+VIDEO_COMBINE = "VHS_VideoCombine"
+OUTPUT_NODES = ("SaveImage", VIDEO_COMBINE)
+# AnimateDiff's SD1.5 motion modules were trained on 16-frame windows at 512 px; more costs VRAM
+# and time without making the short review clips better.
+VIDEO_MAX_SIZE = 512
+VIDEO_MAX_FRAMES = 16
+# Ranges of ComfyUI's own node inputs (nodes.py), so a bad value fails here with a clear message.
+MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+MAX_STEPS = 10_000
+MAX_CFG = 100.0
+MAX_RESOLUTION = 16_384
+MAX_LORA_STRENGTH = 100.0
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_FILE_NAME_LIMIT = 255
+
+
+class WorkflowError(ValueError):
+    """A template or setting that cannot make a valid ComfyUI workflow; one readable line."""
+
+
+@dataclass(frozen=True)
+class WorkflowSettings:
+    """The values a template is filled with (the character's settings in the registry)."""
+
+    checkpoint: str
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    cfg: float = 7.0
+    steps: int = 20
+    sampler_name: str = "euler"
+    scheduler: str = "normal"
+    width: int = 512
+    height: int = 512
+    # The character slug: ComfyUI names outputs `<prefix>_00001_.png`, so a scan of its output
+    # folder can tell whose image a file is.
+    filename_prefix: str = "lora_pipeline"
+    # Video templates only.
+    frames: int = VIDEO_MAX_FRAMES
+    frame_rate: float = 8.0
+    motion_model: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_name(self.checkpoint, "checkpoint")
+        for label, text in (("prompt", self.prompt), ("negative prompt", self.negative_prompt)):
+            if not isinstance(text, str):
+                raise WorkflowError(f"the {label} must be text, not {type(text).__name__}")
+        if not self.prompt.strip():
+            raise WorkflowError("the prompt is empty")
+        _check_int(self.seed, "seed", 0, MAX_SEED)
+        _check_int(self.steps, "steps", 1, MAX_STEPS)
+        _check_number(self.cfg, "cfg", 0.0, MAX_CFG)
+        for label, size in (("width", self.width), ("height", self.height)):
+            _check_int(size, label, 16, MAX_RESOLUTION)
+            if size % 8:
+                raise WorkflowError(f"{label} must be a multiple of 8, not {size}")
+        _check_name(self.sampler_name, "sampler")
+        _check_name(self.scheduler, "scheduler")
+        if not isinstance(self.filename_prefix, str) or not _PREFIX.fullmatch(self.filename_prefix):
+            raise WorkflowError(
+                f"invalid filename prefix {self.filename_prefix!r}: use up to 100 letters, "
+                "digits, '_', '-' or '.', starting with a letter or a digit"
+            )
+        _check_int(self.frames, "frames", 1, 10_000)
+        _check_number(self.frame_rate, "frame rate", 0.01, 240.0)
+        if self.motion_model is not None:
+            _check_name(self.motion_model, "motion model")
+
+
+def _check_int(value: object, label: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WorkflowError(f"{label} must be a whole number, not {value!r}")
+    if not low <= value <= high:
+        raise WorkflowError(f"{label} must be between {low} and {high}, not {value}")
+
+
+def _check_number(value: object, label: str, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise WorkflowError(f"{label} must be a number, not {value!r}")
+    if not low <= value <= high:
+        raise WorkflowError(f"{label} must be between {low:g} and {high:g}, not {value:g}")
+
+
+def _check_name(value: object, label: str) -> None:
+    """A model or option name as ComfyUI lists it (ComfyUI itself checks it is in its list)."""
+    if not isinstance(value, str) or not value.strip():
+        raise WorkflowError(f"the {label} name is empty")
+    if len(value) > _FILE_NAME_LIMIT or any(ch in value for ch in "\x00\r\n"):
+        raise WorkflowError(f"invalid {label} name {value[:80]!r}")
+
+
+def load_template(name: str) -> Workflow:
+    """A shipped template by name ("image" or "video"), as a fresh, validated copy."""
+    if name not in TEMPLATES:
+        raise WorkflowError(f"unknown workflow template {name!r}; use one of {TEMPLATES}")
+    text = resources.files(__package__).joinpath(f"workflows/{name}.json").read_text("utf-8")
+    return validate_workflow(json.loads(text))
+
+
+def _is_link(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    )
+
+
+def validate_workflow(workflow: object) -> Workflow:
+    """Check the API-format shape: nodes with a class and inputs, links to nodes that exist."""
+    if not isinstance(workflow, dict) or not workflow:
+        raise WorkflowError("a workflow must be a non-empty JSON object of nodes (API format)")
+    for node_id, node in workflow.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise WorkflowError(f"node {node_id!r} has no class_type (is this API format?)")
+        if not isinstance(node.get("inputs"), dict):
+            raise WorkflowError(f"node {node_id} ({node['class_type']}) has no inputs object")
+        for name, value in node["inputs"].items():
+            if _is_link(value) and (value[0] not in workflow or value[1] < 0):
+                raise WorkflowError(
+                    f"node {node_id} ({node['class_type']}) input {name!r} links to "
+                    f"missing node {value[0]!r}"
+                )
+    return workflow
+
+
+def _nodes_of(workflow: Workflow, *class_types: str) -> list[dict[str, Any]]:
+    return [node for node in workflow.values() if node["class_type"] in class_types]
+
+
+def _require(workflow: Workflow, *class_types: str) -> list[dict[str, Any]]:
+    nodes = _nodes_of(workflow, *class_types)
+    if not nodes:
+        raise WorkflowError(f"the workflow has no {' or '.join(class_types)} node")
+    return nodes
+
+
+def is_video_workflow(workflow: Workflow) -> bool:
+    return any(node["class_type"].startswith("ADE_") for node in workflow.values())
+
+
+def fit_video_size(width: int, height: int) -> tuple[int, int]:
+    """Scale down, keeping the aspect ratio, to fit VIDEO_MAX_SIZE (multiples of 8)."""
+    scale = min(1.0, VIDEO_MAX_SIZE / max(width, height))
+    return (max(16, int(width * scale) // 8 * 8), max(16, int(height * scale) // 8 * 8))
+
+
+def _text_node(workflow: Workflow, link: object, sampler_input: str) -> dict[str, Any]:
+    node = workflow[link[0]] if _is_link(link) else None
+    if node is None or node["class_type"] != TEXT_ENCODER:
+        raise WorkflowError(f"the KSampler's {sampler_input} input must come from {TEXT_ENCODER}")
+    return node
+
+
+def _set_prompts(workflow: Workflow, settings: WorkflowSettings) -> None:
+    for sampler in _require(workflow, SAMPLER):
+        positive = _text_node(workflow, sampler["inputs"].get("positive"), "positive")
+        negative = _text_node(workflow, sampler["inputs"].get("negative"), "negative")
+        if positive is negative:
+            raise WorkflowError("the KSampler's positive and negative prompts are the same node")
+        positive["inputs"]["text"] = settings.prompt
+        negative["inputs"]["text"] = settings.negative_prompt
+
+
+def _set_sampling(workflow: Workflow, settings: WorkflowSettings) -> None:
+    for sampler in _require(workflow, SAMPLER):
+        sampler["inputs"].update(
+            seed=settings.seed,
+            steps=settings.steps,
+            cfg=float(settings.cfg),
+            sampler_name=settings.sampler_name,
+            scheduler=settings.scheduler,
+        )
+
+
+def _set_video(workflow: Workflow, settings: WorkflowSettings, frames: int) -> None:
+    for latent in _require(workflow, LATENT):
+        latent["inputs"]["batch_size"] = frames
+    for loader in _nodes_of(workflow, ANIMATEDIFF_LOADER):
+        if settings.motion_model is not None:
+            loader["inputs"]["model_name"] = settings.motion_model
+    for combine in _nodes_of(workflow, VIDEO_COMBINE):
+        combine["inputs"]["frame_rate"] = settings.frame_rate
+
+
+def build_workflow(template: Workflow, settings: WorkflowSettings) -> Workflow:
+    """A copy of `template` filled with `settings`; the template itself is left unchanged.
+
+    A video template (one with AnimateDiff nodes) is capped at 512×512 (scaled down keeping
+    the aspect ratio) and 16 frames.
+    """
+    workflow = copy.deepcopy(validate_workflow(template))
+    for loader in _require(workflow, CHECKPOINT_LOADER):
+        loader["inputs"]["ckpt_name"] = settings.checkpoint
+    _set_prompts(workflow, settings)
+    _set_sampling(workflow, settings)
+    width, height = settings.width, settings.height
+    video = is_video_workflow(workflow)
+    if video:
+        width, height = fit_video_size(width, height)
+        _set_video(workflow, settings, min(settings.frames, VIDEO_MAX_FRAMES))
+    for latent in _require(workflow, LATENT):
+        latent["inputs"].update(width=width, height=height)
+    for output in _require(workflow, *OUTPUT_NODES):
+        output["inputs"]["filename_prefix"] = settings.filename_prefix
+    return workflow
+
+
+def inject_lora(
+    workflow: Workflow,
+    lora_name: str,
+    strength_model: float = 0.8,
+    strength_clip: float = 0.8,
+) -> Workflow:
+    """A copy with every LoraLoader loading `lora_name` (its name in ComfyUI's loras folder)."""
+    _check_name(lora_name, "LoRA")
+    _check_number(strength_model, "LoRA model strength", -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
+    _check_number(strength_clip, "LoRA clip strength", -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
+    result = copy.deepcopy(validate_workflow(workflow))
+    loaders = _nodes_of(result, LORA_LOADER)
+    if not loaders:
+        # Generating without the character's LoRA would look like success and be wrong.
+        raise WorkflowError(
+            f"the workflow has no LoraLoader node, so the LoRA {lora_name} cannot be applied"
+        )
+    for loader in loaders:
+        loader["inputs"].update(
+            lora_name=lora_name,
+            strength_model=float(strength_model),
+            strength_clip=float(strength_clip),
+        )
+    return result
+
+
+def strip_lora(workflow: Workflow) -> Workflow:
+    """A copy without LoraLoader nodes; whatever read a loader's MODEL or CLIP output now reads
+    the loader's own model or clip input (chains of loaders collapse to their source)."""
+    result = copy.deepcopy(validate_workflow(workflow))
+    for loader_id in [i for i, node in result.items() if node["class_type"] == LORA_LOADER]:
+        inputs = result.pop(loader_id)["inputs"]
+        sources = {0: inputs.get("model"), 1: inputs.get("clip")}
+        for node_id, node in result.items():
+            for name, value in node["inputs"].items():
+                if not (_is_link(value) and value[0] == loader_id):
+                    continue
+                source = sources.get(value[1])
+                if not _is_link(source):
+                    raise WorkflowError(
+                        f"cannot remove LoraLoader {loader_id}: node {node_id} reads its output "
+                        f"{value[1]}, which has no linked source"
+                    )
+                node["inputs"][name] = list(source)
+    return result
+
+
+def character_workflow(
+    kind: str,
+    settings: WorkflowSettings,
+    lora_name: str | None = None,
+    lora_strength: float = 0.8,
+    template: Workflow | None = None,
+) -> Workflow:
+    """The shipped (or given) template of `kind` filled in, with the LoRA when there is one."""
+    workflow = build_workflow(template if template is not None else load_template(kind), settings)
+    if lora_name is None:
+        return strip_lora(workflow)
+    return inject_lora(workflow, lora_name, lora_strength, lora_strength)

@@ -1,0 +1,258 @@
+"""The review web app: Characters, Approve, Generate, Gallery and Ingest tabs.
+
+`create_app(settings)` builds the Starlette application; `serve(settings)` runs it with uvicorn
+on 127.0.0.1 (`lora-pipeline review`). Binding any other address needs an access token.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from lora_pipeline.config import Settings
+from lora_pipeline.generation.negatives import NegativeTableError
+from lora_pipeline.media.store import DataRoot, UnsafePathError
+from lora_pipeline.media.uploads import UploadError
+from lora_pipeline.registry.db import Registry, migrate
+from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
+from lora_pipeline.review import views
+from lora_pipeline.review.security import (
+    LOOPBACK_HOSTS,
+    AccessTokenMiddleware,
+    BodyLimitMiddleware,
+    BrowserSafetyMiddleware,
+    is_loopback,
+)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_PORT = 8765
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024**2
+MAX_FORM_BYTES = 1024**2
+# Multipart framing around the file: boundaries, headers, the other fields.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
+SERVER_START_TIMEOUT_S = 30.0
+ERROR_STATUS = {
+    NotFoundError: 404,
+    InvalidInputError: 400,
+    ConflictError: 409,
+    UploadError: 400,
+    UnsafePathError: 400,
+    NegativeTableError: 500,
+}
+
+
+class ReviewAppError(Exception):
+    """The app cannot start as asked (e.g. a public address without an access token)."""
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", views.characters_page),
+        Route("/approve", views.approve_page),
+        Route("/images/{image_id:int}", views.image_file),
+        Route("/images/{image_id:int}/approve", views.approve_image, methods=["POST"]),
+        Route("/images/{image_id:int}/reject", views.reject_image, methods=["POST"]),
+        Route("/generate", views.generate_page),
+        Route("/generate", views.request_generation_action, methods=["POST"]),
+        Route("/jobs.json", views.jobs_json),
+        Route("/jobs/clear-stuck", views.clear_stuck, methods=["POST"]),
+        Route("/gallery", views.gallery_page),
+        Route("/gallery/{image_id:int}", views.gallery_view),
+        Route("/ingest", views.ingest_page),
+        Route("/ingest", views.ingest_action, methods=["POST"]),
+        Route("/suggestions/{suggestion_id:int}/accept", views.accept_suggestion, methods=["POST"]),
+        Route(
+            "/suggestions/{suggestion_id:int}/dismiss", views.dismiss_suggestion, methods=["POST"]
+        ),
+        Route("/healthz", views.healthz),
+        Route("/favicon.ico", views.favicon),
+        Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
+    ]
+
+
+def _check_csrf_everywhere(app_routes: list[BaseRoute]) -> None:
+    """Every route that accepts a form must check its CSRF token: fail at start otherwise."""
+    for route in app_routes:
+        posts = isinstance(route, Route) and "POST" in (route.methods or ())
+        if posts and not getattr(route.endpoint, "csrf_protected", False):
+            raise ReviewAppError(f"POST {route.path} is not CSRF-protected")
+
+
+def _templates() -> Jinja2Templates:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    environment.filters["filesize"] = _file_size
+    return Jinja2Templates(env=environment)
+
+
+def _file_size(count: int | None) -> str:
+    if count is None:
+        return "missing"
+    size = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _error_response(request: Request, status: int, message: str) -> Response:
+    if views.wants_json(request):
+        return JSONResponse({"ok": False, "error": message}, status_code=status)
+    titles = {400: "Cannot do that", 403: "Forbidden", 404: "Not found", 409: "Already decided"}
+    return views.render(
+        request,
+        "message.html",
+        status=status,
+        title=titles.get(status, "Error"),
+        error=message,
+    )
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    return _error_response(request, error.status_code, str(error.detail))
+
+
+def _domain_error(status: int) -> Callable[[Request, Exception], Response]:
+    def handler(request: Request, error: Exception) -> Response:
+        return _error_response(request, status, str(error))
+
+    return handler
+
+
+def comfyui_canceller(settings: Settings) -> Callable[[str], object] | None:
+    """Stops a prompt in ComfyUI (interrupt when running, delete when queued)."""
+    if not settings.comfyui_url:
+        return None
+    from lora_pipeline.generation.comfyui import ComfyUIClient
+
+    client = ComfyUIClient(settings.comfyui_url, http_timeout=10.0)
+    return client.cancel
+
+
+def create_app(
+    settings: Settings,
+    access_token: str | None = None,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+    cancel_prompt: Callable[[str], object] | None = None,
+) -> Starlette:
+    """The review app on the registry and data root of `settings`.
+
+    With `access_token`, every request must carry it (cookie after `/?token=…`, or a bearer
+    header); without one, only requests addressed to `allowed_hosts` are answered.
+    `cancel_prompt` overrides how a stuck job's ComfyUI prompt is stopped.
+    """
+    settings.ensure_dirs()
+    migrate(settings.database_url)
+    registry = Registry(settings.database_url)
+    app_routes = routes()
+    _check_csrf_everywhere(app_routes)
+    middleware = [Middleware(BrowserSafetyMiddleware)]
+    if access_token is not None:
+        middleware.insert(0, Middleware(AccessTokenMiddleware, token=access_token))
+    else:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    middleware.append(
+        Middleware(
+            BodyLimitMiddleware,
+            default_limit=MAX_FORM_BYTES,
+            limits={"/ingest": max_upload_bytes + UPLOAD_OVERHEAD_BYTES},
+        )
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        registry.dispose()
+
+    handlers: dict[type[Exception] | int, Callable] = {HTTPException: _http_error}
+    handlers.update({kind: _domain_error(status) for kind, status in ERROR_STATUS.items()})
+    app = Starlette(
+        routes=app_routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
+    )
+    app.state.review = views.ReviewContext(
+        settings=settings,
+        registry=registry,
+        root=DataRoot(settings.data_root),
+        templates=_templates(),
+        max_upload_bytes=max_upload_bytes,
+        cancel_prompt=cancel_prompt if cancel_prompt is not None else comfyui_canceller(settings),
+    )
+    return app
+
+
+def check_bind(host: str, access_token: str | None) -> None:
+    if not is_loopback(host) and not access_token:
+        raise ReviewAppError(
+            f"refusing to listen on {host} without an access token: anyone who can reach it "
+            "could approve and reject images. Pass --token (or set LORA_PIPELINE_REVIEW_TOKEN), "
+            "or bind 127.0.0.1"
+        )
+
+
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    access_token: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the review app until interrupted."""
+    import uvicorn
+
+    check_bind(host, access_token)
+    # Behind a token, any Host header is fine: the token is what keeps strangers out.
+    app = create_app(settings, access_token=access_token)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+@contextmanager
+def background_server(app: Starlette, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run `app` with uvicorn in a thread on a free port; yields its base URL.
+
+    For browser tests and benchmarks: the socket is bound before uvicorn starts, so there is
+    no window in which another process could take the port.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", server_header=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise ReviewAppError("the review app did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=SERVER_START_TIMEOUT_S)
+        sock.close()

@@ -1,0 +1,363 @@
+"""What each page shows, read from the registry in one read-only session per page.
+
+Plain dataclasses, so the templates never touch a database session.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
+from lora_pipeline.generation.service import request_settings
+from lora_pipeline.media.store import DataRoot, UnsafePathError
+from lora_pipeline.registry import queries, suggestions
+from lora_pipeline.registry.models import (
+    IMAGE_STATUSES,
+    Character,
+    GenerationProfile,
+    Image,
+    LoraRelease,
+    Model,
+    Project,
+    PromptSuggestion,
+    Source,
+)
+
+GALLERY_ORIGINS = ("generated", "comfyui")
+QUEUE_LIMIT = 200
+GALLERY_LIMIT = 60
+JOB_LIMIT = 50
+SOURCE_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class SuggestionView:
+    id: int
+    prompt: str
+    rationale: str
+    advisor: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: PromptSuggestion) -> SuggestionView:
+        return cls(row.id, row.suggested_prompt, row.rationale, row.advisor, row.created_at)
+
+
+@dataclass(frozen=True)
+class ReleaseView:
+    id: int
+    status: str
+    path: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CharacterView:
+    slug: str
+    name: str
+    project_slug: str
+    project_name: str
+    design_prompt: str
+    negative_prompt: str
+    checkpoint: str
+    settings: dict[str, Any]
+    counts: dict[str, int]
+    release: ReleaseView | None = None
+    suggestion: SuggestionView | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def approved(self) -> int:
+        return self.counts.get("approved", 0)
+
+    @property
+    def needed(self) -> int:
+        return MIN_APPROVED_IMAGES
+
+    @property
+    def ready(self) -> bool:
+        return self.approved >= MIN_APPROVED_IMAGES
+
+
+def _checkpoints(session: Session, base_model: str | None) -> dict[int, str]:
+    """The checkpoint each project generates with: its default profile's, else the base
+    model configured for the whole studio."""
+    rows = session.execute(
+        select(GenerationProfile.project_id, Model.name)
+        .join(Model, Model.id == GenerationProfile.checkpoint_id)
+        .where(GenerationProfile.is_default.is_(True))
+        .order_by(GenerationProfile.id)
+    ).tuples()
+    by_project = {project_id: name for project_id, name in rows}
+    fallback = Path(base_model).name if base_model else "not configured"
+    projects = session.scalars(select(Project.id))
+    return {pid: by_project.get(pid, fallback) for pid in projects}
+
+
+def _counts(session: Session) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(IMAGE_STATUSES, 0))
+    rows = session.execute(
+        select(Image.character_id, Image.status, func.count(Image.id)).group_by(
+            Image.character_id, Image.status
+        )
+    ).tuples()
+    for character_id, status, count in rows:
+        counts[character_id][status] = count
+    return counts
+
+
+def _latest_releases(session: Session) -> dict[int, ReleaseView]:
+    latest: dict[int, ReleaseView] = {}
+    for row in session.scalars(select(LoraRelease).order_by(LoraRelease.id)):
+        latest[row.character_id] = ReleaseView(row.id, row.status, row.path, row.created_at)
+    return latest
+
+
+def characters(session: Session, base_model: str | None) -> list[CharacterView]:
+    checkpoints = _checkpoints(session, base_model)
+    counts = _counts(session)
+    releases = _latest_releases(session)
+    open_suggestions = suggestions.open_suggestions(session)
+    views = []
+    for c in session.scalars(select(Character).order_by(Character.slug)):
+        suggestion = open_suggestions.get(c.id)
+        views.append(
+            CharacterView(
+                slug=c.slug,
+                name=c.name,
+                project_slug=c.project.slug,
+                project_name=c.project.name,
+                design_prompt=c.design_prompt,
+                negative_prompt=c.negative_prompt,
+                checkpoint=checkpoints.get(c.project_id, "not configured"),
+                settings={"seed": c.seed, **request_settings(c)},
+                counts=dict(counts[c.id]),
+                release=releases.get(c.id),
+                suggestion=SuggestionView.of(suggestion) if suggestion else None,
+            )
+        )
+    return views
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    image_id: int
+    character_slug: str
+    character_name: str
+    project_slug: str
+    design_prompt: str
+    origin: str
+    width: int
+    height: int
+    created_at: datetime
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _metadata(image: Image, checkpoint: str) -> dict[str, Any]:
+    """Seed, checkpoint and sampler of a generated image; where a frame came from otherwise."""
+    params = image.generation_params or {}
+    if params:
+        shown = {
+            "seed": params.get("seed"),
+            "checkpoint": params.get("checkpoint") or checkpoint,
+            "sampler": " / ".join(
+                str(params[k]) for k in ("sampler", "scheduler") if params.get(k)
+            ),
+            "steps": params.get("steps"),
+            "cfg": params.get("cfg"),
+            "negative prompt": params.get("negative_prompt"),
+        }
+    else:
+        provenance = image.provenance or {}
+        shown = {k: provenance.get(k) for k in ("source_id", "video_id", "timestamp_s")}
+    answers = (image.provenance or {}).get("answers_feedback")
+    if answers:
+        shown["answers rejection"] = ", ".join(map(str, answers))
+    return {k: v for k, v in shown.items() if v not in (None, "")}
+
+
+def approve_queue(
+    session: Session,
+    base_model: str | None,
+    project: str | None = None,
+    character: str | None = None,
+    limit: int = QUEUE_LIMIT,
+) -> list[QueueItem]:
+    checkpoints = _checkpoints(session, base_model)
+    images = queries.pending_images(
+        session, project_slug=project, character_slug=character, limit=limit
+    )
+    return [
+        QueueItem(
+            image_id=image.id,
+            character_slug=image.character.slug,
+            character_name=image.character.name,
+            project_slug=image.character.project.slug,
+            design_prompt=image.character.design_prompt,
+            origin=image.origin,
+            width=image.width,
+            height=image.height,
+            created_at=image.created_at,
+            metadata=_metadata(image, checkpoints.get(image.character.project_id, "")),
+        )
+        for image in images
+    ]
+
+
+def pending_total(session: Session) -> int:
+    return session.scalar(select(func.count(Image.id)).where(Image.status == "pending")) or 0
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    image_id: int
+    file_name: str
+    character_slug: str
+    status: str
+    created_at: datetime
+    size_bytes: int | None
+    width: int
+    height: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _file_size(root: DataRoot, relpath: str) -> int | None:
+    try:
+        return root.path(relpath).stat().st_size
+    except (OSError, UnsafePathError):
+        return None  # shown as "missing": the page must not fail for one lost file
+
+
+def _gallery_item(image: Image, root: DataRoot) -> GalleryItem:
+    return GalleryItem(
+        image_id=image.id,
+        file_name=Path(image.path).name,
+        character_slug=image.character.slug,
+        status=image.status,
+        created_at=image.created_at,
+        size_bytes=_file_size(root, image.path),
+        width=image.width,
+        height=image.height,
+        metadata=_metadata(image, ""),
+    )
+
+
+def gallery(session: Session, root: DataRoot, limit: int = GALLERY_LIMIT) -> list[GalleryItem]:
+    """Recent generated images, newest first."""
+    rows = session.scalars(
+        select(Image)
+        .where(Image.origin.in_(GALLERY_ORIGINS))
+        .order_by(Image.created_at.desc(), Image.id.desc())
+        .limit(limit)
+    )
+    return [_gallery_item(image, root) for image in rows]
+
+
+def gallery_item(session: Session, root: DataRoot, image_id: int) -> GalleryItem | None:
+    image = session.get(Image, image_id)
+    return None if image is None else _gallery_item(image, root)
+
+
+def image_path(session: Session, root: DataRoot, image_id: int) -> Path | None:
+    """The file of a registry image, only if it lies inside the data root."""
+    image = session.get(Image, image_id)
+    if image is None:
+        return None
+    try:
+        path = root.path(image.path)
+    except UnsafePathError:
+        return None
+    return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int
+    character_slug: str
+    kind: str
+    status: str
+    backend: str
+    seed: int
+    prompt: str
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "character": self.character_slug,
+            "kind": self.kind,
+            "status": self.status,
+            "backend": self.backend,
+            "seed": self.seed,
+            "error": self.error or "",
+            "created_at": f"{self.created_at:%Y-%m-%d %H:%M:%S}",
+        }
+
+
+def jobs(session: Session, limit: int = JOB_LIMIT) -> list[JobView]:
+    slugs = dict(session.execute(select(Character.id, Character.slug)).tuples().all())
+    return [
+        JobView(
+            job.id,
+            slugs.get(job.character_id, "?"),
+            job.kind,
+            job.status,
+            job.backend,
+            job.seed,
+            job.prompt,
+            job.error,
+            job.created_at,
+            job.finished_at,
+        )
+        for job in queries.generation_jobs(session, limit=limit)
+    ]
+
+
+@dataclass(frozen=True)
+class SourceView:
+    id: int
+    kind: str
+    uri: str
+    mode: str
+    target: str
+    state: str
+    error: str | None
+    created_at: datetime
+
+
+def recent_sources(session: Session, limit: int = SOURCE_LIMIT) -> list[SourceView]:
+    projects = dict(session.execute(select(Project.id, Project.slug)).tuples().all())
+    characters_by_id = dict(session.execute(select(Character.id, Character.slug)).tuples().all())
+    rows = session.scalars(select(Source).order_by(Source.id.desc()).limit(limit))
+    return [
+        SourceView(
+            s.id,
+            s.kind,
+            s.uri,
+            s.mode,
+            characters_by_id.get(s.character_id, "") if s.character_id else projects[s.project_id],
+            s.state,
+            s.error,
+            s.created_at,
+        )
+        for s in rows
+    ]
+
+
+def choices(session: Session) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """(project slug, name) and (character slug, name, project slug) for the forms."""
+    projects = [(p.slug, p.name) for p in queries.list_projects(session)]
+    cast = [(c.slug, c.name, c.project.slug) for c in queries.list_characters(session)]
+    return projects, cast

@@ -1,0 +1,157 @@
+"""Which modules a kohya LoRA adapts, and how the adapters are added, saved and restored.
+
+kohya's `networks.lora` walks the model and adapts every `Linear` and `Conv2d` inside certain
+container modules: `Transformer2DModel` in the UNet (attention, feed-forward, proj_in/out),
+`CLIPAttention` and `CLIPMLP` in the text encoders, and with LoCon (`conv_dim`) also
+`ResnetBlock2D`, `Downsample2D` and `Upsample2D`. Linear layers and 1×1 convolutions get the
+network rank and alpha, 3×3 convolutions the conv rank and alpha. Following the same walk gives
+exactly kohya's module names, which is what lets ComfyUI's LoraLoader apply every key.
+
+The adapters themselves are peft LoRA layers (`lora_A` = kohya's `lora_down`, `lora_B` =
+`lora_up`), so the training loop is plain diffusers + peft.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+UNET_LORA_CONTAINERS = ("Transformer2DModel",)
+UNET_CONV_CONTAINERS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+TEXT_ENCODER_CONTAINERS = ("CLIPAttention", "CLIPMLP")
+ADAPTER_NAME = "default"
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """One adapted module: its path inside the model, its kohya name, rank and alpha."""
+
+    path: str
+    kohya_name: str
+    rank: int
+    alpha: float
+
+
+def _is_3x3_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)
+
+
+def _kohya_path(path: str, text_model: bool) -> str:
+    # transformers 5 dropped CLIPTextModel's `text_model.` level; kohya's names (and every tool
+    # that reads them) still carry it.
+    if text_model and not path.startswith("text_model."):
+        path = "text_model." + path
+    return path.replace(".", "_")
+
+
+def find_targets(
+    model: nn.Module,
+    prefix: str,
+    containers: Sequence[str],
+    rank: int,
+    alpha: float,
+    conv_rank: int = 0,
+    conv_alpha: float = 1.0,
+    text_model: bool = False,
+) -> list[LoraTarget]:
+    """The modules kohya adapts in `model`, in kohya's order, named `<prefix><path>`."""
+    targets: dict[str, LoraTarget] = {}
+    for name, container in model.named_modules():
+        if type(container).__name__ not in containers:
+            continue
+        for child_name, child in container.named_modules():
+            if not isinstance(child, nn.Linear | nn.Conv2d):
+                continue
+            path = f"{name}.{child_name}" if name else child_name
+            if _is_3x3_conv(child):
+                if not conv_rank:
+                    continue
+                child_rank, child_alpha = conv_rank, conv_alpha
+            else:
+                child_rank, child_alpha = rank, alpha
+            kohya_name = prefix + _kohya_path(path, text_model)
+            targets.setdefault(path, LoraTarget(path, kohya_name, child_rank, float(child_alpha)))
+    return list(targets.values())
+
+
+def unet_targets(
+    unet: nn.Module, rank: int, alpha: float, conv_rank: int = 0, conv_alpha: float = 1.0
+) -> list[LoraTarget]:
+    containers = UNET_LORA_CONTAINERS + (UNET_CONV_CONTAINERS if conv_rank else ())
+    return find_targets(unet, "lora_unet_", containers, rank, alpha, conv_rank, conv_alpha)
+
+
+def text_encoder_targets(
+    text_encoder: nn.Module, prefix: str, rank: int, alpha: float
+) -> list[LoraTarget]:
+    """`prefix` is `lora_te_` for SD1.x, `lora_te1_` / `lora_te2_` for SDXL's two encoders."""
+    return find_targets(text_encoder, prefix, TEXT_ENCODER_CONTAINERS, rank, alpha, text_model=True)
+
+
+def add_lora(model: nn.Module, targets: Sequence[LoraTarget]) -> list[nn.Parameter]:
+    """Wrap every target in a peft LoRA layer; return the new (trainable) parameters.
+
+    peft initialises lora_A with Kaiming-uniform and lora_B with zeros, as kohya does, so the
+    model's output is unchanged until the first step. The draws come from torch's global RNG:
+    callers that want reproducible runs seed it (the trainer forks it).
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if not targets:
+        raise ValueError("no module to adapt: the model has none of kohya's target modules")
+    base = targets[0]
+    config = LoraConfig(
+        r=base.rank,
+        lora_alpha=base.alpha,
+        target_modules=[t.path for t in targets],
+        rank_pattern={re.escape(t.path): t.rank for t in targets if t.rank != base.rank},
+        alpha_pattern={re.escape(t.path): t.alpha for t in targets if t.alpha != base.alpha},
+    )
+    model.requires_grad_(False)
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    parameters = []
+    for target in targets:
+        layer = model.get_submodule(target.path)
+        for part in (layer.lora_A[ADAPTER_NAME], layer.lora_B[ADAPTER_NAME]):
+            part.requires_grad_(True)
+            parameters.extend(part.parameters())
+    return parameters
+
+
+def lora_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights by parameter name: what a resumable state saves and restores."""
+    return {name: p for name, p in model.named_parameters() if ".lora_" in name}
+
+
+def kohya_tensors(
+    model: nn.Module, targets: Iterable[LoraTarget], dtype: torch.dtype = torch.float16
+) -> dict[str, torch.Tensor]:
+    """The adapters of `model` under kohya's keys: lora_down / lora_up weights and `.alpha`."""
+    tensors: dict[str, torch.Tensor] = {}
+    for target in targets:
+        layer = model.get_submodule(target.path)
+        down = layer.lora_A[ADAPTER_NAME].weight.detach()
+        up = layer.lora_B[ADAPTER_NAME].weight.detach()
+        for part, tensor in (("lora_down.weight", down), ("lora_up.weight", up)):
+            tensor = tensor.to(dtype=dtype)
+            # Meta tensors (a model built without weights, to check names) have nothing to copy.
+            tensors[f"{target.kohya_name}.{part}"] = (
+                tensor if tensor.is_meta else tensor.cpu().contiguous()
+            )
+        tensors[f"{target.kohya_name}.alpha"] = torch.tensor(target.alpha, dtype=dtype)
+    return tensors
+
+
+def restore_lora_parameters(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+    """Copy saved adapter weights back into `model`; the names must match exactly."""
+    current = lora_parameters(model)
+    if set(current) != set(saved):
+        missing = sorted(set(current) ^ set(saved))[:3]
+        raise ValueError(f"the saved adapter does not match the model (e.g. {missing})")
+    with torch.no_grad():
+        for name, parameter in current.items():
+            parameter.copy_(saved[name].to(parameter.device, parameter.dtype))

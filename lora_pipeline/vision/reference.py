@@ -1,0 +1,203 @@
+"""Identification by reference matching: a frame shows a character when its image embedding
+is close (cosine similarity) to one of that character's approved images.
+
+Embeddings come from a CLIP-style vision model with a projection
+(`CLIPVisionModelWithProjection` + its image processor, from a folder or hub id). Every
+approval adds a reference, so identification gets better as the dataset grows. Reference
+embeddings are cached by the image's sha256, in memory and on disk, so each approved image is
+embedded once, ever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lora_pipeline.config import torch_device
+from lora_pipeline.media.images import InvalidImageError, load_image
+from lora_pipeline.vision.identification import (
+    CharacterProfile,
+    Identification,
+    IdentifierError,
+    short_name,
+)
+
+DEFAULT_THRESHOLD = 0.85
+BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    sha256: str
+    path: Path
+
+
+# slug -> the character's approved images.
+ReferenceSource = Callable[[str], Sequence[ReferenceImage]]
+
+_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def _load(model_id: str, device: str) -> tuple[Any, Any]:
+    with _LOAD_LOCK:
+        if (model_id, device) not in _LOADED:
+            from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
+
+            try:
+                processor = AutoImageProcessor.from_pretrained(model_id)
+                # The explicit class: AutoModel would load the tower without its projection.
+                model = CLIPVisionModelWithProjection.from_pretrained(model_id)
+            except (OSError, ValueError) as exc:
+                raise IdentifierError(
+                    f"cannot load the vision model {model_id!r}: {str(exc).splitlines()[0]}"
+                ) from exc
+            _LOADED[(model_id, device)] = (model.to(device).eval(), processor)
+        return _LOADED[(model_id, device)]
+
+
+def release_models() -> None:
+    with _LOAD_LOCK:
+        _LOADED.clear()
+
+
+class ReferenceIdentifier:
+    """Recognises the candidates whose approved images look like the frame."""
+
+    # The answer depends on the approved set at the time: it must not be reused for the same
+    # picture in another source later.
+    answers_are_stable = False
+
+    def __init__(
+        self,
+        model: str,
+        references: ReferenceSource,
+        threshold: float = DEFAULT_THRESHOLD,
+        cache_dir: Path | None = None,
+        device: str = "auto",
+    ) -> None:
+        if not -1 <= threshold <= 1:
+            raise ValueError(f"a cosine threshold is within -1..1, not {threshold}")
+        self.model_id = model
+        self.references = references
+        self.threshold = threshold
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.device = device
+        self.name = short_name("reference", model)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """L2-normalised embeddings, one row per image."""
+        import torch
+
+        if not images:
+            return np.zeros((0, 0), dtype=np.float32)
+        model, processor = _load(self.model_id, torch_device(self.device))
+        rows = []
+        for start in range(0, len(images), BATCH_SIZE):
+            batch = [image.convert("RGB") for image in images[start : start + BATCH_SIZE]]
+            pixels = processor(images=batch, return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                embeds = model(pixel_values=pixels.to(model.device, model.dtype)).image_embeds
+            rows.append(embeds.float().cpu().numpy())
+        vectors = np.concatenate(rows)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def identify(
+        self, images: Sequence[Image.Image], candidates: Sequence[CharacterProfile]
+    ) -> list[Identification]:
+        if not images:
+            return []
+        frames = self.embed(images)
+        scores: dict[str, np.ndarray] = {}
+        missing = []
+        for candidate in candidates:
+            refs = self._reference_embeddings(candidate.slug)
+            if refs is None:
+                missing.append(candidate.slug)
+                continue
+            # Nearest reference: a character drawn in many poses matches the closest one.
+            scores[candidate.slug] = (frames @ refs.T).max(axis=1)
+        if candidates and not scores:
+            # Answering "no one" would mark the frames classified for good; let them wait for
+            # the first approvals instead.
+            raise IdentifierError(
+                "reference matching has no approved image of any candidate character yet; "
+                "approve some images first"
+            )
+        return [self._verdict(i, scores, missing) for i in range(len(images))]
+
+    def _verdict(
+        self, row: int, scores: dict[str, np.ndarray], missing: list[str]
+    ) -> Identification:
+        found = frozenset(slug for slug, s in scores.items() if s[row] >= self.threshold)
+        parts = [f"{slug} {s[row]:.3f}" for slug, s in sorted(scores.items())]
+        answer = f"reference cosine (threshold {self.threshold}): " + (", ".join(parts) or "-")
+        if missing:
+            answer += f"; no approved images yet: {', '.join(sorted(missing))}"
+        return Identification(found, answer)
+
+    def _reference_embeddings(self, slug: str) -> np.ndarray | None:
+        references = list(self.references(slug))
+        vectors = []
+        todo: list[tuple[ReferenceImage, Image.Image]] = []
+        for reference in references:
+            cached = self._cached(reference.sha256)
+            if cached is not None:
+                vectors.append(cached)
+                continue
+            try:
+                todo.append((reference, load_image(reference.path)))
+            except InvalidImageError:
+                continue  # a damaged approved file is a dataset problem, reported there
+        if todo:
+            for (reference, _), vector in zip(todo, self.embed([i for _, i in todo]), strict=True):
+                self._store(reference.sha256, vector)
+                vectors.append(vector)
+        return np.stack(vectors) if vectors else None
+
+    def _cache_path(self, sha256: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / _model_key(self.model_id) / sha256[:2] / f"{sha256}.npy"
+
+    def _cached(self, sha256: str) -> np.ndarray | None:
+        if sha256 in self._cache:
+            return self._cache[sha256]
+        path = self._cache_path(sha256)
+        if path is None or not path.is_file():
+            return None
+        try:
+            vector = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        self._cache[sha256] = vector
+        return vector
+
+    def _store(self, sha256: str, vector: np.ndarray) -> None:
+        self._cache[sha256] = vector
+        path = self._cache_path(sha256)
+        if path is None:
+            return
+        buffer = io.BytesIO()
+        np.save(buffer, vector.astype(np.float32), allow_pickle=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+
+
+def _model_key(model_id: str) -> str:
+    """A folder name per model: embeddings of two models never mix."""
+    return hashlib.sha256(model_id.encode()).hexdigest()[:16]

@@ -1,0 +1,105 @@
+"""Review app fixtures: a studio (registry, data root, cast) and an HTTP client on its app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from lora_pipeline.config import Settings
+from lora_pipeline.media.store import DataRoot
+from lora_pipeline.registry import commands
+from lora_pipeline.registry.db import Registry
+from lora_pipeline.review.app import create_app
+from lora_pipeline.review.security import CSRF_COOKIE
+
+BASE_URL = "http://127.0.0.1"
+
+
+@pytest.fixture(autouse=True)
+def _no_studio_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see the default negative-term table and no Echo Brain, whatever the machine has."""
+    for name in ("NEGATIVE_TERMS", "ECHO_BRAIN_URL", "REVIEW_TOKEN"):
+        monkeypatch.delenv(f"LORA_PIPELINE_{name}", raising=False)
+
+
+@dataclass
+class Studio:
+    settings: Settings
+    registry: Registry
+    root: DataRoot
+    app: Starlette
+    client: TestClient
+
+    def add_image(
+        self,
+        character: str,
+        n: int,
+        origin: str = "generated",
+        params: dict[str, Any] | None = None,
+        status: str = "pending",
+    ) -> int:
+        """A real PNG in the data root (colour from `n`) and its registry row."""
+        stored = self.root.put_image(Image.new("RGB", (32, 24), (n % 256, n // 256 % 256, 90)))
+        with self.registry.session() as session:
+            character_id = commands.get_character(session, character).id
+            image, _ = commands.add_image(
+                session,
+                character_id,
+                stored.sha256,
+                stored.relpath,
+                stored.width,
+                stored.height,
+                origin,
+                status=status,
+                generation_params=params,
+            )
+            return image.id
+
+    def csrf(self, client: TestClient | None = None) -> str:
+        """The client's CSRF cookie, fetched with a page view if it has none yet."""
+        client = client or self.client
+        if CSRF_COOKIE not in client.cookies:
+            client.get("/healthz")
+            client.get("/approve")
+        return client.cookies[CSRF_COOKIE]
+
+    def new_client(self, **kwargs: Any) -> TestClient:
+        return TestClient(self.app, base_url=BASE_URL, **kwargs)
+
+
+def make_settings(home: Path, base_model: str | None = "/models/anime-v3.safetensors") -> Settings:
+    return Settings(
+        home=home,
+        database_url=f"sqlite:///{home / 'registry.db'}",
+        data_root=home / "data",
+        base_model=base_model,
+    )
+
+
+def add_cast(registry: Registry) -> None:
+    with registry.session() as session:
+        commands.add_project(session, "show", "The Show", style_prompt="anime style")
+        commands.add_project(session, "other", "Other Show")
+        commands.add_character(
+            session, "show", "aiko", "Aiko", design_prompt="teal hair, yellow raincoat"
+        )
+        commands.add_character(session, "show", "kenji", "Kenji", design_prompt="black hair")
+        commands.add_character(session, "other", "mio", "Mio", design_prompt="red scarf")
+
+
+@pytest.fixture
+def studio(tmp_path: Path) -> Iterator[Studio]:
+    settings = make_settings(tmp_path / "home")
+    app = create_app(settings)
+    registry = Registry(settings.database_url)
+    add_cast(registry)
+    with TestClient(app, base_url=BASE_URL) as client:
+        yield Studio(settings, registry, DataRoot(settings.data_root), app, client)
+    registry.dispose()

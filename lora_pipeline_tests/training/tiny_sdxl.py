@@ -1,0 +1,86 @@
+"""A tiny random-weight SDXL pipeline in diffusers layout (two text encoders, text-time
+conditioning), built offline like lora_pipeline.tiny_models builds the tiny SD1.5."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lora_pipeline.tiny_models import TOKENIZER_MAX_LENGTH, _write_byte_level_tokenizer_files
+
+
+def build_tiny_sdxl(folder: Path) -> Path:
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    if (folder / "model_index.json").is_file():
+        return folder
+    scratch = Path(tempfile.mkdtemp())
+    try:
+        vocab, merges = _write_byte_level_tokenizer_files(scratch)
+        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=TOKENIZER_MAX_LENGTH)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            text_config = CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=TOKENIZER_MAX_LENGTH,
+                projection_dim=32,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            pipe = StableDiffusionXLPipeline(
+                vae=AutoencoderKL(
+                    block_out_channels=(32, 64),
+                    down_block_types=("DownEncoderBlock2D",) * 2,
+                    up_block_types=("UpDecoderBlock2D",) * 2,
+                    latent_channels=4,
+                    norm_num_groups=32,
+                    sample_size=32,
+                ),
+                text_encoder=CLIPTextModel(text_config),
+                text_encoder_2=CLIPTextModelWithProjection(text_config),
+                tokenizer=tokenizer,
+                tokenizer_2=tokenizer,
+                unet=UNet2DConditionModel(
+                    sample_size=16,
+                    layers_per_block=1,
+                    block_out_channels=(32, 64),
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                    attention_head_dim=(2, 4),
+                    use_linear_projection=True,
+                    addition_embed_type="text_time",
+                    addition_time_embed_dim=8,
+                    transformer_layers_per_block=(1, 2),
+                    projection_class_embeddings_input_dim=80,  # 6 time ids × 8 + 32 pooled
+                    cross_attention_dim=64,  # the two encoders' hidden states side by side
+                    norm_num_groups=32,
+                ),
+                scheduler=EulerDiscreteScheduler(
+                    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+                ),
+            )
+        pipe.save_pretrained(scratch / "pipeline", safe_serialization=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(scratch / "pipeline"), folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder
