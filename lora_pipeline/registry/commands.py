@@ -23,7 +23,12 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
+from lora_pipeline.registry.errors import (
+    ConflictError,
+    GateError,
+    InvalidInputError,
+    NotFoundError,
+)
 from lora_pipeline.registry.models import (
     EVAL_VERDICTS,
     IMAGE_ORIGINS,
@@ -284,6 +289,59 @@ def add_project(
         raise conflict
     if not _try_insert(session, project):
         raise conflict
+    return project
+
+
+# Per-project settings: the eval grid's prompts and seeds, the gate's thresholds (None: that
+# score does not gate) and the model card's licence fields.
+_THRESHOLD_RANGES = {
+    "min_identity": (-1.0, 1.0),
+    "min_clip_score": (0.0, 100.0),
+    "min_quality": (0.0, 1.0),
+    "min_lora_effect": (0.0, 1.0),
+}
+LICENCE_FIELDS = ("licence", "author", "source_url", "notes")
+PROJECT_SETTINGS = ("eval_prompts", "eval_seeds", *_THRESHOLD_RANGES, *LICENCE_FIELDS)
+_MAX_EVAL_ROWS = 8
+
+
+def _project_setting(key: str, value: object) -> Any:
+    if key == "eval_prompts":
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise InvalidInputError("eval_prompts must be a list of prompts")
+        prompts = [_text(p, "eval prompt", required=True, max_length=500) for p in value]
+        if not 1 <= len(prompts) <= _MAX_EVAL_ROWS:
+            raise InvalidInputError(f"give 1 to {_MAX_EVAL_ROWS} eval prompts (3-5 is usual)")
+        return prompts
+    if key == "eval_seeds":
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise InvalidInputError("eval_seeds must be a list of seeds")
+        seeds = [_int(v, "eval seed", maximum=_MAX_SEED) for v in value]
+        if not 1 <= len(seeds) <= _MAX_EVAL_ROWS:
+            raise InvalidInputError(f"give 1 to {_MAX_EVAL_ROWS} eval seeds")
+        return seeds
+    if key in _THRESHOLD_RANGES:
+        low, high = _THRESHOLD_RANGES[key]
+        return _float(value, key, minimum=low, maximum=high)
+    return _text(value, key, max_length=2000)
+
+
+def update_project_settings(session: Session, slug: str, **values: Any) -> Project:
+    """Set project settings (see PROJECT_SETTINGS); a value of None removes the setting."""
+    project = get_project(session, slug)
+    unknown = sorted(set(values) - set(PROJECT_SETTINGS))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown project setting {', '.join(unknown)}: use {', '.join(PROJECT_SETTINGS)}"
+        )
+    settings = dict(project.settings or {})
+    for key, value in values.items():
+        if value is None:
+            settings.pop(key, None)
+        else:
+            settings[key] = _project_setting(key, value)
+    project.settings = settings
+    session.flush()
     return project
 
 
@@ -886,10 +944,13 @@ def register_lora_release(
     hyperparameters: dict[str, Any],
     scope: str = "project",
     base_model_version: str = "sd15",
+    parent_release_id: int | None = None,
 ) -> LoraRelease:
     """Register a trained LoRA as a candidate release, with its row in `models`.
 
-    Registering the same file (sha256) again for the character returns the existing release.
+    The checkpoint is stored by its `checkpoint_key` (the full path stays in the
+    hyperparameters). Registering the same file (sha256) again for the character returns the
+    existing release.
     """
     character = _get(session, Character, character_id, "character")
     if dataset_version_id is not None:
@@ -908,10 +969,16 @@ def register_lora_release(
     )
     if existing is not None:
         return existing
+    if parent_release_id is not None:
+        parent = _get(session, LoraRelease, parent_release_id, "parent release")
+        if parent.character_id != character.id:
+            raise InvalidInputError(f"release {parent.id} belongs to another character")
+        parent_release_id = parent.id
     release = LoraRelease(
+        parent_release_id=parent_release_id,
         character_id=character.id,
         dataset_version_id=dataset_version_id,
-        base_checkpoint=_optional_text(base_checkpoint, "base checkpoint") or "",
+        base_checkpoint=checkpoint_key(_optional_text(base_checkpoint, "base checkpoint")),
         path=release_path,
         sha256=digest,
         status="candidate",
@@ -954,33 +1021,114 @@ def _insert_lora_model(
     raise ConflictError(f"model names {', '.join(names)} are all taken")
 
 
+# Release transitions: new status -> the statuses it may come from. A rejected release stays
+# rejected; making an active release "approved" takes it out of production.
+_RELEASE_TRANSITIONS = {
+    "approved": ("candidate", "approved", "active"),
+    "active": ("candidate", "approved", "active"),
+    "rejected": ("candidate", "approved", "active", "rejected"),
+    "candidate": ("candidate",),
+}
+
+
+def checkpoint_key(checkpoint: str | None) -> str:
+    """The name a checkpoint is known by wherever it lives: the file or folder name without a
+    weights suffix, so that the trainer's `/models/anything-v5.safetensors`, ComfyUI's
+    `anything-v5.safetensors` and a diffusers folder `anything-v5/` are one checkpoint."""
+    name = PurePosixPath(str(checkpoint or "").replace("\\", "/").rstrip("/")).name
+    for suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _check_gate(session: Session, release: LoraRelease, status: str) -> None:
+    """Approval and activation need the release's latest eval to have passed the gate."""
+    if status not in ("approved", "active") or release.status in ("approved", "active"):
+        return
+    latest = session.scalar(
+        select(Eval).where(Eval.lora_release_id == release.id).order_by(Eval.id.desc()).limit(1)
+    )
+    if latest is None:
+        raise GateError(
+            f"release {release.id} has not been evaluated yet; run eval_grid before "
+            f"making it {status}"
+        )
+    if latest.verdict != "pass":
+        reasons = "; ".join((latest.scores or {}).get("gate_reasons") or []) or latest.verdict
+        raise GateError(
+            f"release {release.id} did not pass the evaluation gate (eval {latest.id}: "
+            f"{reasons}); it cannot be made {status}"
+        )
+
+
 def set_release_status(session: Session, release_id: int, status: str) -> LoraRelease:
-    """Change a release's status; making one active demotes the previous active one to
-    approved, so a character has at most one active LoRA."""
+    """Move a release along candidate -> approved -> active, or to rejected.
+
+    Approving or activating needs a passing eval (`GateError` otherwise). Making one active
+    demotes the previous active release of the character on the same checkpoint to approved
+    (and, for a baseline release, the previous active baseline of that checkpoint), so
+    production generations use exactly one LoRA of each kind.
+    """
     release = _get(session, LoraRelease, release_id, "LoRA release")
     _choice(status, RELEASE_STATUSES, "release status")
+    if release.status not in _RELEASE_TRANSITIONS[status]:
+        raise ConflictError(f"release {release.id} is {release.status}; it cannot become {status}")
+    _check_gate(session, release, status)
     character = session.get(Character, release.character_id)
     assert character is not None  # foreign key
     try:
         # Inside the SAVEPOINT, so that a unique violation leaves the caller's session usable.
         with session.begin_nested():
             if status == "active" and release.status != "active":
-                session.execute(
-                    update(LoraRelease)
-                    .where(
-                        LoraRelease.character_id == release.character_id,
-                        LoraRelease.status == "active",
-                        LoraRelease.id != release.id,
-                    )
-                    .values(status="approved")
-                )
+                _demote_active(session, release)
             release.status = status
     except IntegrityError:
-        # The partial unique index: another session activated a release of this character.
+        # The partial unique indexes: another session activated a release meanwhile.
         raise ConflictError(
             f"another release of character {character.slug!r} was made active at the same "
             "time; try again"
         ) from None
+    return release
+
+
+def _demote_active(session: Session, release: LoraRelease) -> None:
+    same_slot = and_(
+        LoraRelease.character_id == release.character_id,
+        LoraRelease.base_checkpoint == release.base_checkpoint,
+    )
+    if release.scope == "baseline":
+        same_slot = or_(
+            same_slot,
+            and_(
+                LoraRelease.scope == "baseline",
+                LoraRelease.base_checkpoint == release.base_checkpoint,
+            ),
+        )
+    session.execute(
+        update(LoraRelease)
+        .where(same_slot, LoraRelease.status == "active", LoraRelease.id != release.id)
+        .values(status="approved")
+    )
+
+
+def select_release_file(
+    session: Session, release_id: int, path: str, sha256: str, epoch: int
+) -> LoraRelease:
+    """Point a candidate release at the file of its best saved epoch (chosen by evaluation)."""
+    release = _get(session, LoraRelease, release_id, "LoRA release")
+    if release.status != "candidate":
+        raise ConflictError(
+            f"release {release.id} is {release.status}; only a candidate can change its file"
+        )
+    release.path = _relative_path(path, "LoRA path")
+    release.sha256 = _sha256(sha256)
+    release.hyperparameters = dict(release.hyperparameters or {}) | {"selected_epoch": epoch}
+    if release.model_id is not None:
+        model = session.get(Model, release.model_id)
+        if model is not None:
+            model.path, model.sha256 = release.path, release.sha256
+    session.flush()
     return release
 
 

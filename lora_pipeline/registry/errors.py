@@ -17,3 +17,7 @@ class InvalidInputError(RegistryError):
 
 class ConflictError(RegistryError):
     """The change collides with the current state: a duplicate, or a decision already taken."""
+
+
+class GateError(ConflictError):
+    """A release the evaluation gate has not passed cannot be approved or made active."""

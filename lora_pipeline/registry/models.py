@@ -75,6 +75,9 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
     style_prompt: Mapped[str] = mapped_column(Text, default="")
+    # Evaluation prompts, gate thresholds and licence fields (see registry.commands
+    # PROJECT_SETTINGS); absent keys take the defaults.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
     characters: Mapped[list[Character]] = relationship(back_populates="project")
@@ -301,17 +304,30 @@ class LoraRelease(Base):
     status: Mapped[str] = mapped_column(String(16), default="candidate")
     scope: Mapped[str] = mapped_column(String(16), default="project")
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The release a retrain continued from (its weights were the starting point).
+    parent_release_id: Mapped[int | None] = mapped_column(
+        ForeignKey("lora_releases.id"), nullable=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
     __table_args__ = (
-        # At most one active release per character, enforced by the database itself so that
-        # two concurrent activations cannot both win.
+        # At most one active release per character and checkpoint, and one active baseline
+        # (shared) release per checkpoint, enforced by the database itself so that two
+        # concurrent activations cannot both win.
         Index(
             "uq_lora_releases_one_active",
             "character_id",
+            "base_checkpoint",
             unique=True,
             postgresql_where=text("status = 'active'"),
             sqlite_where=text("status = 'active'"),
+        ),
+        Index(
+            "uq_lora_releases_one_active_baseline",
+            "base_checkpoint",
+            unique=True,
+            postgresql_where=text("status = 'active' AND scope = 'baseline'"),
+            sqlite_where=text("status = 'active' AND scope = 'baseline'"),
         ),
     )
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.commands import get_character, get_project
+from lora_pipeline.registry.commands import checkpoint_key, get_character, get_project
 from lora_pipeline.registry.errors import InvalidInputError
 from lora_pipeline.registry.models import (
     IMAGE_STATUSES,
@@ -16,6 +16,7 @@ from lora_pipeline.registry.models import (
     Character,
     ComfyuiOutputFile,
     DatasetVersion,
+    Eval,
     Feedback,
     Frame,
     GenerationJob,
@@ -140,10 +141,41 @@ def latest_release(session: Session, character_id: int) -> LoraRelease | None:
     return session.scalar(query)
 
 
-def active_release(session: Session, character_id: int) -> LoraRelease | None:
+def active_release(
+    session: Session, character_id: int, checkpoint: str | None = None
+) -> LoraRelease | None:
+    """The character's active release; with `checkpoint`, the one trained on that checkpoint
+    (any name or path of it, see `commands.checkpoint_key`) or on an unrecorded one."""
     query = select(LoraRelease).where(
         LoraRelease.character_id == character_id, LoraRelease.status == "active"
     )
+    if checkpoint is not None:
+        query = query.where(LoraRelease.base_checkpoint.in_((checkpoint_key(checkpoint), "")))
+    return session.scalars(query.order_by(LoraRelease.base_checkpoint.desc())).first()
+
+
+def active_baseline_release(session: Session, checkpoint: str | None) -> LoraRelease | None:
+    """The shared (baseline) release active for a checkpoint, applied under every project
+    LoRA on it."""
+    query = select(LoraRelease).where(
+        LoraRelease.scope == "baseline",
+        LoraRelease.status == "active",
+        LoraRelease.base_checkpoint == checkpoint_key(checkpoint),
+    )
+    return session.scalar(query)
+
+
+def releases_of(session: Session, character_id: int) -> list[LoraRelease]:
+    query = (
+        select(LoraRelease)
+        .where(LoraRelease.character_id == character_id)
+        .order_by(LoraRelease.id.desc())
+    )
+    return list(session.scalars(query))
+
+
+def latest_eval(session: Session, release_id: int) -> Eval | None:
+    query = select(Eval).where(Eval.lora_release_id == release_id).order_by(Eval.id.desc()).limit(1)
     return session.scalar(query)
 
 

@@ -11,9 +11,14 @@ from sqlalchemy.orm import Session
 
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
-from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
+from lora_pipeline.registry.errors import (
+    ConflictError,
+    GateError,
+    InvalidInputError,
+    NotFoundError,
+)
 from lora_pipeline.registry.models import Character, GenerationJob, LoraRelease, Model
-from lora_pipeline_tests.registry.conftest import make_cast, sha
+from lora_pipeline_tests.registry.conftest import make_cast, passed_gate, sha
 
 
 def job_for(session: Session, character: Character, **kwargs: object) -> GenerationJob:
@@ -214,6 +219,8 @@ def test_one_active_release_per_character(session: Session) -> None:
     _, aiko, kenji = make_cast(session)
     first, second = release_for(session, aiko, 1), release_for(session, aiko, 2)
     kenji_release = release_for(session, kenji, 3)
+    for release in (first, second, kenji_release):
+        passed_gate(session, release.id)
     commands.set_release_status(session, kenji_release.id, "active")
     assert commands.set_release_status(session, first.id, "active").status == "active"
     assert queries.active_release(session, aiko.id) is first
@@ -265,3 +272,121 @@ def test_record_eval(session: Session) -> None:
         commands.record_eval(session, release.id, {}, "g.png", ["../x.png"], {}, "fail")
     with pytest.raises(NotFoundError, match="unknown LoRA release 999"):
         commands.record_eval(session, 999, {}, "g.png", [], {}, "fail")
+
+
+def test_the_gate_blocks_approval_and_activation_until_an_eval_passes(session: Session) -> None:
+    _, aiko, _ = make_cast(session)
+    release = release_for(session, aiko, 1)
+    with pytest.raises(GateError, match="has not been evaluated yet"):
+        commands.set_release_status(session, release.id, "active")
+    commands.record_eval(
+        session,
+        release.id,
+        {},
+        "evals/1/grid.png",
+        [],
+        {"gate_reasons": ["identity 0.41 < 0.60"]},
+        "fail",
+    )
+    for status in ("approved", "active"):
+        with pytest.raises(GateError, match=r"did not pass .*identity 0.41 < 0.60"):
+            commands.set_release_status(session, release.id, status)
+    assert release.status == "candidate"
+    passed_gate(session, release.id)  # a later eval (e.g. after a threshold change) passes
+    assert commands.set_release_status(session, release.id, "approved").status == "approved"
+    assert commands.set_release_status(session, release.id, "active").status == "active"
+    assert commands.set_release_status(session, release.id, "approved").status == "approved"
+
+
+def test_a_rejected_release_stays_rejected(session: Session) -> None:
+    _, aiko, _ = make_cast(session)
+    release = release_for(session, aiko, 1)
+    commands.set_release_status(session, release.id, "rejected")
+    passed_gate(session, release.id)
+    for status in ("candidate", "approved", "active"):
+        with pytest.raises(ConflictError, match="is rejected; it cannot become"):
+            commands.set_release_status(session, release.id, status)
+
+
+def test_one_active_release_per_checkpoint_and_one_active_baseline(session: Session) -> None:
+    _, aiko, kenji = make_cast(session)
+    on_a = release_for(session, aiko, 1, base_checkpoint="/models/a.safetensors")
+    on_b = release_for(session, aiko, 2, base_checkpoint="b.safetensors")
+    base_1 = release_for(session, aiko, 3, base_checkpoint="a.safetensors", scope="baseline")
+    base_2 = release_for(session, kenji, 4, base_checkpoint="a", scope="baseline")
+    for release in (on_a, on_b, base_1, base_2):
+        passed_gate(session, release.id)
+        commands.set_release_status(session, release.id, "active")
+    assert on_a.base_checkpoint == "a"  # stored by its key: path and suffix dropped
+    # base_1 replaced on_a (same character and checkpoint); base_2 then replaced base_1 (the
+    # one baseline of checkpoint a), and on_b, on another checkpoint, stayed.
+    assert [r.status for r in (on_a, on_b, base_1, base_2)] == [
+        "approved",
+        "active",
+        "approved",
+        "active",
+    ]
+    assert queries.active_release(session, aiko.id, "b.safetensors") is on_b
+    assert queries.active_release(session, aiko.id, "a.safetensors") is None
+    assert queries.active_baseline_release(session, "/ckpts/a.safetensors") is base_2
+    assert queries.active_baseline_release(session, "b") is None
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "key"),
+    [
+        ("/models/checkpoints/anything-v5.safetensors", "anything-v5"),
+        ("anything-v5.ckpt", "anything-v5"),
+        ("C:\\ComfyUI\\models\\anything-v5.safetensors", "anything-v5"),
+        ("runwayml/stable-diffusion-v1-5", "stable-diffusion-v1-5"),
+        ("/models/sd15-diffusers/", "sd15-diffusers"),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_checkpoint_key(checkpoint: str | None, key: str) -> None:
+    assert commands.checkpoint_key(checkpoint) == key
+
+
+def test_retrain_records_its_parent_release(session: Session) -> None:
+    _, aiko, kenji = make_cast(session)
+    first = release_for(session, aiko, 1)
+    second = release_for(session, aiko, 2, parent_release_id=first.id)
+    assert second.parent_release_id == first.id
+    with pytest.raises(InvalidInputError, match="belongs to another character"):
+        release_for(session, kenji, 3, parent_release_id=first.id)
+
+
+def test_select_release_file_points_a_candidate_at_its_best_epoch(session: Session) -> None:
+    _, aiko, _ = make_cast(session)
+    release = release_for(session, aiko, 1)
+    commands.select_release_file(session, release.id, "loras/aiko/epochs/e2.safetensors", sha(9), 2)
+    assert (release.path, release.sha256) == ("loras/aiko/epochs/e2.safetensors", sha(9))
+    assert release.hyperparameters["selected_epoch"] == 2
+    assert session.get(Model, release.model_id).sha256 == sha(9)  # type: ignore[union-attr]
+    passed_gate(session, release.id)
+    commands.set_release_status(session, release.id, "approved")
+    with pytest.raises(ConflictError, match="only a candidate can change its file"):
+        commands.select_release_file(session, release.id, "loras/x.safetensors", sha(8), 1)
+
+
+def test_project_settings(session: Session) -> None:
+    make_cast(session)
+    project = commands.update_project_settings(
+        session, "show", eval_prompts=["portrait", "full body"], min_identity=0.6, licence="CC-BY"
+    )
+    assert project.settings == {
+        "eval_prompts": ["portrait", "full body"],
+        "min_identity": 0.6,
+        "licence": "CC-BY",
+    }
+    commands.update_project_settings(session, "show", min_identity=None)
+    assert "min_identity" not in project.settings
+    with pytest.raises(InvalidInputError, match="unknown project setting colour"):
+        commands.update_project_settings(session, "show", colour="red")
+    with pytest.raises(InvalidInputError, match="min_quality"):
+        commands.update_project_settings(session, "show", min_quality=3)
+    with pytest.raises(InvalidInputError, match="list of prompts"):
+        commands.update_project_settings(session, "show", eval_prompts="portrait")
+    with pytest.raises(NotFoundError):
+        commands.update_project_settings(session, "nope", licence="x")

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from lora_pipeline.registry.db import Registry, alembic_config, make_engine, migrate
 from lora_pipeline.registry.models import Base, ComfyuiOutputFile
-from lora_pipeline_tests.registry.test_db import schema_diff
+from lora_pipeline_tests.registry.test_db import HEAD, schema_diff
 
 
 def _columns(url: str, table: str) -> set[str]:
@@ -35,7 +35,7 @@ def test_upgrade_from_0001_keeps_rows_and_matches_models(registry_url: str) -> N
             )
     finally:
         engine.dispose()
-    assert migrate(registry_url) == "0002"
+    assert migrate(registry_url) == HEAD
     assert {"phash", "generation_params"} <= _columns(registry_url, "frames")
     assert "phash" in _columns(registry_url, "images")
     assert schema_diff(registry_url, Base.metadata) == []

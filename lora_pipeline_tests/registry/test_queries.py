@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.errors import InvalidInputError, NotFoundError
 from lora_pipeline.registry.models import Character, Image
-from lora_pipeline_tests.registry.conftest import make_cast, sha
+from lora_pipeline_tests.registry.conftest import make_cast, passed_gate, sha
 
 
 def add(session: Session, character: Character, n: int) -> Image:
@@ -121,6 +121,7 @@ def test_dataset_and_release_queries(session: Session) -> None:
     assert queries.latest_dataset_version(session, aiko.id) is new
     release = commands.register_lora_release(session, aiko.id, old.id, "l.st", sha(1), "sd", {})
     assert queries.trained_dataset_hashes(session, aiko.id) == {"aaaa1111"}
+    passed_gate(session, release.id)
     commands.set_release_status(session, release.id, "active")
     assert queries.active_release(session, aiko.id) is release
     assert queries.active_release(session, kenji.id) is None

@@ -16,7 +16,7 @@ from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.errors import ConflictError
 from lora_pipeline.registry.models import Feedback, Image, LoraRelease
-from lora_pipeline_tests.registry.conftest import make_cast, sha
+from lora_pipeline_tests.registry.conftest import make_cast, passed_gate, sha
 
 IMAGES_PER_RACE = 8
 Decision = Callable[[Session, int, str], object]
@@ -263,6 +263,8 @@ def test_concurrent_activation_keeps_one_active_release(registry: Registry) -> N
             ).id
             for n in (1, 2)
         ]
+        for release_id in ids:
+            passed_gate(session, release_id)
         character_id = aiko.id
 
     def activate_second() -> object:
