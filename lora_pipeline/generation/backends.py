@@ -22,7 +22,13 @@ from lora_pipeline.generation.comfyui import (
     ProgressCallback,
     PromptResult,
 )
-from lora_pipeline.generation.local import DiffusersGenerator, GenerationRequest, LoraSpec
+from lora_pipeline.generation.local import (
+    DiffusersGenerator,
+    GenerationRequest,
+    Loras,
+    LoraSpec,
+    lora_stack,
+)
 from lora_pipeline.generation.workflows import (
     VIDEO_MAX_FRAMES,
     Workflow,
@@ -36,9 +42,11 @@ log = logging.getLogger(__name__)
 
 class ImageBackend(Protocol):
     name: str
+    checkpoint: str  # the base model, by which the LoRA releases trained on it are chosen
 
-    def generate(self, request: GenerationRequest, lora: LoraSpec | None = None) -> Image.Image:
-        """One image for the request; the same request gives the same image."""
+    def generate(self, request: GenerationRequest, lora: Loras = None) -> Image.Image:
+        """One image for the request with the LoRA or LoRA stack (the last one is the
+        character's, those before it go under it); the same request gives the same image."""
         ...
 
 
@@ -49,8 +57,9 @@ class LocalImageBackend:
 
     def __init__(self, generator: DiffusersGenerator) -> None:
         self._generator = generator
+        self.checkpoint = generator.model
 
-    def generate(self, request: GenerationRequest, lora: LoraSpec | None = None) -> Image.Image:
+    def generate(self, request: GenerationRequest, lora: Loras = None) -> Image.Image:
         return self._generator.generate(request, lora)
 
 
@@ -80,7 +89,7 @@ class _ComfyUIBackend:
         self,
         client: ComfyUIClient,
         checkpoint: str,
-        lora: LoraSpec | None = None,
+        lora: Loras = None,
         *,
         filename_prefix: str = "lora_pipeline",
         template: Workflow | None = None,
@@ -103,7 +112,7 @@ class _ComfyUIBackend:
     def _workflow(
         self,
         request: GenerationRequest,
-        lora: LoraSpec | None,
+        lora: Loras,
         frames: int = VIDEO_MAX_FRAMES,
         frame_rate: float = 8.0,
     ) -> Workflow:
@@ -122,11 +131,17 @@ class _ComfyUIBackend:
             frames=frames,
             frame_rate=frame_rate,
         )
-        chosen = lora if lora is not None else self.lora
-        if chosen is None or chosen.strength == 0:
+        stack = lora_stack(lora if lora is not None else self.lora)
+        if not stack:
             return character_workflow(self.kind, settings, template=self.template)
+        *below, top = stack
         return character_workflow(
-            self.kind, settings, comfyui_lora_name(chosen), chosen.strength, self.template
+            self.kind,
+            settings,
+            comfyui_lora_name(top),
+            top.strength,
+            self.template,
+            below=[(comfyui_lora_name(spec), spec.strength) for spec in below],
         )
 
     def _queued(self, prompt_id: str) -> None:
@@ -158,7 +173,7 @@ class ComfyUIImageBackend(_ComfyUIBackend):
     name = "comfyui"
     kind = "image"
 
-    def generate(self, request: GenerationRequest, lora: LoraSpec | None = None) -> Image.Image:
+    def generate(self, request: GenerationRequest, lora: Loras = None) -> Image.Image:
         """The first image the workflow saved; `lora` (else the backend's) at its strength."""
         result = self._run(self._workflow(request, lora))
         output = result.first("images")
@@ -175,7 +190,7 @@ class ComfyUIVideoBackend(_ComfyUIBackend):
     def render(
         self,
         request: GenerationRequest,
-        lora: LoraSpec | None = None,
+        lora: Loras = None,
         frames: int = VIDEO_MAX_FRAMES,
         frame_rate: float = 8.0,
     ) -> RenderedFile:

@@ -13,6 +13,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -68,6 +69,18 @@ class GenerationRequest:
 class LoraSpec:
     path: Path
     strength: float = 1.0
+
+
+# One LoRA, or a stack applied together (a shared baseline LoRA under the character's own).
+Loras = LoraSpec | Sequence[LoraSpec] | None
+
+
+def lora_stack(loras: Loras) -> tuple[LoraSpec, ...]:
+    """The LoRAs that change the image: a single spec as a stack of one, zero strengths out."""
+    if loras is None:
+        return ()
+    stack = (loras,) if isinstance(loras, LoraSpec) else tuple(loras)
+    return tuple(spec for spec in stack if spec.strength != 0)
 
 
 class SourceKind(Enum):
@@ -223,19 +236,23 @@ class DiffusersGenerator:
         self._adapters[name] = path
         return name
 
-    def _activate_lora(self, pipe: Any, lora: LoraSpec | None) -> bool:
-        if lora is None or lora.strength == 0:
+    def _activate_lora(self, pipe: Any, loras: Loras) -> bool:
+        stack = lora_stack(loras)
+        if not stack:
             return False
-        path = Path(lora.path)
-        if not path.is_file():
-            raise GenerationError(f"LoRA file not found: {path}")
-        name = self._load_adapter(pipe, path)
-        pipe.set_adapters([name], adapter_weights=[float(lora.strength)])
+        missing = [str(spec.path) for spec in stack if not Path(spec.path).is_file()]
+        if missing:
+            raise GenerationError(f"LoRA file not found: {', '.join(missing)}")
+        if len(stack) > MAX_CACHED_LORAS:
+            raise GenerationError(f"at most {MAX_CACHED_LORAS} LoRAs can be stacked")
+        names = [self._load_adapter(pipe, Path(spec.path)) for spec in stack]
+        pipe.set_adapters(names, adapter_weights=[float(spec.strength) for spec in stack])
         pipe.enable_lora()
         return True
 
-    def generate(self, request: GenerationRequest, lora: LoraSpec | None = None) -> Image.Image:
-        """One image for `request`, with `lora` applied at its strength (0 or None: no LoRA)."""
+    def generate(self, request: GenerationRequest, lora: Loras = None) -> Image.Image:
+        """One image for `request`, with the LoRA (or stack) applied at its strength (0 or
+        None: no LoRA)."""
         with self._lock:
             pipe = self._pipeline()
             pipe.scheduler = scheduler_for(

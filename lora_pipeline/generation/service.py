@@ -10,22 +10,41 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any
+from pathlib import PurePosixPath
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.generation.advisor import PromptAdvisor, propose_refinement
-from lora_pipeline.generation.backends import ImageBackend
-from lora_pipeline.generation.local import GenerationError, GenerationRequest
+from lora_pipeline.generation.backends import ImageBackend, RenderedFile
+from lora_pipeline.generation.local import GenerationError, GenerationRequest, LoraSpec
 from lora_pipeline.generation.negatives import merge_negative_prompt, negative_terms_for
 from lora_pipeline.media.store import DataRoot
-from lora_pipeline.registry import commands
+from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError
-from lora_pipeline.registry.models import Character, Feedback, GenerationJob
+from lora_pipeline.registry.models import (
+    Character,
+    Feedback,
+    GenerationJob,
+    GenerationProfile,
+    LoraRelease,
+)
 
 Log = Callable[[str], None]
+# The LoRA strength of production generations when the project's profile sets none.
+DEFAULT_LORA_STRENGTH = 0.8
+
+
+class VideoBackend(Protocol):
+    name: str
+
+    def render(
+        self, request: GenerationRequest, lora: Sequence[LoraSpec], frames: int
+    ) -> RenderedFile:
+        """One short clip for the request with the LoRA stack."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -62,22 +81,62 @@ def build_negative_prompt(character: Character, feedback: Sequence[Feedback], ex
     return merge_negative_prompt(base, terms)
 
 
+@dataclass(frozen=True)
+class Backends:
+    """What draws: images always, video clips only when a video backend (ComfyUI) is set.
+    `checkpoint` names the base model, to pick the LoRA releases trained on it."""
+
+    image: ImageBackend
+    checkpoint: str
+    video: VideoBackend | None = None
+
+
+def production_loras(
+    session: Session, root: DataRoot, character: Character, checkpoint: str
+) -> list[tuple[LoraRelease, LoraSpec]]:
+    """The LoRAs every generation of the character uses: the checkpoint's active baseline
+    (shared) release under the character's own active release, at the strength of the
+    project's default generation profile."""
+    strength = session.scalar(
+        select(GenerationProfile.lora_strength)
+        .where(
+            GenerationProfile.project_id == character.project_id,
+            GenerationProfile.is_default.is_(True),
+        )
+        .order_by(GenerationProfile.id)
+        .limit(1)
+    )
+    strength = DEFAULT_LORA_STRENGTH if strength is None else strength
+    releases = [
+        queries.active_baseline_release(session, checkpoint),
+        queries.active_release(session, character.id, checkpoint),
+    ]
+    chosen: list[tuple[LoraRelease, LoraSpec]] = []
+    for release in releases:
+        if release is not None and all(release.id != r.id for r, _ in chosen):
+            chosen.append((release, LoraSpec(root.path(release.path), strength)))
+    return chosen
+
+
 def generate_for_character(
     registry: Registry,
     root: DataRoot,
-    backend: ImageBackend,
+    backends: Backends | ImageBackend,
     character_slug: str,
     plan: GenerationPlan,
     log: Log,
     advisors: Sequence[PromptAdvisor] = (),
 ) -> GenerationOutcome:
     """New pending images of the character: `plan.job_ids` runs requested jobs, otherwise
-    `plan.count` new jobs are made from the character's settings. After a regeneration, the
-    advisors may propose a refined design prompt (see `advisor.propose_refinement`)."""
+    `plan.count` new jobs are made from the character's settings. Every job uses the active
+    LoRA releases (see `production_loras`). After a regeneration, the advisors may propose a
+    refined design prompt (see `advisor.propose_refinement`)."""
+    if not isinstance(backends, Backends):
+        backends = Backends(backends, checkpoint=getattr(backends, "checkpoint", ""))
     if plan.job_ids:
-        outcome = _run_requested_jobs(registry, root, backend, character_slug, plan.job_ids, log)
+        outcome = _run_requested_jobs(registry, root, backends, character_slug, plan.job_ids, log)
     else:
-        outcome = _run_new_jobs(registry, root, backend, character_slug, plan, log)
+        outcome = _run_new_jobs(registry, root, backends, character_slug, plan, log)
     if plan.feedback_ids:
         with registry.session() as session:
             commands.mark_feedback_regeneration(session, list(plan.feedback_ids), "done")
@@ -86,14 +145,22 @@ def generate_for_character(
     return outcome
 
 
+def _lora_params(loras: Sequence[tuple[LoraRelease, LoraSpec]]) -> list[dict[str, Any]]:
+    return [
+        {"release_id": r.id, "scope": r.scope, "path": r.path, "strength": spec.strength}
+        for r, spec in loras
+    ]
+
+
 def _run_new_jobs(
     registry: Registry,
     root: DataRoot,
-    backend: ImageBackend,
+    backends: Backends,
     character_slug: str,
     plan: GenerationPlan,
     log: Log,
 ) -> GenerationOutcome:
+    backend = backends.image
     with registry.session() as session:
         character = commands.get_character(session, character_slug)
         feedback = [session.get(Feedback, i) for i in plan.feedback_ids]
@@ -105,6 +172,9 @@ def _run_new_jobs(
         base_seed = plan.seed if plan.seed is not None else _seed_for(character)
         settings = request_settings(character)
         character_id = character.id
+        loras = production_loras(session, root, character, backends.checkpoint)
+        lora_params = _lora_params(loras)
+    specs = tuple(spec for _, spec in loras)
     for offset in range(plan.count):
         request = GenerationRequest(
             prompt=outcome.prompt,
@@ -112,7 +182,7 @@ def _run_new_jobs(
             seed=base_seed + offset,
             **settings,
         )
-        params = asdict(request) | {"backend": backend.name}
+        params = asdict(request) | {"backend": backend.name, "loras": lora_params}
         with registry.session() as session:
             job = commands.create_generation_job(
                 session,
@@ -126,8 +196,10 @@ def _run_new_jobs(
             )
             commands.mark_job(session, job.id, "running")
             job_id = job.id
-        job = _StartedJob(job_id, character_id, request, params, list(plan.feedback_ids))
-        _finish_job(registry, root, backend, job, outcome, log)
+        job = _StartedJob(
+            job_id, character_id, character_slug, request, params, list(plan.feedback_ids), specs
+        )
+        _finish_job(registry, root, backends, job, outcome, log)
     return outcome
 
 
@@ -135,33 +207,36 @@ def _run_new_jobs(
 class _StartedJob:
     job_id: int
     character_id: int
+    character_slug: str
     request: GenerationRequest
     params: dict[str, Any]
     feedback_ids: list[int]
+    loras: tuple[LoraSpec, ...] = ()
     kind: str = "image"
 
 
 def _run_requested_jobs(
     registry: Registry,
     root: DataRoot,
-    backend: ImageBackend,
+    backends: Backends,
     character_slug: str,
     job_ids: Sequence[int],
     log: Log,
 ) -> GenerationOutcome:
     outcome = GenerationOutcome()
     for job_id in job_ids:
-        job = _start_requested_job(registry, backend, character_slug, job_id, outcome, log)
+        job = _start_requested_job(registry, root, backends, character_slug, job_id, outcome, log)
         if job is not None:
             outcome.prompt = job.request.prompt
             outcome.negative_prompt = job.request.negative_prompt
-            _finish_job(registry, root, backend, job, outcome, log)
+            _finish_job(registry, root, backends, job, outcome, log)
     return outcome
 
 
 def _start_requested_job(
     registry: Registry,
-    backend: ImageBackend,
+    root: DataRoot,
+    backends: Backends,
     character_slug: str,
     job_id: int,
     outcome: GenerationOutcome,
@@ -185,21 +260,26 @@ def _start_requested_job(
         overrides = {k: job.params[k] for k in settings if job.params.get(k) is not None}
         fields = (job.prompt, job.negative_prompt, job.seed, job.kind, list(job.feedback_ids))
         params = dict(job.params)
+        loras = production_loras(session, root, character, backends.checkpoint)
     prompt, negative, seed, kind, feedback_ids = fields
     try:
         request = GenerationRequest(prompt, negative, seed, **(settings | overrides))
     except (GenerationError, TypeError) as error:
         _fail_job(registry, job_id, f"invalid job parameters: {error}", outcome, log)
         return None
-    if kind != "image":
+    backend = backends.image if kind == "image" else backends.video
+    if backend is None:
         message = (
-            f"the {backend.name} backend generates images only; {kind} jobs need ComfyUI "
-            "(set LORA_PIPELINE_COMFYUI_URL)"
+            f"the {backends.image.name} backend generates images only; {kind} jobs need "
+            "ComfyUI (set LORA_PIPELINE_COMFYUI_URL)"
         )
         _fail_job(registry, job_id, message, outcome, log)
         return None
-    params |= asdict(request) | {"backend": backend.name}
-    return _StartedJob(job_id, character.id, request, params, feedback_ids, kind)
+    params |= asdict(request) | {"backend": backend.name, "loras": _lora_params(loras)}
+    specs = tuple(spec for _, spec in loras)
+    return _StartedJob(
+        job_id, character.id, character_slug, request, params, feedback_ids, specs, kind
+    )
 
 
 def _seed_for(character: Character) -> int:
@@ -228,17 +308,36 @@ def _fail_job(
     log(f"generation job {job_id} failed: {error}")
 
 
+def _track_prompt(backend: object, registry: Registry, job_id: int) -> None:
+    """Backends that queue the work elsewhere (ComfyUI) report its id through `on_queued`;
+    the job row keeps it, so that clearing the job as stuck also stops it there."""
+    if not hasattr(backend, "on_queued"):
+        return
+
+    def record(prompt_id: str) -> None:
+        with registry.session() as session:
+            commands.set_job_prompt_id(session, job_id, prompt_id)
+
+    backend.on_queued = record
+
+
 def _finish_job(
     registry: Registry,
     root: DataRoot,
-    backend: ImageBackend,
+    backends: Backends,
     job: _StartedJob,
     outcome: GenerationOutcome,
     log: Log,
 ) -> None:
-    """Generate a running job's image and record it as a pending image of the character."""
+    """Generate a running job's image and record it as a pending image of the character (a
+    video job's clip is stored and recorded on the job)."""
+    backend = backends.video if job.kind == "video" else backends.image
+    _track_prompt(backend, registry, job.job_id)
     try:
-        image = backend.generate(job.request)
+        if job.kind == "video":
+            _finish_video_job(registry, root, backends.video, job, log)
+            return
+        image = backend.generate(job.request, job.loras)
     except Exception as exc:  # noqa: BLE001 - any backend failure fails this job, not the run
         _fail_job(registry, job.job_id, str(exc) or type(exc).__name__, outcome, log)
         return
@@ -261,6 +360,22 @@ def _finish_job(
     log(f"generated image {row.id} (seed {job.request.seed}, job {job.job_id})")
 
 
+def _finish_video_job(
+    registry: Registry, root: DataRoot, backend: VideoBackend, job: _StartedJob, log: Log
+) -> None:
+    frames = int(job.params.get("frames") or VIDEO_FRAMES)
+    rendered = backend.render(job.request, job.loras, frames=frames)
+    # ComfyUI names the file; keep only a safe base name of it, under the job's own folder.
+    suffix = PurePosixPath(rendered.filename).suffix.lower()
+    suffix = suffix if suffix in VIDEO_SUFFIXES else ".bin"
+    relpath = f"videos/{job.character_slug}/job-{job.job_id}{suffix}"
+    root.write_bytes_atomic(relpath, rendered.data)
+    with registry.session() as session:
+        commands.record_job_output(session, job.job_id, relpath)
+        commands.mark_job(session, job.job_id, "completed")
+    log(f"rendered clip {relpath} (seed {job.request.seed}, job {job.job_id})")
+
+
 # --- requests from the review app -----------------------------------------------------------------
 
 REQUEST_MARK = "requested_by"
@@ -268,6 +383,7 @@ JOB_KINDS = ("image", "video")
 # The guide's video mode: at most 512×512 and 16 frames.
 VIDEO_MAX_SIZE = 512
 VIDEO_FRAMES = 16
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".webp", ".mov", ".mkv")
 
 
 def request_generation(

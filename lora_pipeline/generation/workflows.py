@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -286,15 +287,47 @@ def strip_lora(workflow: Workflow) -> Workflow:
     return result
 
 
+def stack_lora_loaders(workflow: Workflow, below: Sequence[tuple[str, float]]) -> Workflow:
+    """A copy where each LoraLoader reads its model and clip through new LoraLoaders, one per
+    (LoRA name, strength) of `below` in order: a shared baseline LoRA goes under the
+    character's own, as chained LoraLoaders do in a hand-built ComfyUI graph."""
+    result = copy.deepcopy(validate_workflow(workflow))
+    if not below:
+        return result
+    next_id = 1 + max((int(i) for i in result if str(i).isdigit()), default=0)
+    for loader in _require(result, LORA_LOADER):
+        model, clip = loader["inputs"].get("model"), loader["inputs"].get("clip")
+        for name, strength in below:
+            _check_name(name, "LoRA")
+            _check_number(strength, "LoRA strength", -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
+            node_id = str(next_id)
+            next_id += 1
+            result[node_id] = {
+                "class_type": LORA_LOADER,
+                "inputs": {
+                    "lora_name": name,
+                    "strength_model": float(strength),
+                    "strength_clip": float(strength),
+                    "model": model,
+                    "clip": clip,
+                },
+            }
+            model, clip = [node_id, 0], [node_id, 1]
+        loader["inputs"].update(model=model, clip=clip)
+    return result
+
+
 def character_workflow(
     kind: str,
     settings: WorkflowSettings,
     lora_name: str | None = None,
     lora_strength: float = 0.8,
     template: Workflow | None = None,
+    below: Sequence[tuple[str, float]] = (),
 ) -> Workflow:
-    """The shipped (or given) template of `kind` filled in, with the LoRA when there is one."""
+    """The shipped (or given) template of `kind` filled in, with the LoRA when there is one,
+    and the LoRAs of `below` (e.g. the checkpoint's baseline LoRA) chained under it."""
     workflow = build_workflow(template if template is not None else load_template(kind), settings)
     if lora_name is None:
         return strip_lora(workflow)
-    return inject_lora(workflow, lora_name, lora_strength, lora_strength)
+    return stack_lora_loaders(inject_lora(workflow, lora_name, lora_strength, lora_strength), below)

@@ -861,6 +861,25 @@ def mark_job(
     raise ConflictError(f"generation job {job_id} is {current}, it cannot become {status}")
 
 
+def set_job_prompt_id(session: Session, job_id: int, prompt_id: str) -> GenerationJob:
+    """Record the ComfyUI prompt a running job was queued as, so that clearing the job as
+    stuck can also stop it in ComfyUI."""
+    job = _get(session, GenerationJob, job_id, "generation job")
+    if job.status != "running":
+        raise ConflictError(f"generation job {job.id} is {job.status}, not running")
+    job.comfyui_prompt_id = _text(prompt_id, "ComfyUI prompt id", required=True, max_length=64)
+    session.flush()
+    return job
+
+
+def record_job_output(session: Session, job_id: int, relpath: str) -> GenerationJob:
+    """Record the file a job made when it is not an image under review (a video clip)."""
+    job = _get(session, GenerationJob, job_id, "generation job")
+    job.params = dict(job.params or {}) | {"output": _relative_path(relpath, "job output")}
+    session.flush()
+    return job
+
+
 def fail_stuck_jobs(
     session: Session, older_than: timedelta, now: datetime | None = None
 ) -> list[int]:

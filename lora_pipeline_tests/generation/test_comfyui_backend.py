@@ -22,10 +22,16 @@ from lora_pipeline.generation.comfyui import (
     ComfyUIValidationError,
 )
 from lora_pipeline.generation.local import GenerationRequest, LoraSpec
-from lora_pipeline.generation.service import GenerationPlan, generate_for_character
+from lora_pipeline.generation.service import (
+    Backends,
+    GenerationPlan,
+    generate_for_character,
+    request_generation,
+)
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry, migrate
+from lora_pipeline.registry.models import GenerationJob
 from lora_pipeline_tests.generation.fake_comfyui import FakeComfyUI
 
 CHECKPOINT = "random_sd15.safetensors"
@@ -146,35 +152,124 @@ def test_video_backend_renders_a_capped_clip(fake: FakeComfyUI, client: ComfyUIC
     assert clip.data[4:8] == b"ftyp"  # an MP4 file
 
 
-def test_generation_service_runs_on_comfyui(
-    tmp_path: Path, fake: FakeComfyUI, client: ComfyUIClient
-) -> None:
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     migrate(url)
     registry = Registry(url)
     with registry.session() as session:
         commands.add_project(session, "show", "The Show", style_prompt="anime style")
-        commands.add_character(
-            session, "show", "aiko", "Aiko", design_prompt="teal hair", steps=2, width=64, height=64
-        )
-    backend = ComfyUIImageBackend(client, CHECKPOINT, AIKO_LORA, filename_prefix="aiko")
-    root = DataRoot(tmp_path / "data")
-    outcome = generate_for_character(
-        registry, root, backend, "aiko", GenerationPlan(count=2, seed=7), lambda _: None
-    )
-    assert len(outcome.image_ids) == 2 and outcome.failed_jobs == []
+        for slug in ("aiko", "kenji"):
+            commands.add_character(
+                session, "show", slug, slug.title(), steps=2, width=64, height=64
+            )
+    yield registry
+    registry.dispose()
+
+
+def release(
+    registry: Registry, slug: str, file: str, n: int, scope: str = "project", active: bool = True
+) -> int:
+    """A release of `slug` trained on CHECKPOINT, evaluated as passing and (by default) active."""
     with registry.session() as session:
-        jobs = queries.generation_jobs(session)
-        assert {(job.status, job.backend) for job in jobs} == {("completed", "comfyui")}
-    assert [p["prompt"]["6"]["inputs"]["seed"] for p in fake.prompts] == [7, 8]
+        character = commands.get_character(session, slug)
+        row = commands.register_lora_release(
+            session,
+            character.id,
+            None,
+            f"loras/{slug}/{file}",
+            f"{n:064x}",
+            CHECKPOINT,
+            {},
+            scope=scope,
+        )
+        commands.record_eval(session, row.id, {}, "evals/grid.png", [], {}, "pass")
+        if active:
+            commands.set_release_status(session, row.id, "active")
+        return row.id
+
+
+def loader_chain(fake: FakeComfyUI) -> list[tuple[str, float]]:
+    """(LoRA, strength) of the last graph's LoraLoaders, from the checkpoint to the sampler."""
+    prompt = fake.prompts[-1]["prompt"]
+    link = prompt["6"]["inputs"]["model"]  # the KSampler's model
+    chain = []
+    while prompt[link[0]]["class_type"] == "LoraLoader":
+        inputs = prompt[link[0]]["inputs"]
+        chain.append((inputs["lora_name"], inputs["strength_model"]))
+        link = inputs["model"]
+    return chain[::-1]
+
+
+def test_activation_changes_the_workflow_generation_sends(
+    tmp_path: Path, fake: FakeComfyUI, client: ComfyUIClient, registry: Registry
+) -> None:
+    backend = ComfyUIImageBackend(client, CHECKPOINT, filename_prefix="aiko")
+    root = DataRoot(tmp_path / "data")
+
+    def generate(seed: int) -> list[int]:
+        plan = GenerationPlan(count=1, seed=seed)
+        return generate_for_character(registry, root, backend, "aiko", plan, print).image_ids
+
+    assert generate(7) and loader_chain(fake) == []  # no active release: no LoraLoader
+    aiko = release(registry, "aiko", "aiko-0123abcd.safetensors", 1)
+    assert generate(8) and loader_chain(fake) == [("aiko-0123abcd.safetensors", 0.8)]
+    # A shared baseline release of the checkpoint goes under the character's own LoRA.
+    fake.loras.append("style-base.safetensors")
+    release(registry, "kenji", "style-base.safetensors", 2, scope="baseline")
+    assert generate(9) and loader_chain(fake) == [
+        ("style-base.safetensors", 0.8),
+        ("aiko-0123abcd.safetensors", 0.8),
+    ]
+    with registry.session() as session:
+        job = queries.generation_jobs(session, limit=1)[0]
+        assert [lora["release_id"] for lora in job.params["loras"]] == [aiko + 1, aiko]
+        assert job.comfyui_prompt_id and fake.history_of(job.comfyui_prompt_id) is not None
+        commands.set_release_status(session, aiko, "approved")  # out of production
+    assert generate(10) and loader_chain(fake) == [("style-base.safetensors", 0.8)]
+
+
+def test_a_release_comfyui_cannot_load_fails_the_job(
+    tmp_path: Path, fake: FakeComfyUI, client: ComfyUIClient, registry: Registry
+) -> None:
     fake.loras.append("aiko-broken.safetensors")
     fake.corrupt_loras.add("aiko-broken.safetensors")
-    backend.lora = LoraSpec(Path("/data/loras/aiko/aiko-broken.safetensors"))
+    release(registry, "aiko", "aiko-broken.safetensors", 1)
+    backend = ComfyUIImageBackend(client, CHECKPOINT, filename_prefix="aiko")
     failed = generate_for_character(
-        registry, root, backend, "aiko", GenerationPlan(count=1, seed=9), lambda _: None
+        registry,
+        DataRoot(tmp_path / "data"),
+        backend,
+        "aiko",
+        GenerationPlan(count=1, seed=9),
+        lambda _: None,
     )
     with registry.session() as session:
         error = queries.generation_jobs(session, status="failed")[0].error
     assert failed.failed_jobs and error is not None
     assert "failed in node 2 (LoraLoader): safetensors_rust.SafetensorError" in error
-    registry.dispose()
+
+
+def test_a_requested_video_job_stores_its_clip(
+    tmp_path: Path, fake: FakeComfyUI, client: ComfyUIClient, registry: Registry
+) -> None:
+    release(registry, "aiko", "aiko-0123abcd.safetensors", 1)
+    backends = Backends(
+        image=ComfyUIImageBackend(client, CHECKPOINT, filename_prefix="aiko"),
+        checkpoint=CHECKPOINT,
+        video=ComfyUIVideoBackend(client, CHECKPOINT, filename_prefix="aiko"),
+    )
+    with registry.session() as session:
+        job_id = request_generation(session, "aiko", kind="video", seed=5).id
+    root = DataRoot(tmp_path / "data")
+    plan = GenerationPlan(job_ids=(job_id,))
+    outcome = generate_for_character(registry, root, backends, "aiko", plan, print)
+    assert outcome.failed_jobs == [] and outcome.image_ids == []
+    (loader,) = received(fake, "LoraLoader")
+    assert (loader["lora_name"], loader["strength_model"]) == ("aiko-0123abcd.safetensors", 0.8)
+    assert received(fake, "EmptyLatentImage")[0]["batch_size"] == 16
+    with registry.session() as session:
+        job = session.get(GenerationJob, job_id)
+        assert job is not None and job.status == "completed"
+        assert job.params["output"] == f"videos/aiko/job-{job_id}.mp4"
+    assert root.path(job.params["output"]).read_bytes()[4:8] == b"ftyp"

@@ -193,3 +193,22 @@ def test_a_workflow_that_is_not_api_format_is_refused() -> None:
         build_workflow(no_sampler, SETTINGS)
     with pytest.raises(WorkflowError, match="unknown workflow template 'gif'"):
         load_template("gif")
+
+
+def test_stack_lora_loaders_chains_the_baseline_under_the_character_lora() -> None:
+    workflow = character_workflow(
+        "image", SETTINGS, "aiko.safetensors", 0.8, below=[("style.safetensors", 0.5)]
+    )
+    loaders = {i: n for i, n in workflow.items() if n["class_type"] == "LoraLoader"}
+    (character_id,) = [
+        i for i, n in loaders.items() if n["inputs"]["lora_name"] == "aiko.safetensors"
+    ]
+    (baseline_id,) = [i for i in loaders if i != character_id]
+    baseline = loaders[baseline_id]["inputs"]
+    assert loaders[character_id]["inputs"]["model"] == [baseline_id, 0]
+    assert loaders[character_id]["inputs"]["clip"] == [baseline_id, 1]
+    assert baseline["lora_name"] == "style.safetensors" and baseline["strength_clip"] == 0.5
+    assert workflow[baseline["model"][0]]["class_type"] == "CheckpointLoaderSimple"
+    assert validate_workflow(workflow) == workflow
+    with pytest.raises(WorkflowError):
+        character_workflow("image", SETTINGS, "aiko.safetensors", below=[("x.safetensors", 101)])

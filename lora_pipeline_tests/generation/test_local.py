@@ -136,3 +136,20 @@ def test_model_sources(tiny_sd: Path, tmp_path: Path) -> None:
     notes.write_text("x")
     with pytest.raises(GenerationError, match="not a checkpoint"):
         resolve_model_source(str(notes))
+
+
+def test_a_stack_of_loras_applies_both_and_drops_zero_strengths(
+    generator: DiffusersGenerator, random_lora: Path, tiny_sd: Path, tmp_path: Path
+) -> None:
+    other = write_random_lora(tiny_sd, tmp_path / "other.safetensors", seed=5)
+    top = pixels(generator.generate(REQUEST, LoraSpec(random_lora)))
+    stacked = pixels(generator.generate(REQUEST, [LoraSpec(other), LoraSpec(random_lora)]))
+    assert not np.array_equal(top, stacked)
+    assert np.array_equal(
+        stacked, pixels(generator.generate(REQUEST, (LoraSpec(other), LoraSpec(random_lora))))
+    )
+    muted = [LoraSpec(other, 0.0), LoraSpec(random_lora)]
+    assert np.array_equal(top, pixels(generator.generate(REQUEST, muted)))
+    assert np.array_equal(
+        pixels(generator.generate(REQUEST)), pixels(generator.generate(REQUEST, []))
+    )
