@@ -58,5 +58,9 @@ def test_without_the_pool_limit_the_probes_do_overlap(tmp_path: Path) -> None:
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     config.pop("concurrency")
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    # Create the instance's storage here: two processes creating it at once race on its
+    # tables ("table secondary_indexes already exists").
+    with open_instance(home):
+        pass
     records = _run_two_probes(home, tmp_path / "probe")
     assert _overlap(records), records
