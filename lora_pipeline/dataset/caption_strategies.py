@@ -2,7 +2,10 @@
 
 - `design`: the character's design prompt (the same words for every image);
 - `tags`: a WD14-style tagger's tags for the image (`blonde_hair` → `blonde hair`);
-- `vlm`: a sentence from a vision-language model (a `Captioner`);
+- `vlm`: a description from a vision-language model (a `Captioner`), cleaned into one line of
+  comma-separated parts; the trigger word is taken out of it (the strategy puts it first), and
+  an image the model says nothing usable about gets the design prompt instead when no other
+  part of the strategy describes it, so that no caption is the trigger word alone;
 - combinations in the order given: `design+tags`, `tags+vlm`, `design+tags+vlm`…;
 - `auto`: `design`, plus `tags` when a tagger is configured.
 
@@ -17,6 +20,7 @@ are extracted from the unpruned text with a taxonomy. Everything lands in `capti
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -30,7 +34,6 @@ from lora_pipeline.dataset.captions import (
     CaptionError,
     distinct_parts,
     load_captions,
-    normalize_caption,
     starts_with_word,
     write_captions,
     write_text_atomic,
@@ -46,7 +49,12 @@ from lora_pipeline.dataset.versions import IMAGES_DIRNAME, validate_manifest
 from lora_pipeline.media.images import InvalidImageError, load_image
 from lora_pipeline.registry.commands import validate_trigger_word
 from lora_pipeline.registry.errors import InvalidInputError
-from lora_pipeline.vision.captioner import Captioner
+from lora_pipeline.vision.captioner import (
+    Captioner,
+    CaptionerError,
+    caption_images,
+    clean_caption,
+)
 from lora_pipeline.vision.tagger import TagScores
 
 STRATEGY_PARTS = ("design", "tags", "vlm")
@@ -250,8 +258,10 @@ def _check_sources(plan: CaptionPlan) -> None:
         )
     if "vlm" in plan.strategy and plan.captioner is None:
         raise CaptionError(
-            "the 'vlm' caption strategy needs a captioner: set LORA_PIPELINE_CAPTIONER to "
-            "'package.module:factory'"
+            "the 'vlm' caption strategy needs a vision-language model: set "
+            "LORA_PIPELINE_CAPTIONER to 'package.module:factory', or LORA_PIPELINE_IDENTIFIER "
+            "(or the project's LORA_PIPELINE_PROJECT_IDENTIFIERS entry) to llava:<folder or hub "
+            "id> or ollama:<url>#<model>"
         )
 
 
@@ -278,14 +288,17 @@ def _observe(
             for name, result in zip(chunk, results, strict=True):
                 observations[name].tags = result
         if use_captioner:
-            for name, image in zip(chunk, images, strict=True):
-                text = plan.captioner.caption(image)
-                if not isinstance(text, str):
-                    raise CaptionError(
-                        f"captioner {plan.captioner.name!r} returned no text for {name}"
-                    )
-                observations[name].vlm = normalize_caption(text) or None
+            for name, text in zip(chunk, _vlm_texts(plan.captioner, chunk, images), strict=True):
+                observations[name].vlm = clean_caption(text) or None
     return observations
+
+
+def _vlm_texts(captioner: Captioner, names: list[str], images: list[Image.Image]) -> list[str]:
+    try:
+        return caption_images(captioner, images)
+    except CaptionerError as error:
+        where = names[0] if len(names) == 1 else f"{names[0]} to {names[-1]}"
+        raise CaptionError(f"cannot caption {where}: {error}") from None
 
 
 def _open(path: Path) -> Image.Image:
@@ -322,11 +335,10 @@ def _image_caption(
     taxonomy: Taxonomy,
 ) -> ImageCaption:
     design = distinct_parts(plan.design_prompt, skip=trigger) if "design" in plan.strategy else []
-    sources = {
-        "design": design,
-        "tags": kept_tags,
-        "vlm": [observation.vlm] if observation.vlm else [],
-    }
+    sources = {"design": design, "tags": kept_tags, "vlm": _vlm_parts(observation.vlm, trigger)}
+    if "vlm" in plan.strategy and not any(sources[name] for name in plan.strategy):
+        # The model said nothing usable: the design prompt describes the image instead.
+        sources["vlm"] = _vlm_parts(plan.design_prompt, trigger)
     parts = _dedupe(part for name in plan.strategy for part in sources[name])
     parts = [part for part in parts if part.casefold() != trigger.casefold()]
     if design and parts and parts[0] == design[0] and starts_with_word(design[0], trigger):
@@ -351,6 +363,14 @@ def _image_caption(
         if tags
         else {},
     )
+
+
+def _vlm_parts(text: str | None, trigger: str) -> list[str]:
+    """The parts of a text without the trigger word, which the strategy places itself."""
+    if not text:
+        return []
+    pattern = r"(?<!\w)" + re.escape(trigger) + r"(?:'s)?(?!\w)"
+    return distinct_parts(re.sub(pattern, " ", text, flags=re.IGNORECASE), skip=trigger)
 
 
 def _dedupe(parts: Sequence[str] | Any) -> list[str]:

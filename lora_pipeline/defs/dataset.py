@@ -179,7 +179,7 @@ def captions(
         approved_dataset,
         strategy=strategy,
         tagger=models.tagger_model() if "tags" in wants or "auto" in wants else None,
-        captioner=models.captioner_model() if "vlm" in wants else None,
+        captioner=models.captioner_model(info.project) if "vlm" in wants else None,
         taxonomy=taxonomy_for_project(config.taxonomy or settings.taxonomy, info.project),
         blacklist=_first_set(config.tag_blacklist, settings.tag_blacklist, DEFAULT_TAG_BLACKLIST),
         include_character_tags=config.include_character_tags,

@@ -1,18 +1,44 @@
 """The captioner interface of the `vlm` caption strategy.
 
 A vision-language model describes an image in a sentence. Any object with a `name` and a
-`caption(image) -> str` method is a Captioner; a plain function `image -> str` becomes one
-with `as_captioner`. `load_captioner("package.module:factory")` imports a factory named by
-configuration, so a VLM backend plugs in without this package importing it.
+`caption(image) -> str` method is a Captioner (one with `caption_many(images)` too is captioned
+a batch at a time); a plain function `image -> str` becomes one with `as_captioner`.
+`load_captioner("package.module:factory")` imports a factory named by configuration, so a VLM
+backend plugs in without this package importing it. `build_captioner` picks the captioner of
+the configuration: that factory, else the identification stage's LLaVA, else its Ollama model.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
+
+from lora_pipeline.vision.identification import parse_identifier_spec
+
+# What the built-in VLM captioners ask: the words a LoRA caption needs, not a story.
+CAPTION_PROMPT = (
+    "Describe this image for a LoRA training caption, as one short comma-separated list of "
+    "what is visible: hair, eyes, clothing and accessories, pose and expression, background "
+    "and lighting, and framing (close-up, upper body or full body). Do not name the character. "
+    "Answer with the list only."
+)
+# A CLIP text encoder reads 75 tokens (kohya: up to 225); a longer caption is cut at a comma.
+CAPTION_MAX_CHARS = 300
+_LABEL = re.compile(r"^(?:assistant|user|answer|caption|description|tags)\s*:\s*", re.IGNORECASE)
+_PREAMBLE = re.compile(
+    r"^(?:sure[,!.]?\s*)?(?:here (?:is|are) [^:]*:\s*|"
+    r"(?:the|this) (?:image|picture|illustration) (?:shows|depicts|features|contains)\s+|"
+    r"in (?:the|this) (?:image|picture),?\s+)",
+    re.IGNORECASE,
+)
+_SEPARATORS = re.compile(r"[\n;,]+|(?<=[^\W\d])\.(?:\s+|$)")
+_BULLET = re.compile(r"^(?:\d+[.)]|[-*•])\s+")
+_REPEATED_WORD = re.compile(r"\b(\w+)(?:\s+\1\b)+", re.IGNORECASE)
 
 
 class CaptionerError(ValueError):
@@ -26,6 +52,13 @@ class Captioner(Protocol):
     name: str
 
     def caption(self, image: Image.Image) -> str: ...
+
+
+@runtime_checkable
+class BatchCaptioner(Captioner, Protocol):
+    """A Captioner that describes several images in one call (a batch on the GPU)."""
+
+    def caption_many(self, images: Sequence[Image.Image]) -> list[str]: ...
 
 
 class FunctionCaptioner:
@@ -76,3 +109,100 @@ def load_captioner(spec: str) -> Captioner:
     if not callable(target):
         raise CaptionerError(f"{spec} is neither a Captioner nor a factory")
     return as_captioner(target())
+
+
+def caption_images(captioner: Captioner, images: Sequence[Image.Image]) -> list[str]:
+    """The captioner's text for each image, in order: one call when it batches."""
+    if isinstance(captioner, BatchCaptioner):
+        texts = captioner.caption_many(list(images))
+    else:
+        texts = [captioner.caption(image) for image in images]
+    if not isinstance(texts, list) or len(texts) != len(images):
+        raise CaptionerError(f"captioner {captioner.name!r} did not give one text per image")
+    wrong = next((text for text in texts if not isinstance(text, str)), None)
+    if wrong is not None:
+        raise CaptionerError(
+            f"captioner {captioner.name!r} returned {type(wrong).__name__}, not text"
+        )
+    return texts
+
+
+def clean_caption(text: str, echo: str = "", max_chars: int = CAPTION_MAX_CHARS) -> str:
+    """A model's answer as one caption line: `part, part, ...`, at most max_chars long.
+
+    Drops control characters and undecodable bytes, an echo of the prompt, a leading role
+    label or "The image shows"; lines, sentences and semicolons become comma-separated parts;
+    list bullets go, a word repeated in a row (a greedy decoding loop) is kept once, and each
+    part appears once. Gibberish stays gibberish, but on one clean line.
+    """
+    text = _without_echo(" ".join(_printable(text).split()), echo)
+    for pattern in (_LABEL, _PREAMBLE):
+        text = pattern.sub("", text, count=1)
+    parts: list[str] = []
+    seen: set[str] = set()
+    for raw in _SEPARATORS.split(text):
+        part = _REPEATED_WORD.sub(r"\1", _BULLET.sub("", " ".join(raw.split())))
+        part = part.strip(" .:-*•\"'")
+        if part and part.casefold() not in seen:
+            seen.add(part.casefold())
+            parts.append(part)
+    return _shortened(", ".join(parts), max_chars)
+
+
+def _printable(text: str) -> str:
+    # Line breaks separate parts; other control and format characters, and the replacement
+    # character of undecodable bytes, are noise.
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if char in "\n\r\u2028\u2029":
+            kept.append(",")
+        elif category in ("Cc", "Cf") or char == "\ufffd":
+            kept.append(" ")
+        else:
+            kept.append(char)
+    return "".join(kept)
+
+
+def _without_echo(text: str, echo: str) -> str:
+    # Some models repeat the question before answering it.
+    echo = " ".join(_printable(echo).split())
+    if echo and text.casefold().startswith(echo.casefold()):
+        return text[len(echo) :].lstrip(" :")
+    return text
+
+
+def _shortened(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    cut = text.rfind(", ", 0, max_chars + 1)
+    if cut <= 0:
+        cut = text.rfind(" ", 0, max_chars + 1)
+    return text[: cut if cut > 0 else max_chars].rstrip(" ,")
+
+
+def build_captioner(
+    spec: str | None, identifiers: Sequence[str | None] = (), device: str = "auto"
+) -> Captioner | None:
+    """The vlm strategy's captioner, in this order: `spec` ('package.module:factory', from
+    LORA_PIPELINE_CAPTIONER) when set; else the first `llava:<model>` identifier spec (the
+    identification stage's LLaVA); else the first `ollama:<url>#<model>` one; else None."""
+    if spec:
+        return load_captioner(spec)
+    try:
+        parsed = [parse_identifier_spec(text) for text in identifiers if text]
+    except ValueError as error:
+        raise CaptionerError(str(error)) from None
+    for kind in ("llava", "ollama"):
+        chosen = next((item for item in parsed if item.kind == kind), None)
+        if chosen is None:
+            continue
+        # Imported here: both modules import this one.
+        if kind == "llava":
+            from lora_pipeline.vision.llava import LlavaCaptioner
+
+            return LlavaCaptioner(chosen.target, device=device)
+        from lora_pipeline.vision.ollama import OllamaCaptioner
+
+        return OllamaCaptioner(chosen.target, chosen.model)
+    return None

@@ -1,5 +1,5 @@
-"""LLaVA identification through `transformers`: a local folder or a hub id, batched, on the GPU
-when there is one.
+"""LLaVA identification and captioning through `transformers`: a local folder or a hub id,
+batched, on the GPU when there is one.
 
 The model and processor are loaded once per process (they are large) and kept until
 `release_models()`. Batches are left-padded, so every prompt of a batch ends where generation
@@ -15,6 +15,12 @@ from typing import Any
 from PIL import Image
 
 from lora_pipeline.config import torch_device
+from lora_pipeline.vision.captioner import (
+    CAPTION_MAX_CHARS,
+    CAPTION_PROMPT,
+    CaptionerError,
+    clean_caption,
+)
 from lora_pipeline.vision.identification import (
     CharacterProfile,
     Identification,
@@ -26,6 +32,8 @@ from lora_pipeline.vision.identification import (
 
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_NEW_TOKENS = 48
+# A caption list of 20-odd parts; clean_caption cuts what runs past CAPTION_MAX_CHARS.
+DEFAULT_CAPTION_TOKENS = 96
 _FALLBACK_TEMPLATE = "USER: {image}\n{question}\nASSISTANT:"
 
 _LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -65,8 +73,8 @@ def release_models() -> None:
         _LOADED.clear()
 
 
-class LlavaIdentifier:
-    """Asks a LLaVA checkpoint which of the candidates each image shows."""
+class _LlavaModel:
+    """A LLaVA checkpoint asked one question about many images, a batch at a time."""
 
     def __init__(
         self,
@@ -76,7 +84,7 @@ class LlavaIdentifier:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     ) -> None:
         if not model.strip():
-            raise ValueError("LlavaIdentifier needs a model folder or hub id")
+            raise ValueError(f"{type(self).__name__} needs a model folder or hub id")
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be at least 1")
         self.model_id = model
@@ -85,18 +93,17 @@ class LlavaIdentifier:
         self.max_new_tokens = max_new_tokens
         self.name = short_name("llava", model)
 
-    def identify(
-        self, images: Sequence[Image.Image], candidates: Sequence[CharacterProfile]
-    ) -> list[Identification]:
+    def _ask(self, question: str, images: Sequence[Image.Image]) -> list[str]:
+        """The model's answer to the question for each image, in order."""
         if not images:
             return []
         model, processor = _load(self.model_id, torch_device(self.device))
-        prompt = _prompt(processor, identification_question(candidates))
+        prompt = _prompt(processor, question)
         answers: list[str] = []
         for start in range(0, len(images), self.batch_size):
             batch = [image.convert("RGB") for image in images[start : start + self.batch_size]]
             answers += self._generate(model, processor, prompt, batch)
-        return [Identification(parse_character_answer(a, candidates), a) for a in answers]
+        return answers
 
     def _generate(
         self, model: Any, processor: Any, prompt: str, images: list[Image.Image]
@@ -122,6 +129,48 @@ class LlavaIdentifier:
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [
             text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)
+        ]
+
+
+class LlavaIdentifier(_LlavaModel):
+    """Asks a LLaVA checkpoint which of the candidates each image shows."""
+
+    def identify(
+        self, images: Sequence[Image.Image], candidates: Sequence[CharacterProfile]
+    ) -> list[Identification]:
+        answers = self._ask(identification_question(candidates), images)
+        return [Identification(parse_character_answer(a, candidates), a) for a in answers]
+
+
+class LlavaCaptioner(_LlavaModel):
+    """Captions images for LoRA training with a LLaVA checkpoint (the vlm caption strategy).
+
+    Shares the loaded model with LlavaIdentifier; answers are cleaned into one caption line.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_new_tokens: int = DEFAULT_CAPTION_TOKENS,
+        prompt: str = CAPTION_PROMPT,
+        max_chars: int = CAPTION_MAX_CHARS,
+    ) -> None:
+        super().__init__(model, device, batch_size, max_new_tokens)
+        self.prompt = prompt
+        self.max_chars = max_chars
+
+    def caption(self, image: Image.Image) -> str:
+        return self.caption_many([image])[0]
+
+    def caption_many(self, images: Sequence[Image.Image]) -> list[str]:
+        try:
+            answers = self._ask(self.prompt, images)
+        except IdentifierError as error:
+            raise CaptionerError(str(error)) from None
+        return [
+            clean_caption(answer, echo=self.prompt, max_chars=self.max_chars) for answer in answers
         ]
 
 

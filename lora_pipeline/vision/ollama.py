@@ -1,4 +1,4 @@
-"""Identification by a vision model served by Ollama (what the studio runs today).
+"""Identification and captioning by a vision model served by Ollama (what the studio runs today).
 
 One `POST /api/generate` per image: `{model, prompt, images: [base64], stream: false}`, answered
 `{"response": "..."}`. Images are sent as PNGs no larger than the model reads (LLaVA looks at
@@ -15,6 +15,12 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from lora_pipeline.vision.captioner import (
+    CAPTION_MAX_CHARS,
+    CAPTION_PROMPT,
+    CaptionerError,
+    clean_caption,
+)
 from lora_pipeline.vision.identification import (
     CharacterProfile,
     Identification,
@@ -38,8 +44,8 @@ def encode_image(image: Image.Image, max_side: int = MAX_IMAGE_SIDE) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class OllamaIdentifier:
-    """Asks an Ollama vision model (llava, llava-llama3, ...) which candidates each image shows."""
+class _OllamaModel:
+    """A vision model served by Ollama, asked about one image per request."""
 
     def __init__(
         self,
@@ -51,7 +57,7 @@ class OllamaIdentifier:
         if not url.lower().startswith(("http://", "https://")):
             raise ValueError(f"the Ollama URL must start with http:// or https://, got {url!r}")
         if not model.strip():
-            raise ValueError("OllamaIdentifier needs a model name, e.g. 'llava:13b'")
+            raise ValueError(f"{type(self).__name__} needs a model name, e.g. 'llava:13b'")
         self.url = url.rstrip("/")
         self.model = model
         self.name = short_name("ollama", model)
@@ -59,16 +65,6 @@ class OllamaIdentifier:
 
     def close(self) -> None:
         self._client.close()
-
-    def identify(
-        self, images: Sequence[Image.Image], candidates: Sequence[CharacterProfile]
-    ) -> list[Identification]:
-        prompt = identification_question(candidates)
-        results = []
-        for image in images:
-            answer = self._generate(prompt, encode_image(image))
-            results.append(Identification(parse_character_answer(answer, candidates), answer))
-        return results
 
     def _generate(self, prompt: str, image_b64: str) -> str:
         body = {
@@ -107,6 +103,45 @@ class OllamaIdentifier:
         if not isinstance(data, dict) or not isinstance(data.get("response"), str):
             raise IdentifierError(f"Ollama at {self.url} answered without a 'response' text")
         return data["response"].strip()
+
+
+class OllamaIdentifier(_OllamaModel):
+    """Asks an Ollama vision model (llava, llava-llama3, ...) which candidates each image shows."""
+
+    def identify(
+        self, images: Sequence[Image.Image], candidates: Sequence[CharacterProfile]
+    ) -> list[Identification]:
+        prompt = identification_question(candidates)
+        results = []
+        for image in images:
+            answer = self._generate(prompt, encode_image(image))
+            results.append(Identification(parse_character_answer(answer, candidates), answer))
+        return results
+
+
+class OllamaCaptioner(_OllamaModel):
+    """Captions images for LoRA training with an Ollama vision model (the vlm caption strategy);
+    answers are cleaned into one caption line."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+        prompt: str = CAPTION_PROMPT,
+        max_chars: int = CAPTION_MAX_CHARS,
+    ) -> None:
+        super().__init__(url, model, timeout_s, transport)
+        self.prompt = prompt
+        self.max_chars = max_chars
+
+    def caption(self, image: Image.Image) -> str:
+        try:
+            answer = self._generate(self.prompt, encode_image(image))
+        except IdentifierError as error:
+            raise CaptionerError(str(error)) from None
+        return clean_caption(answer, echo=self.prompt, max_chars=self.max_chars)
 
 
 def _server_error(response: httpx.Response) -> str:
