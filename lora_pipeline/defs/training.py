@@ -71,10 +71,12 @@ class TrainingRunConfig(Config):
     keep_last_n_epochs: int = 2
     samples: bool = True
     backend: str = "auto"  # auto: kohya when a kohya sd-scripts folder is configured
+    # When the character's latest release failed its gate, start from its weights.
+    continue_from_failed: bool = True
 
 
 def training_config(run: TrainingRunConfig, models: ModelsResource) -> TrainingConfig:
-    settings = run.model_dump(exclude={"samples", "backend"})
+    settings = run.model_dump(exclude={"samples", "backend", "continue_from_failed"})
     return TrainingConfig(
         base_model=models.base_model_id(),
         device=models.device_name(),
@@ -231,6 +233,8 @@ def trained_lora(
         training_config(config, models),
         kohya=kohya,
         samples=config.samples,
+        continue_from_failed=config.continue_from_failed,
+        log=context.log.info,
     )
     result, reported = run_training_process(context, job)
     loras_dir = models.loras_dir()
@@ -248,6 +252,7 @@ def trained_lora(
             **reported,
             "release_id": release.release_id,
             "backend": job.backend,
+            "continued_from_release": release.parent_release_id or "none (fresh LoRA)",
             "path": MetadataValue.path(str(root.path(release.relpath))),
             "comfyui_copy": release.comfyui_copy or "not configured",
         },

@@ -42,6 +42,9 @@ class TrainingJob:
     dataset_dir: str | None = None
     tokenizer_dir: str | None = None
     work_dir: str | None = None
+    # The release whose LoRA `config.init_lora` is (a retrain after a failed gate): the new
+    # release is registered as its child.
+    parent_release_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -60,6 +63,7 @@ class TrainingJob:
             "dataset_dir": self.dataset_dir,
             "tokenizer_dir": self.tokenizer_dir,
             "work_dir": self.work_dir,
+            "parent_release_id": self.parent_release_id,
         }
 
     @classmethod
@@ -75,6 +79,7 @@ class TrainingJob:
                 dataset_dir=values.get("dataset_dir"),
                 tokenizer_dir=values.get("tokenizer_dir"),
                 work_dir=values.get("work_dir"),
+                parent_release_id=values.get("parent_release_id"),
             )
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, TrainingError):

@@ -10,11 +10,16 @@ metadata (dataset hash, base checkpoint hash, version) before it is registered t
 Resume: kohya saves its state (`--save_state`) at every saved epoch; a later run of the same job
 passes `--resume <newest state> --skip_until_initial_step`, with which kohya restores the
 optimizer, scheduler and step count and skips the batches already trained.
+
+A job whose config has `init_lora` starts from that LoRA (`--network_weights`). kohya loads it
+loosely (unknown modules are skipped, its alpha is not applied), so the file's rank, alpha and
+adapted parts are checked against the run's settings first.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import re
@@ -23,10 +28,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
+
+import torch
 
 from lora_pipeline.model_configs import ModelConfigError, write_tokenizer
 from lora_pipeline.training.data import tag_frequency
@@ -240,9 +247,50 @@ def kohya_arguments(
             "--sample_every_n_epochs", str(config.save_every_n_epochs),
             "--sample_sampler", "euler_a",
         ]  # fmt: skip
+    if config.init_lora:
+        args += ["--network_weights", config.init_lora]
     if resume is not None:
         args += ["--resume", str(resume), "--skip_until_initial_step"]
     return args
+
+
+def _is_3x3(down: torch.Tensor) -> bool:
+    return down.ndim == 4 and tuple(down.shape[-2:]) != (1, 1)
+
+
+def init_lora_problems(tensors: Mapping[str, torch.Tensor], config: TrainingConfig) -> list[str]:
+    """Why kohya could not continue from a LoRA with these tensors under `config` (it does not
+    check: a rank mismatch crashes deep in its log, other alphas or parts are silently lost)."""
+    problems: set[str] = set()
+    for key, down in tensors.items():
+        if not key.endswith(".lora_down.weight"):
+            continue
+        module = key.removesuffix(".lora_down.weight")
+        conv = _is_3x3(down)
+        rank, alpha = (config.conv_rank, config.conv_alpha) if conv else (config.rank, config.alpha)
+        kind = "3×3 convolution (conv_rank)" if conv else "rank"
+        if down.shape[0] != rank:
+            problems.add(f"its {kind} is {down.shape[0]}, this run's is {rank}")
+        file_alpha = tensors.get(f"{module}.alpha")
+        # fp16 alphas are rounded: compare to the file's precision.
+        if file_alpha is not None and not math.isclose(float(file_alpha), alpha, rel_tol=1e-3):
+            problems.add(f"its alpha is {float(file_alpha):g}, this run's is {alpha:g}")
+        if module.startswith("lora_te") and not config.train_text_encoder:
+            problems.add("it adapts the text encoder, this run trains the UNet only")
+    return sorted(problems)
+
+
+def check_init_lora(config: TrainingConfig) -> str:
+    """KohyaError when kohya cannot continue from `config.init_lora`; its sshs_model_hash."""
+    path = Path(config.init_lora or "")
+    try:
+        tensors, header = read_kohya_lora(path)
+    except LoraFormatError as error:
+        raise KohyaError(f"cannot start from init_lora: {error}") from error
+    problems = init_lora_problems(tensors, config)
+    if problems:
+        raise KohyaError(f"cannot start from init_lora {path}: {'; '.join(problems)}")
+    return header.get("sshs_model_hash", "")
 
 
 def _sample_prompts(config: TrainingConfig) -> str:
@@ -341,6 +389,7 @@ class _KohyaTraining:
         if config.save_every_n_epochs is None:
             config = replace(config, save_every_n_epochs=auto_save_every(config.epochs))
         self.config = config
+        self.init_lora_hash = check_init_lora(config) if config.init_lora else ""
 
     def _prepare(self) -> list[str]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -507,6 +556,10 @@ class _KohyaTraining:
         if config.trigger_word:
             values["lora_pipeline.trigger_word"] = config.trigger_word
             values["modelspec.trigger_phrase"] = config.trigger_word
+        if config.init_lora:
+            values["lora_pipeline.init_lora"] = Path(config.init_lora).name
+            if self.init_lora_hash:
+                values["lora_pipeline.init_lora_model_hash"] = self.init_lora_hash
         return values
 
 

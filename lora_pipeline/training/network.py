@@ -8,7 +8,9 @@ network rank and alpha, 3×3 convolutions the conv rank and alpha. Following the
 exactly kohya's module names, which is what lets ComfyUI's LoraLoader apply every key.
 
 The adapters themselves are peft LoRA layers (`lora_A` = kohya's `lora_down`, `lora_B` =
-`lora_up`), so the training loop is plain diffusers + peft.
+`lora_up`), so the training loop is plain diffusers + peft. `kohya_tensors` writes them under
+kohya's keys and `load_kohya_tensors` reads such a file back into them (a retrain that starts
+from an earlier LoRA).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ UNET_LORA_CONTAINERS = ("Transformer2DModel",)
 UNET_CONV_CONTAINERS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TEXT_ENCODER_CONTAINERS = ("CLIPAttention", "CLIPMLP")
 ADAPTER_NAME = "default"
+# How many names an error message shows of each kind of mismatch.
+_SHOWN = 2
+
+
+class LoraMismatchError(ValueError):
+    """A kohya LoRA file whose modules or shapes are not those of the network."""
 
 
 @dataclass(frozen=True)
@@ -155,3 +163,62 @@ def restore_lora_parameters(model: nn.Module, saved: Mapping[str, torch.Tensor])
     with torch.no_grad():
         for name, parameter in current.items():
             parameter.copy_(saved[name].to(parameter.device, parameter.dtype))
+
+
+def _mismatch(file_only: list[str], network_only: list[str], shapes: list[str]) -> str:
+    problems = []
+    for keys, where in ((file_only, "only in the file"), (network_only, "only in the network")):
+        if keys:
+            problems.append(f"{len(keys)} tensor(s) {where} (e.g. {', '.join(keys[:_SHOWN])})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape(s) differ (e.g. {'; '.join(shapes[:_SHOWN])})")
+    return (
+        "the LoRA does not match the network (another rank, base model or set of adapted "
+        "modules?): " + "; ".join(problems)
+    )
+
+
+def load_kohya_tensors(
+    adapted: Sequence[tuple[nn.Module, Sequence[LoraTarget]]], tensors: Mapping[str, torch.Tensor]
+) -> None:
+    """Copy a kohya file's adapters into the peft layers of `adapted` (each model with the
+    targets `add_lora` wrapped in it): the inverse of `kohya_tensors`.
+
+    lora_down goes to lora_A and lora_up to lora_B. The file means up @ down × alpha / rank; a
+    module whose file alpha differs from the network's gets lora_B scaled by file alpha /
+    network alpha, so it means the same here (a file without `.alpha` has alpha = rank, as in
+    kohya). Every key and shape is checked before anything is copied: LoraMismatchError.
+    """
+    layers: dict[str, tuple[LoraTarget, torch.Tensor, torch.Tensor]] = {}
+    expected: dict[str, torch.Tensor] = {}
+    for model, targets in adapted:
+        for target in targets:
+            layer = model.get_submodule(target.path)
+            down, up = layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
+            layers[target.kohya_name] = (target, down, up)
+            expected[f"{target.kohya_name}.lora_down.weight"] = down
+            expected[f"{target.kohya_name}.lora_up.weight"] = up
+    alphas = {f"{name}.alpha" for name in layers}
+    file_only = sorted(set(tensors) - set(expected) - alphas)
+    network_only = sorted(set(expected) - set(tensors))
+    shapes = [
+        f"{key}: {list(tensors[key].shape)} in the file, {list(weight.shape)} in the network"
+        for key, weight in sorted(expected.items())
+        if key in tensors and tensors[key].shape != weight.shape
+    ]
+    if file_only or network_only or shapes:
+        raise LoraMismatchError(_mismatch(file_only, network_only, shapes))
+    with torch.no_grad():
+        for name, (target, down, up) in layers.items():
+            scale = _alpha_scale(tensors.get(f"{name}.alpha"), target)
+            down.copy_(tensors[f"{name}.lora_down.weight"].to(down.device, down.dtype))
+            up.copy_(tensors[f"{name}.lora_up.weight"].to(up.device, torch.float32) * scale)
+
+
+def _alpha_scale(file_alpha: torch.Tensor | None, target: LoraTarget) -> float:
+    """file alpha / network alpha; exactly 1 when they agree up to the file's precision."""
+    if file_alpha is None:
+        return target.rank / target.alpha
+    if torch.tensor(target.alpha, dtype=file_alpha.dtype) == file_alpha:
+        return 1.0
+    return float(file_alpha) / target.alpha

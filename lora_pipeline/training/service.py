@@ -5,21 +5,36 @@ turns a dataset and the run's settings into a `TrainingJob`, and `register_train
 the job's result, copies the file into ComfyUI's loras folder and registers the candidate
 release with every hyperparameter. In between, `job.run_job` trains (the Dagster asset runs it
 in a child process, `pipes_entry`).
+
+A retrain continues from the last release when the gate fails: if the character's latest release
+failed its latest eval, the new LoRA starts from that release's weights (`init_lora`) and is
+registered as its child (`parent_release_id`). Where that cannot work (the file is gone or
+changed, another base checkpoint, another network shape asked for) it trains fresh and says why.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from lora_pipeline.dataset.service import DatasetRef, training_examples
-from lora_pipeline.evaluation.service import eval_spec_for
-from lora_pipeline.media.store import DataRoot
+from lora_pipeline.evaluation.service import project_eval_spec
+from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
+from lora_pipeline.registry.models import LoraRelease
 from lora_pipeline.training.job import TrainingJob
 from lora_pipeline.training.trainer import TrainingConfig, TrainingExample, TrainingResult
+
+Log = Callable[[str], None]
+# Settings that shape the network: a run that asks for other values than the failed release's
+# cannot start from its weights.
+NETWORK_SETTINGS = ("rank", "alpha", "conv_rank", "conv_alpha", "train_text_encoder")
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,17 @@ class ReleaseRef:
     steps: int
     final_loss: float
     comfyui_copy: str | None
+    parent_release_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ParentRelease:
+    """The release a retrain continues from, its LoRA file and the network settings it was
+    trained with (a run that leaves them unset takes them: the weights only fit that network)."""
+
+    release_id: int
+    file: Path
+    network: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,10 +68,56 @@ class KohyaSetup:
     tokenizer_dir: Path | None = None
 
 
-def lora_output_file(root: DataRoot, dataset: DatasetRef) -> Path:
-    return root.dir("loras", dataset.character) / (
-        f"{dataset.character}-{dataset.version_hash[:12]}.safetensors"
-    )
+def _run_name(dataset: DatasetRef, parent_release_id: int | None) -> str:
+    # A retrain of the same dataset must not overwrite the release it continues from.
+    continued = f"-from{parent_release_id}" if parent_release_id is not None else ""
+    return f"{dataset.version_hash[:12]}{continued}"
+
+
+def lora_output_file(
+    root: DataRoot, dataset: DatasetRef, parent_release_id: int | None = None
+) -> Path:
+    name = f"{dataset.character}-{_run_name(dataset, parent_release_id)}.safetensors"
+    return root.dir("loras", dataset.character) / name
+
+
+def _why_not_continue(release: LoraRelease, config: TrainingConfig, file: Path) -> str | None:
+    """Why a run with `config` cannot start from `release`'s weights; None when it can."""
+    checkpoint = commands.checkpoint_key(config.base_model)
+    if release.base_checkpoint and release.base_checkpoint != checkpoint:
+        return f"it was trained on {release.base_checkpoint}, this run on {checkpoint}"
+    recorded = release.hyperparameters or {}
+    for name in NETWORK_SETTINGS:
+        wanted = getattr(config, name)
+        if wanted is not None and name in recorded and recorded[name] != wanted:
+            return f"it has {name} {recorded[name]}, this run asks for {wanted}"
+    if not file.is_file():
+        return f"its file {release.path} is missing"
+    if sha256_file(file) != release.sha256:
+        return f"its file {release.path} changed since it was registered"
+    return None
+
+
+def failed_parent(
+    session: Session, root: DataRoot, character_id: int, config: TrainingConfig, log: Log
+) -> ParentRelease | None:
+    """The character's latest release when its latest eval failed the gate and a run with
+    `config` can start from its weights; None (with a note in `log` when it cannot)."""
+    release = queries.latest_release(session, character_id)
+    if release is None:
+        return None
+    evaluation = queries.latest_eval(session, release.id)
+    if evaluation is None or evaluation.verdict != "fail":
+        return None
+    file = root.path(release.path)
+    reason = _why_not_continue(release, config, file)
+    if reason is not None:
+        log(f"release {release.id} failed its gate, but training starts fresh: {reason}")
+        return None
+    log(f"release {release.id} failed its gate: training continues from {release.path}")
+    recorded = release.hyperparameters or {}
+    network = {name: recorded[name] for name in NETWORK_SETTINGS if name in recorded}
+    return ParentRelease(release.id, file, network)
 
 
 def plan_character_training(
@@ -56,30 +128,45 @@ def plan_character_training(
     config: TrainingConfig,
     kohya: KohyaSetup | None = None,
     samples: bool = True,
+    continue_from_failed: bool = True,
+    log: Log = lambda _: None,
 ) -> TrainingJob:
     """The job that trains `dataset`: its images and captions, the output file, where resumable
-    states go, and the eval prompts as sample prompts (rendered with the character's settings)."""
+    states go, and the eval prompts as sample prompts (rendered with the character's settings).
+    With `continue_from_failed`, a character whose latest release failed the gate continues
+    from it (see `failed_parent`)."""
     split_dir = root.path(split_relpath)
     examples = [TrainingExample(image, caption) for image, caption in training_examples(split_dir)]
     with registry.session() as session:
         character = commands.get_character(session, dataset.character)
         trigger, negative = character.trigger_word, character.negative_prompt or ""
+        # Samples of each epoch show the eval grid's prompts, so they can be compared with it.
+        eval_prompts = project_eval_spec(character).prompts
         steps, cfg, seed = character.steps, character.cfg, character.seed or 0
+        parent = (
+            failed_parent(session, root, character.id, config, log)
+            if continue_from_failed
+            else None
+        )
+    parent_id = parent.release_id if parent else None
+    if parent is not None:
+        unset = {k: v for k, v in parent.network.items() if getattr(config, k) is None}
+        config = replace(config, init_lora=str(parent.file), **unset)
     config = replace(
         config,
         trigger_word=trigger,
         dataset_hash=dataset.version_hash,
         title=config.title or dataset.character,
         state_dir=str(root.dir("training", dataset.character)),
-        sample_prompts=tuple(eval_spec_for(trigger).prompts) if samples else (),
+        sample_prompts=tuple(eval_prompts) if samples else (),
         sample_negative_prompt=negative,
         sample_steps=steps,
         sample_cfg=cfg,
         sample_seed=seed,
     )
-    output_file = lora_output_file(root, dataset)
+    output_file = lora_output_file(root, dataset, parent_id)
     if kohya is None:
-        return TrainingJob(config, examples, output_file)
+        return TrainingJob(config, examples, output_file, parent_release_id=parent_id)
     return TrainingJob(
         config,
         examples,
@@ -89,7 +176,10 @@ def plan_character_training(
         kohya_python=kohya.python,
         dataset_dir=str(split_dir),
         tokenizer_dir=str(kohya.tokenizer_dir) if kohya.tokenizer_dir else None,
-        work_dir=str(root.dir("training", dataset.character, f"kohya-{dataset.version_hash[:12]}")),
+        work_dir=str(
+            root.dir("training", dataset.character, f"kohya-{_run_name(dataset, parent_id)}")
+        ),
+        parent_release_id=parent_id,
     )
 
 
@@ -102,7 +192,7 @@ def register_trained_lora(
     comfyui_loras_dir: Path | None = None,
 ) -> ReleaseRef:
     """Copy the LoRA into ComfyUI's loras folder and register it as a candidate release."""
-    comfy_copy = _copy_to_comfyui(result.path, comfyui_loras_dir)
+    comfy_copy = copy_to_comfyui(result.path, comfyui_loras_dir)
     sdxl = result.metadata.get("ss_base_model_version", "").startswith("sdxl")
     hyperparameters = {
         **(result.config or job.config.to_dict()),
@@ -111,6 +201,8 @@ def register_trained_lora(
         "backend": job.backend,
         "final_loss": result.final_loss,
         "resumed_from_step": result.resumed_from_step,
+        # The saved epochs the evaluation compares to pick the one to release.
+        "epoch_files": [root.relative(Path(p)) for p in result.epoch_files],
     }
     with registry.session() as session:
         character = commands.get_character(session, dataset.character)
@@ -127,6 +219,7 @@ def register_trained_lora(
             job.config.base_model,
             hyperparameters=hyperparameters,
             base_model_version="sdxl" if sdxl else "sd15",
+            parent_release_id=job.parent_release_id,
         )
         release_id = release.id
     return ReleaseRef(
@@ -137,10 +230,11 @@ def register_trained_lora(
         steps=result.steps,
         final_loss=result.final_loss,
         comfyui_copy=str(comfy_copy) if comfy_copy else None,
+        parent_release_id=job.parent_release_id,
     )
 
 
-def _copy_to_comfyui(lora: Path, loras_dir: Path | None) -> Path | None:
+def copy_to_comfyui(lora: Path, loras_dir: Path | None) -> Path | None:
     """ComfyUI's LoraLoader lists the files of its loras folder; put the new LoRA there."""
     if loras_dir is None:
         return None

@@ -11,6 +11,10 @@ load any community LoRA.
 A run can stop at any step (crash, cancel) and resume from its last saved state with the optimizer,
 learning-rate schedule, RNG and step count intact: the resumed run trains exactly the steps the
 first one did not, and on the CPU gives bit-for-bit the LoRA an uninterrupted run gives.
+
+A run can also start from an earlier LoRA file (`init_lora`, what kohya calls
+`--network_weights`) instead of fresh adapters: a retrain of a release that failed its gate
+continues from it. A saved state of the run wins over it (the state holds the newer weights).
 """
 
 from __future__ import annotations
@@ -56,11 +60,18 @@ from lora_pipeline.training.data import (
     tag_frequency,
 )
 from lora_pipeline.training.defaults import smart_defaults
-from lora_pipeline.training.kohya_format import kohya_metadata, save_kohya_lora
+from lora_pipeline.training.kohya_format import (
+    LoraFormatError,
+    kohya_metadata,
+    read_kohya_lora,
+    save_kohya_lora,
+)
 from lora_pipeline.training.network import (
+    LoraMismatchError,
     LoraTarget,
     add_lora,
     kohya_tensors,
+    load_kohya_tensors,
     lora_parameters,
     restore_lora_parameters,
     text_encoder_targets,
@@ -166,6 +177,9 @@ class TrainingConfig:
     title: str = ""
     state_dir: str | None = None  # where resumable states go; None: no resume
     single_file_config: str | None = None  # diffusers config folder for a single-file checkpoint
+    # A kohya LoRA file whose weights the adapters start from instead of fresh ones (same rank,
+    # base model and adapted modules); None: fresh adapters.
+    init_lora: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -426,6 +440,7 @@ class _TrainingRun:
         self.history: list[int] = []
         self.global_step = 0
         self.epoch_files: list[str] = []
+        self.init_lora_hash = ""
 
     # 1. The frozen base model, and the settings it implies.
     def load_models(self) -> None:
@@ -507,6 +522,8 @@ class _TrainingRun:
             ]
         for parameter in (*self.unet_parameters, *self.te_parameters):
             parameter.data = parameter.data.float()
+        if config.init_lora:
+            self.init_from_lora(Path(config.init_lora))
         if config.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             for encoder, targets in zip(self.text_encoders, self.te_targets, strict=True):
@@ -517,6 +534,22 @@ class _TrainingRun:
         self.unet.train()
         for encoder, targets in zip(self.text_encoders, self.te_targets, strict=True):
             encoder.train(bool(targets))
+
+    def _adapted(self) -> list[tuple[torch.nn.Module, list[LoraTarget]]]:
+        pairs = [(self.unet, self.unet_targets)]
+        pairs += [(e, t) for e, t in zip(self.text_encoders, self.te_targets, strict=True) if t]
+        return pairs
+
+    def init_from_lora(self, path: Path) -> None:
+        """Overwrite the fresh adapters with those of an earlier LoRA file; a file that does not
+        fit the network stops the run here, before the data is prepared or a step trained."""
+        try:
+            tensors, header = read_kohya_lora(path)
+            load_kohya_tensors(self._adapted(), tensors)
+        except (LoraFormatError, LoraMismatchError) as error:
+            raise TrainingError(f"cannot start from init_lora {path}: {error}") from error
+        self.init_lora_hash = header.get("sshs_model_hash", "")
+        self.log(f"starting from the weights of {path.name}")
 
     # 3. Optimizer, learning-rate schedule and (fp16 only) loss scaling.
     def build_optimizer(self, total_steps: int) -> None:
@@ -601,6 +634,7 @@ class _TrainingRun:
         self.generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
         if state is None:
             return 0
+        # The state holds the run's newest weights: they replace any init_lora ones.
         self._restore_adapters(state.weights)
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.lr_scheduler)
@@ -820,8 +854,17 @@ class _TrainingRun:
                 "modelspec.prediction_type": self.prediction_type,
                 "lora_pipeline.final_loss": self.losses[-1] if self.losses else None,
                 "lora_pipeline.modules": len(targets),
+                **self._init_metadata(),
             },
         )
+
+    def _init_metadata(self) -> dict[str, str]:
+        if not self.config.init_lora:
+            return {}
+        values = {"lora_pipeline.init_lora": Path(self.config.init_lora).name}
+        if self.init_lora_hash:
+            values["lora_pipeline.init_lora_model_hash"] = self.init_lora_hash
+        return values
 
     def save_epoch_file(self, epoch: int) -> Path:
         folder = self.output_file.parent / "epochs"

@@ -95,6 +95,7 @@ def test_trained_lora_trains_in_a_child_and_registers_a_candidate(
     shown = materialization.asset_materialization.metadata
     assert shown["steps"].value == 10 and len(shown["loss_curve"].value) == 10
     assert shown["hyperparameters"].value["resolution"] == 32
+    assert shown["continued_from_release"].value == "none (fresh LoRA)"
     logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
     assert any("asked ComfyUI" in m for m in logs)
     assert any(m.startswith("step 10/10 epoch 2/2") for m in logs)

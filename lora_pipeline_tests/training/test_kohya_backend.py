@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import json
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+from lora_pipeline.dataset.service import DatasetRef
+from lora_pipeline.media.store import DataRoot
+from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import LoraRelease
 from lora_pipeline.training.job import TrainingJob, run_job
 from lora_pipeline.training.kohya_backend import (
@@ -17,7 +22,7 @@ from lora_pipeline.training.kohya_backend import (
     parse_epoch,
     parse_progress,
 )
-from lora_pipeline.training.kohya_format import read_kohya_lora
+from lora_pipeline.training.kohya_format import read_kohya_lora, save_kohya_lora
 from lora_pipeline.training.service import (
     KohyaSetup,
     plan_character_training,
@@ -169,7 +174,7 @@ def test_kohya_trains_the_job_and_its_lora_is_registered(
     assert call[call.index("--network_alpha") + 1] == "2.0"
     assert call[call.index("--max_train_epochs") + 1] == "3"
     assert "--network_train_unet_only" in call and "--save_state" in call
-    assert "--resume" not in call
+    assert "--resume" not in call and "--network_weights" not in call
     tokenizers = Path(call[call.index("--tokenizer_cache_dir") + 1])
     from transformers import CLIPTokenizer
 
@@ -239,3 +244,63 @@ def test_missing_kohya_is_a_clear_error(studio, tmp_path: Path, tiny_sd: Path) -
     job = _job(studio, tmp_path / "nowhere", tiny_sd)
     with pytest.raises(KohyaError, match="kohya sd-scripts not found: .*train_network.py"):
         run_job(job, Recorder())
+
+
+def _init_lora(path: Path, rank: int, alpha: float, module: str) -> Path:
+    tensors = {
+        f"{module}.lora_down.weight": torch.ones(rank, 8).half(),
+        f"{module}.lora_up.weight": torch.ones(8, rank).half(),
+        f"{module}.alpha": torch.tensor(alpha).half(),
+    }
+    save_kohya_lora(path, tensors, {"ss_network_dim": str(rank)})
+    return path
+
+
+def test_a_job_with_init_lora_passes_it_as_network_weights(
+    studio: tuple[Registry, DataRoot, DatasetRef, str],
+    kohya_dir: Path,
+    tiny_sd: Path,
+    tmp_path: Path,
+) -> None:
+    job = _job(studio, kohya_dir, tiny_sd)
+    module = "lora_unet_mid_block_attentions_0_proj_in"
+    parent = _init_lora(tmp_path / "parent.safetensors", 4, 2.0, module)
+    job = replace(job, config=replace(job.config, init_lora=str(parent)))
+    result = run_job(job, Recorder())
+    (call,) = [json.loads(x) for x in (Path(job.work_dir) / "calls.jsonl").read_text().splitlines()]
+    assert call[call.index("--network_weights") + 1] == str(parent)
+    assert result.config["init_lora"] == str(parent)
+    metadata = read_kohya_lora(result.path)[1]
+    assert metadata["lora_pipeline.init_lora"] == "parent.safetensors"
+    assert (
+        metadata["lora_pipeline.init_lora_model_hash"]
+        == (read_kohya_lora(parent)[1]["sshs_model_hash"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("rank", "alpha", "module", "message"),
+    [
+        (8, 2.0, "lora_unet_mid_block_attentions_0_proj_in", "its rank is 8, this run's is 4"),
+        (4, 4.0, "lora_unet_mid_block_attentions_0_proj_in", "its alpha is 4, this run's is 2"),
+        (4, 2.0, "lora_te_text_model_encoder_layers_0_mlp_fc1", "adapts the text encoder"),
+    ],
+)
+def test_kohya_refuses_an_init_lora_it_would_load_wrongly(
+    studio: tuple[Registry, DataRoot, DatasetRef, str],
+    kohya_dir: Path,
+    tiny_sd: Path,
+    tmp_path: Path,
+    rank: int,
+    alpha: float,
+    module: str,
+    message: str,
+) -> None:
+    job = _job(studio, kohya_dir, tiny_sd)
+    parent = _init_lora(tmp_path / "parent.safetensors", rank, alpha, module)
+    job = replace(job, config=replace(job.config, init_lora=str(parent)))
+    with pytest.raises(
+        KohyaError, match=f"cannot start from init_lora .*parent.safetensors: .*{message}"
+    ):
+        run_job(job, Recorder())
+    assert not (Path(job.work_dir) / "calls.jsonl").exists(), "kohya was never started"
