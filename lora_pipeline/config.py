@@ -7,6 +7,7 @@ without a config file; each one has a default under the project home.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -59,6 +60,17 @@ class Settings:
     base_model: str | None = None
     comfyui_url: str | None = None
     comfyui_loras_dir: Path | None = None
+    # Generation through ComfyUI (when comfyui_url is set): the checkpoint name as ComfyUI's
+    # CheckpointLoaderSimple lists it (default: the base model's file name) and how long one
+    # prompt may take, queueing included.
+    comfyui_checkpoint: str | None = None
+    comfyui_timeout: float = 600.0
+    # --- evaluation (issue 7) ---
+    # The CLIP vision model for identity similarity (default: the reference identifier's
+    # model, when that is the identifier) and a full CLIP model for the CLIP score; unset:
+    # that score is not measured.
+    identity_model: str | None = None
+    clip_model: str | None = None
     device: str = "auto"
     # --- ingest (issue 3) ---
     # Identification backend: llava:<folder|hub id>, ollama:<url>#<model>, reference:<folder>.
@@ -108,6 +120,14 @@ class Settings:
     min_short_side: int = 512
     resolution_gate: str = "warn"
 
+    def identity_model_id(self) -> str | None:
+        """The embedder of identity similarity: the configured one, else the model of a
+        reference identifier."""
+        if self.identity_model:
+            return self.identity_model
+        spec = self.identifier or ""
+        return spec.split(":", 1)[1] if spec.startswith("reference:") else None
+
     def identifier_for(self, project_slug: str) -> str | None:
         """The identifier spec of a project: its own, else the default one."""
         return dict(self.project_identifiers).get(project_slug) or self.identifier
@@ -129,6 +149,10 @@ class Settings:
             base_model=get("BASE_MODEL"),
             comfyui_url=get("COMFYUI_URL"),
             comfyui_loras_dir=Path(loras_dir).expanduser() if loras_dir else None,
+            comfyui_checkpoint=get("COMFYUI_CHECKPOINT"),
+            identity_model=get("IDENTITY_MODEL"),
+            clip_model=get("CLIP_MODEL"),
+            comfyui_timeout=_positive_float(get("COMFYUI_TIMEOUT"), "COMFYUI_TIMEOUT", 600.0),
             device=get("DEVICE", "auto") or "auto",
             **_ingest_settings(get),
             **_training_settings(get),
@@ -145,6 +169,18 @@ class Settings:
     def ensure_dirs(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(parents=True, exist_ok=True)
+
+
+def _positive_float(text: str | None, name: str, default: float) -> float:
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{ENV_PREFIX}{name} must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def torch_device(preference: str = "auto") -> str:

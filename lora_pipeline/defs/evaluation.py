@@ -1,12 +1,23 @@
-"""Evaluation stage: a fixed grid of prompts × seeds × LoRA strengths, shown in the UI."""
+"""Evaluation stage: the best epoch's grid of prompts × seeds × LoRA strengths, its scores and
+the gate verdict (an asset check), shown in the UI, and the release's model card."""
 
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    asset,
+)
 
 from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.evaluation.service import EvalRef, evaluate_release
-from lora_pipeline.training.service import ReleaseRef
+from lora_pipeline.training.service import ReleaseRef, copy_to_comfyui
 
 
 @asset(
@@ -14,6 +25,14 @@ from lora_pipeline.training.service import ReleaseRef
     group_name="evaluation",
     pool=GPU_POOL,
     kinds={"pytorch"},
+    check_specs=[
+        AssetCheckSpec(
+            "release_gate",
+            asset="eval_grid",
+            description="The scores reach the project's thresholds; a release that fails "
+            "cannot be approved or made active.",
+        )
+    ],
 )
 def eval_grid(
     context: AssetExecutionContext,
@@ -21,21 +40,47 @@ def eval_grid(
     registry: RegistryResource,
     data_root: DataRootResource,
     models: ModelsResource,
-) -> Output[EvalRef]:
-    """Canonical prompts × fixed seeds, with a no-LoRA column, rendered with the new LoRA."""
+) -> Iterator[Output[EvalRef] | AssetCheckResult]:
+    """Canonical prompts × fixed seeds, with a no-LoRA column, rendered with the release's best
+    epoch; identity, CLIP, quality and LoRA-effect scores decide the gate."""
     root = data_root.get()
+    renderer = models.backends(context.partition_key).image
+    loras_dir = models.loras_dir() if models.comfyui_client() else None
     ref, result = evaluate_release(
-        registry.get(), root, models.generator(), trained_lora.release_id
+        registry.get(),
+        root,
+        renderer,
+        trained_lora.release_id,
+        models.eval_scorers(),
+        log=context.log.info,
+        stage_lora=(lambda path: copy_to_comfyui(path, loras_dir)) if loras_dir else None,
     )
-    context.log.info(f"eval {ref.eval_id}: lora effect {ref.lora_effect:.4f} → {ref.verdict}")
-    return Output(
+    yield Output(
         ref,
         metadata={
             "grid": image_markdown(result.grid, title=f"eval grid {context.partition_key}"),
             "grid_path": MetadataValue.path(str(root.path(ref.grid_relpath))),
-            "lora_effect": ref.lora_effect,
+            "model_card": MetadataValue.path(str(root.path(ref.model_card_relpath))),
+            "release_id": ref.release_id,
             "verdict": ref.verdict,
+            "best_epoch": ref.best_epoch if ref.best_epoch is not None else "single file",
+            **{name: _score(value) for name, value in ref.scores.items()},
             "rows": MetadataValue.json(result.row_labels),
             "columns": MetadataValue.json(result.col_labels),
         },
     )
+    yield AssetCheckResult(
+        check_name="release_gate",
+        passed=ref.verdict == "pass",
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(ref.gate_reasons) or "every gated score reached its threshold",
+        metadata={
+            "release_id": ref.release_id,
+            "scores": MetadataValue.json(ref.scores),
+            "reasons": MetadataValue.json(ref.gate_reasons),
+        },
+    )
+
+
+def _score(value: float | None) -> float | str:
+    return "not measured" if value is None else float(value)

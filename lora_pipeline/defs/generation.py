@@ -5,7 +5,6 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.generation.advisor import configured_advisors
-from lora_pipeline.generation.backends import LocalImageBackend
 from lora_pipeline.generation.service import GenerationPlan, generate_for_character
 
 
@@ -45,11 +44,12 @@ def generated_images(
         feedback_ids=tuple(config.feedback_ids),
         job_ids=tuple(config.job_ids),
     )
-    backend = LocalImageBackend(models.generator())
+    backends = models.backends(context.partition_key)
+    context.log.info(f"drawing with {backends.image.name} on checkpoint {backends.checkpoint}")
     outcome = generate_for_character(
         registry.get(),
         data_root.get(),
-        backend,
+        backends,
         context.partition_key,
         plan,
         context.log.info,

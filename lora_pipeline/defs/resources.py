@@ -14,14 +14,25 @@ from typing import Any
 from dagster import ConfigurableResource
 
 from lora_pipeline.config import Settings, torch_device
+from lora_pipeline.evaluation import scores
+from lora_pipeline.evaluation.service import EvalScorers
+from lora_pipeline.generation.backends import (
+    ComfyUIImageBackend,
+    ComfyUIVideoBackend,
+    LocalImageBackend,
+)
+from lora_pipeline.generation.comfyui import ComfyUIClient
 from lora_pipeline.generation.local import SINGLE_FILE_SUFFIXES, DiffusersGenerator
+from lora_pipeline.generation.service import Backends
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.model_configs import config_folder_for
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.training.gpu import free_comfyui_vram
 from lora_pipeline.training.service import KohyaSetup
-from lora_pipeline.vision.captioner import Captioner, load_captioner
+from lora_pipeline.vision import llava, reference
+from lora_pipeline.vision.captioner import Captioner, build_captioner
 from lora_pipeline.vision.faces import FaceDetector, load_face_detector
+from lora_pipeline.vision.reference import ReferenceIdentifier
 from lora_pipeline.vision.tagger import OnnxTagger
 
 
@@ -75,7 +86,7 @@ class ModelsResource(ConfigurableResource):
     tokenizer_dir: str | None = None
     # Dataset: the shot splits' face detector (a YOLO-style .onnx, or insightface:<root>[#pack])
     # and its score threshold, the WD14 tagger (.onnx + selected_tags.csv), and the vlm
-    # caption strategy's captioner ('package.module:factory').
+    # caption strategy's captioner ('package.module:factory'; unset: the identifier's VLM).
     face_detector: str | None = None
     face_threshold: float | None = None
     tagger: str | None = None
@@ -108,6 +119,11 @@ class ModelsResource(ConfigurableResource):
         _GENERATORS.clear()
         # The dataset stages' ONNX sessions hold GPU memory too under onnxruntime-gpu.
         _DATASET_MODELS.clear()
+        # The vlm captions' LLaVA (shared with identification), the reference embedder and the
+        # eval's CLIP are cached in their modules.
+        llava.release_models()
+        reference.release_models()
+        scores.release_models()
         gc.collect()
         import torch
 
@@ -177,10 +193,62 @@ class ModelsResource(ConfigurableResource):
             ("tagger", model, tags, device), lambda: OnnxTagger(model, tags, device=device)
         )
 
-    def captioner_model(self) -> Captioner | None:
-        """The configured vlm captioner, made once per process; None when none is set."""
-        spec = self.captioner or _settings().captioner
-        return _cached(("captioner", spec), lambda: load_captioner(spec)) if spec else None
+    def captioner_model(self, project: str | None = None) -> Captioner | None:
+        """The vlm captioner, made once per process: LORA_PIPELINE_CAPTIONER, else the LLaVA
+        or Ollama model that identifies the project's frames; None when there is none."""
+        settings = _settings()
+        spec = self.captioner or settings.captioner
+        identifiers = (settings.identifier_for(project) if project else None, settings.identifier)
+        device = self.device or settings.device
+        return _cached(
+            ("captioner", spec, identifiers, device),
+            lambda: build_captioner(spec, identifiers, device=device),
+        )
+
+    # --- generation and evaluation backends ---
+
+    def comfyui_client(self) -> ComfyUIClient | None:
+        """One ComfyUI client per process and URL; None when no ComfyUI is configured."""
+        settings = _settings()
+        url = self.comfyui_url or settings.comfyui_url
+        if not url:
+            return None
+        return _cached(
+            ("comfyui", url, settings.comfyui_timeout),
+            lambda: ComfyUIClient(url, timeout=settings.comfyui_timeout),
+        )
+
+    def comfyui_checkpoint(self) -> str:
+        """The checkpoint as ComfyUI lists it: configured, else the base model's file name."""
+        configured = _settings().comfyui_checkpoint
+        return configured or Path(self.base_model_id()).name
+
+    def backends(self, slug: str) -> Backends:
+        """ComfyUI (images and AnimateDiff clips) when its URL is set, else in-process diffusers."""
+        client = self.comfyui_client()
+        if client is None:
+            generator = self.generator()
+            return Backends(LocalImageBackend(generator), checkpoint=generator.model)
+        checkpoint = self.comfyui_checkpoint()
+        timeout = _settings().comfyui_timeout
+        return Backends(
+            image=ComfyUIImageBackend(client, checkpoint, filename_prefix=slug, timeout=timeout),
+            checkpoint=checkpoint,
+            video=ComfyUIVideoBackend(client, checkpoint, filename_prefix=slug, timeout=timeout),
+        )
+
+    def eval_scorers(self) -> EvalScorers:
+        """The models behind the identity and CLIP scores, when configured."""
+        settings = _settings()
+        device = self.device_name()
+        identity = settings.identity_model_id()
+        embedder = None
+        if identity:
+            embedder = _cached(
+                ("identity", identity, device),
+                lambda: ReferenceIdentifier(identity, lambda _slug: [], device=device),
+            )
+        return EvalScorers(embedder=embedder, clip_model=settings.clip_model, device=device)
 
 
 def _venv_python(scripts: Path) -> str | None:

@@ -15,18 +15,24 @@ from dagster import (
 )
 
 from lora_pipeline.dataset.quality import files_match_manifest
-from lora_pipeline.defs.resources import DataRootResource, RegistryResource
-from lora_pipeline.registry import commands, queries
+from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
+from lora_pipeline.generation.service import clear_stuck_jobs
+from lora_pipeline.registry import queries
 
 STUCK_AFTER = timedelta(minutes=30)
 
 
 @op
-def sweep_stuck_generation_jobs(context: OpExecutionContext, registry: RegistryResource) -> None:
-    """Generation jobs pending or running for over 30 minutes are marked failed."""
-    with registry.get().session() as session:
-        failed = commands.fail_stuck_jobs(session, STUCK_AFTER)
-    context.log.info(f"marked {len(failed)} stuck generation jobs failed: {failed}")
+def sweep_stuck_generation_jobs(
+    context: OpExecutionContext, registry: RegistryResource, models: ModelsResource
+) -> None:
+    """Generation jobs pending or running for over 30 minutes are marked failed; those sent
+    to ComfyUI are stopped there too."""
+    client = models.comfyui_client()
+    cleared = clear_stuck_jobs(registry.get(), STUCK_AFTER, client.cancel if client else None)
+    context.log.info(f"marked {len(cleared.failed)} stuck generation jobs failed: {cleared.failed}")
+    if cleared.cancelled or cleared.cancel_errors:
+        context.log.info(f"ComfyUI: {cleared.cancelled}; could not stop: {cleared.cancel_errors}")
 
 
 @op

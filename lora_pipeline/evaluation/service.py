@@ -1,54 +1,190 @@
-"""Render the eval grid of a release, store it beside the LoRA, and record the eval."""
+"""Evaluate a release: pick its best saved epoch, render the eval grid, score it, gate it, and
+write its model card.
+
+The steps, top to bottom:
+1. the grid spec and gate thresholds come from the project's settings (defaults otherwise);
+2. when training saved several epochs, each is rendered at full strength on the grid's prompts
+   and seeds and scored; `choose_best_epoch` picks the one to release, and a candidate release
+   is pointed at that file;
+3. the full grid (no LoRA, then rising strengths) is rendered for that file, reusing every
+   image already rendered in step 2;
+4. the scores (LoRA effect, identity similarity to the approved images, CLIP score, a quality
+   heuristic) decide the gate verdict; the eval is recorded with its settings, images and
+   scores, in the registry and as JSON beside the grid;
+5. the model card is written beside the LoRA.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
 
 from lora_pipeline.evaluation.grid import (
     EvalGridResult,
     EvalGridSpec,
     lora_effect,
     render_eval_grid,
+    strength_label,
 )
-from lora_pipeline.generation.local import DiffusersGenerator, GenerationRequest
-from lora_pipeline.media.store import DataRoot
-from lora_pipeline.registry import commands
+from lora_pipeline.evaluation.model_card import ModelCard, render_model_card
+from lora_pipeline.evaluation.scores import (
+    GATED_SCORES,
+    Embedder,
+    GateThresholds,
+    choose_best_epoch,
+    clip_score,
+    gate_verdict,
+    identity_similarity,
+    quality_score,
+)
+from lora_pipeline.generation.local import GenerationRequest, Loras, LoraSpec
+from lora_pipeline.media.images import load_image
+from lora_pipeline.media.store import DataRoot, sha256_file
+from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
-from lora_pipeline.registry.models import Character, LoraRelease
+from lora_pipeline.registry.models import Character, DatasetVersion, LoraRelease, Project
 
 CANONICAL_PROMPTS = ("portrait, looking at viewer", "full body, standing", "upper body, smiling")
 DEFAULT_SEEDS = (1, 2)
-# Below this mean pixel change between the no-LoRA and full-strength columns, the LoRA does
-# nothing visible: the gate does not pass it.
-MIN_LORA_EFFECT = 0.002
+# Identity is measured against at most this many approved images (the newest are kept).
+MAX_REFERENCES = 32
+MODEL_CARD_SUFFIX = ".model-card.md"
+
+Log = Callable[[str], None]
+
+
+class Renderer(Protocol):
+    def generate(self, request: GenerationRequest, lora: Loras = None) -> Image.Image: ...
+
+
+@dataclass(frozen=True)
+class EvalScorers:
+    """The optional models behind the scores: the reference-matching embedder (identity) and
+    a CLIP model path or hub id (prompt adherence). Without them those scores are not
+    measured, and gate only if the project sets their threshold."""
+
+    embedder: Embedder | None = None
+    clip_model: str | None = None
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
 class EvalRef:
     eval_id: int
+    release_id: int
     grid_relpath: str
-    lora_effect: float
     verdict: str
+    scores: dict[str, float | None]
+    gate_reasons: list[str] = field(default_factory=list)
+    best_epoch: int | None = None
+    model_card_relpath: str = ""
+
+    @property
+    def lora_effect(self) -> float:
+        return float(self.scores["lora_effect"] or 0.0)
 
 
-def eval_spec_for(trigger_word: str, prompts: tuple[str, ...] = CANONICAL_PROMPTS) -> EvalGridSpec:
-    return EvalGridSpec(prompts=tuple(f"{trigger_word}, {p}" for p in prompts), seeds=DEFAULT_SEEDS)
+def eval_spec_for(
+    trigger_word: str,
+    prompts: Sequence[str] = CANONICAL_PROMPTS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+) -> EvalGridSpec:
+    return EvalGridSpec(prompts=tuple(f"{trigger_word}, {p}" for p in prompts), seeds=tuple(seeds))
+
+
+def project_eval_spec(character: Character) -> EvalGridSpec:
+    """The grid of a character: its project's eval prompts and seeds, else the defaults."""
+    settings = character.project.settings or {}
+    return eval_spec_for(
+        character.trigger_word,
+        settings.get("eval_prompts") or CANONICAL_PROMPTS,
+        settings.get("eval_seeds") or DEFAULT_SEEDS,
+    )
+
+
+class _CachedRenderer:
+    """Renders each (request, LoRA, strength) once: the epoch comparison and the final grid
+    share their no-LoRA and full-strength images."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        self._renderer = renderer
+        self._images: dict[tuple[GenerationRequest, str, float], Image.Image] = {}
+
+    def generate(self, request: GenerationRequest, lora: Loras = None) -> Image.Image:
+        spec = lora if isinstance(lora, LoraSpec) else None
+        path, strength = (str(spec.path), spec.strength) if spec and spec.strength else ("", 0.0)
+        key = (request, path, strength)
+        if key not in self._images:
+            self._images[key] = self._renderer.generate(request, spec if path else None)
+        return self._images[key]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    epoch: int
+    relpath: str
+
+
+@dataclass
+class _Context:
+    release_id: int
+    slug: str
+    base: GenerationRequest
+    spec: EvalGridSpec
+    thresholds: GateThresholds
+    candidates: list[_Candidate]
+    references: list[str]
 
 
 def evaluate_release(
     registry: Registry,
     root: DataRoot,
-    generator: DiffusersGenerator,
+    renderer: Renderer,
     release_id: int,
+    scorers: EvalScorers = EvalScorers(),
     spec: EvalGridSpec | None = None,
+    log: Log = lambda _: None,
+    stage_lora: Callable[[Path], object] | None = None,
 ) -> tuple[EvalRef, EvalGridResult]:
+    """Evaluate a release (see the module docstring). `stage_lora` is called with each LoRA
+    file before it is rendered: ComfyUI renders only what its loras folder holds."""
+    context = _load_context(registry, root, release_id, spec)
+    cached = _CachedRenderer(renderer)
+    per_epoch: dict[int, dict[str, float | None]] = {}
+    best = context.candidates[-1]
+    if len(context.candidates) > 1:
+        for candidate in context.candidates:
+            _stage(root, candidate, stage_lora)
+            per_epoch[candidate.epoch] = _epoch_scores(root, cached, context, candidate, scorers)
+            log(f"epoch {candidate.epoch}: {_describe(per_epoch[candidate.epoch])}")
+        chosen = choose_best_epoch(per_epoch, context.thresholds)
+        best = next(c for c in context.candidates if c.epoch == chosen)
+        _select_file(registry, root, context, best)
+    _stage(root, best, stage_lora)
+    result = render_eval_grid(cached, context.base, root.path(best.relpath), context.spec)
+    scores = _grid_scores(root, result, context, scorers)
+    verdict, reasons = gate_verdict(scores, context.thresholds)
+    ref = _record(registry, root, context, result, scores, verdict, reasons, per_epoch, best)
+    card = write_model_card(registry, root, release_id)
+    log(f"eval {ref.eval_id}: {_describe(scores)} → {verdict} {'; '.join(reasons)}".rstrip())
+    return replace(ref, model_card_relpath=root.relative(card)), result
+
+
+def _load_context(
+    registry: Registry, root: DataRoot, release_id: int, spec: EvalGridSpec | None
+) -> _Context:
     with registry.session() as session:
         release = session.get(LoraRelease, release_id)
         if release is None:
             raise ValueError(f"unknown LoRA release {release_id}")
         character = session.get(Character, release.character_id)
-        spec = spec or eval_spec_for(character.trigger_word)
+        assert character is not None  # foreign key
         base = GenerationRequest(
             prompt="",
             negative_prompt=character.negative_prompt,
@@ -59,24 +195,249 @@ def evaluate_release(
             width=character.width,
             height=character.height,
         )
-        lora_path, slug = root.path(release.path), character.slug
-    result = render_eval_grid(generator, base, lora_path, spec)
-    out_dir = root.dir("evals", slug, str(release_id))
-    grid_path = out_dir / "grid.png"
-    tmp = grid_path.with_suffix(".tmp.png")
-    result.grid.save(tmp)
-    tmp.replace(grid_path)
-    effect = lora_effect(result)
-    verdict = "pass" if effect >= MIN_LORA_EFFECT else "fail"
-    settings = {"spec": asdict(spec), "base_request": asdict(base)}
-    scores = {"lora_effect": effect, "min_lora_effect": MIN_LORA_EFFECT}
-    root.write_text_atomic(
-        root.relative(out_dir / "eval.json"),
-        json.dumps({"settings": settings, "scores": scores, "verdict": verdict}, indent=2),
-    )
+        references = [i.path for i in queries.approved_images(session, character.id)]
+        return _Context(
+            release_id=release.id,
+            slug=character.slug,
+            base=base,
+            spec=spec or project_eval_spec(character),
+            thresholds=GateThresholds.from_settings(character.project.settings or {}),
+            candidates=_candidates(root, release),
+            references=references[-MAX_REFERENCES:],
+        )
+
+
+def _candidates(root: DataRoot, release: LoraRelease) -> list[_Candidate]:
+    """The release's saved epochs, oldest first, then its final file (the last epoch)."""
+    hyper = release.hyperparameters or {}
+    final_epoch = int(hyper.get("epochs") or 0)
+    saved: list[_Candidate] = []
+    for number, path in _epoch_files(hyper.get("epoch_files") or []):
+        relpath = root.relative(Path(path)) if Path(path).is_absolute() else path
+        if number < final_epoch and root.path(relpath).is_file():
+            saved.append(_Candidate(number, relpath))
+    return [*saved, _Candidate(final_epoch, release.path)]
+
+
+def _epoch_files(paths: Sequence[str]) -> list[tuple[int, str]]:
+    # The trainer names them <stem>-<epoch:06d>.safetensors.
+    numbered = []
+    for path in paths:
+        tail = Path(path).stem.rsplit("-", 1)[-1]
+        if tail.isdigit():
+            numbered.append((int(tail), path))
+    return sorted(numbered)
+
+
+def _stage(root: DataRoot, candidate: _Candidate, stage_lora: Callable[[Path], object] | None):
+    if stage_lora is not None:
+        stage_lora(root.path(candidate.relpath))
+
+
+def _full_strength(spec: EvalGridSpec) -> float:
+    return max(spec.strengths)
+
+
+def _epoch_scores(
+    root: DataRoot,
+    renderer: _CachedRenderer,
+    context: _Context,
+    candidate: _Candidate,
+    scorers: EvalScorers,
+) -> dict[str, float | None]:
+    """The scores of one epoch's file, from the no-LoRA and full-strength columns only."""
+    spec = replace(context.spec, strengths=(0.0, _full_strength(context.spec)))
+    result = render_eval_grid(renderer, context.base, root.path(candidate.relpath), spec)
+    return _grid_scores(root, result, context, scorers)
+
+
+def _grid_scores(
+    root: DataRoot, result: EvalGridResult, context: _Context, scorers: EvalScorers
+) -> dict[str, float | None]:
+    strongest = max(cell.strength for cell in result.cells)
+    with_lora = [c for c in result.cells if c.strength == strongest]
+    images = [c.image for c in with_lora]
+    scores: dict[str, float | None] = {
+        "lora_effect": lora_effect(result),
+        "quality": sum(quality_score(i).score for i in images) / len(images),
+        "identity": None,
+        "clip_score": None,
+    }
+    if scorers.embedder is not None and context.references:
+        references = [load_image(root.path(p)) for p in context.references]
+        scores["identity"] = identity_similarity(scorers.embedder, images, references)
+    if scorers.clip_model:
+        prompts = [c.prompt for c in with_lora]
+        scores["clip_score"] = clip_score(scorers.clip_model, images, prompts, scorers.device)
+    return scores
+
+
+def _describe(scores: dict[str, float | None]) -> str:
+    return ", ".join(f"{k} {'-' if v is None else f'{v:.4f}'}" for k, v in scores.items())
+
+
+def _select_file(registry: Registry, root: DataRoot, context: _Context, best: _Candidate) -> None:
+    with registry.session() as session:
+        release = session.get(LoraRelease, context.release_id)
+        assert release is not None
+        if release.path == best.relpath or release.status != "candidate":
+            return
+        digest = sha256_file(root.path(best.relpath))
+        commands.select_release_file(session, release.id, best.relpath, digest, best.epoch)
+
+
+def _record(
+    registry: Registry,
+    root: DataRoot,
+    context: _Context,
+    result: EvalGridResult,
+    scores: dict[str, float | None],
+    verdict: str,
+    reasons: list[str],
+    per_epoch: dict[int, dict[str, float | None]],
+    best: _Candidate,
+) -> EvalRef:
+    out_dir = root.dir("evals", context.slug, str(context.release_id))
+    grid_path = _save_png(result.grid, out_dir / "grid.png")
+    image_paths = []
+    for index, cell in enumerate(result.cells):
+        name = f"cell-{index:03d}-seed{cell.seed}-{strength_label(cell.strength)}.png"
+        image_paths.append(root.relative(_save_png(cell.image, out_dir / name.replace(" ", "_"))))
+    settings = {
+        "spec": asdict(context.spec),
+        "base_request": asdict(context.base),
+        "lora_file": best.relpath,
+        "thresholds": context.thresholds.as_dict(),
+        "references": len(context.references),
+    }
+    recorded = scores | {
+        "gate_reasons": reasons,
+        "best_epoch": best.epoch if per_epoch else None,
+        "per_epoch": {str(k): v for k, v in per_epoch.items()},
+    }
+    payload = {"settings": settings, "scores": recorded, "verdict": verdict, "images": image_paths}
+    root.write_text_atomic(root.relative(out_dir / "eval.json"), json.dumps(payload, indent=2))
     with registry.session() as session:
         row = commands.record_eval(
-            session, release_id, settings, root.relative(grid_path), [], scores, verdict
+            session,
+            context.release_id,
+            settings,
+            root.relative(grid_path),
+            image_paths,
+            recorded,
+            verdict,
         )
         eval_id = row.id
-    return EvalRef(eval_id, root.relative(grid_path), effect, verdict), result
+    return EvalRef(
+        eval_id=eval_id,
+        release_id=context.release_id,
+        grid_relpath=root.relative(grid_path),
+        verdict=verdict,
+        scores=scores,
+        gate_reasons=reasons,
+        best_epoch=best.epoch if per_epoch else None,
+    )
+
+
+def _save_png(image: Image.Image, path: Path) -> Path:
+    tmp = path.with_suffix(".tmp.png")
+    image.save(tmp)
+    tmp.replace(path)
+    return path
+
+
+# --- the model card --------------------------------------------------------------------------
+
+
+def model_card_path(root: DataRoot, lora_relpath: str) -> Path:
+    """`<lora stem>.model-card.md` beside the LoRA file."""
+    lora = root.path(lora_relpath)
+    return lora.with_name(lora.stem + MODEL_CARD_SUFFIX)
+
+
+def write_model_card(registry: Registry, root: DataRoot, release_id: int) -> Path:
+    """Write (or rewrite, after a status change) the release's model card beside its LoRA."""
+    with registry.session() as session:
+        release = session.get(LoraRelease, release_id)
+        if release is None:
+            raise ValueError(f"unknown LoRA release {release_id}")
+        character = session.get(Character, release.character_id)
+        assert character is not None
+        version = (
+            session.get(DatasetVersion, release.dataset_version_id)
+            if release.dataset_version_id
+            else None
+        )
+        evaluation = queries.latest_eval(session, release.id)
+        card_path = model_card_path(root, release.path)
+        card = _model_card(root, release, character, character.project, version, evaluation)
+        card = replace(card, grid_path=_relative_to(card.grid_path, card_path.parent, root))
+    root.write_text_atomic(root.relative(card_path), render_model_card(card))
+    return card_path
+
+
+def _relative_to(relpath: str, folder: Path, root: DataRoot) -> str:
+    if not relpath:
+        return ""
+    return Path(os.path.relpath(root.path(relpath), folder)).as_posix()
+
+
+def _model_card(
+    root: DataRoot,
+    release: LoraRelease,
+    character: Character,
+    project: Project,
+    version: DatasetVersion | None,
+    evaluation: Any,
+) -> ModelCard:
+    settings = project.settings or {}
+    manifest = version.manifest if version else {}
+    dataset_provenance = manifest.get("provenance") or {}
+    eval_scores = dict(evaluation.scores) if evaluation else {}
+    return ModelCard(
+        character_name=character.name,
+        character_slug=character.slug,
+        trigger_word=character.trigger_word,
+        base_checkpoint=str(release.hyperparameters.get("base_model") or release.base_checkpoint),
+        release_id=release.id,
+        release_status=release.status,
+        lora_file=Path(release.path).name,
+        lora_sha256=release.sha256,
+        dataset_version=version.version_hash if version else "",
+        image_count=version.image_count if version else 0,
+        shot_distribution=_shot_distribution(root, character.slug, version),
+        training_parameters=dict(release.hyperparameters or {}),
+        grid_path=evaluation.grid_path if evaluation else "",
+        scores={name: eval_scores.get(name) for name in GATED_SCORES},
+        verdict=evaluation.verdict if evaluation else "pending",
+        thresholds=GateThresholds.from_settings(settings),
+        created=release.created_at,
+        verdict_reasons=eval_scores.get("gate_reasons") or [],
+        best_epoch=eval_scores.get("best_epoch"),
+        provenance=_provenance(manifest),
+        licence=settings.get("licence") or dataset_provenance.get("license", ""),
+        author=settings.get("author") or dataset_provenance.get("author", ""),
+        source_url=settings.get("source_url") or dataset_provenance.get("url", ""),
+        notes=settings.get("notes") or dataset_provenance.get("notes", ""),
+    )
+
+
+def _shot_distribution(root: DataRoot, slug: str, version: DatasetVersion | None) -> dict[str, int]:
+    if version is None:
+        return {}
+    metadata = root.path(f"kohya/{slug}/{version.version_hash}/metadata.json")
+    try:
+        distribution = json.loads(metadata.read_text()).get("shot_distribution") or {}
+    except (OSError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in distribution.items() if isinstance(v, int)}
+
+
+def _provenance(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Images per origin and source URL, from the dataset manifest."""
+    counts: dict[tuple[str, str], int] = {}
+    for entry in manifest.get("images") or []:
+        provenance = entry.get("provenance") or {}
+        key = (str(entry.get("origin", "")), str(provenance.get("url") or ""))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"kind": k, "url": u, "count": n} for (k, u), n in sorted(counts.items())]

@@ -250,8 +250,9 @@ def _start_requested_job(
             raise InvalidInputError(
                 f"generation job {job_id} is not a job of character {character_slug!r}"
             )
+        runner = backends.image if job.kind == "image" else backends.video or backends.image
         try:
-            commands.mark_job(session, job.id, "running")
+            commands.mark_job(session, job.id, "running", backend=runner.name)
         except ConflictError as error:
             # A retried run, or a job cleared as stuck meanwhile: never run a job twice.
             log(f"{error}; not run again")

@@ -322,7 +322,13 @@ def _project_setting(key: str, value: object) -> Any:
         return seeds
     if key in _THRESHOLD_RANGES:
         low, high = _THRESHOLD_RANGES[key]
-        return _float(value, key, minimum=low, maximum=high)
+        number = _real(value)
+        # Inclusive at both ends: min_quality 0 or min_identity -1 mean "never fails".
+        if number is None or not low <= number <= high:
+            raise InvalidInputError(
+                f"{key} must be a number from {low:g} to {high:g}, got {value!r}"
+            )
+        return number
     return _text(value, key, max_length=2000)
 
 
@@ -830,8 +836,10 @@ def mark_job(
     status: str,
     error: str | None = None,
     comfyui_prompt_id: str | None = None,
+    backend: str | None = None,
 ) -> GenerationJob:
-    """Move a job along pending -> running -> completed/failed (ConflictError otherwise)."""
+    """Move a job along pending -> running -> completed/failed (ConflictError otherwise);
+    `backend` records what ran it when that differs from what was requested."""
     job_id = _id(job_id, "generation job")
     if status not in _JOB_TRANSITIONS:
         raise InvalidInputError(
@@ -848,6 +856,8 @@ def mark_job(
         values["error"] = _text(error, "error")
     if comfyui_prompt_id is not None:
         values["comfyui_prompt_id"] = _text(comfyui_prompt_id, "ComfyUI prompt id", max_length=64)
+    if backend is not None:
+        values["backend"] = _text(backend, "backend", required=True, max_length=32)
     statement = (
         update(GenerationJob)
         .where(GenerationJob.id == job_id, GenerationJob.status.in_(_JOB_TRANSITIONS[status]))
@@ -1101,14 +1111,25 @@ def set_release_status(session: Session, release_id: int, status: str) -> LoraRe
         with session.begin_nested():
             if status == "active" and release.status != "active":
                 _demote_active(session, release)
-            release.status = status
+            # Conditional on the status this decision was made on: of two reviewers deciding
+            # at once, the second is told instead of silently overriding the first.
+            statement = (
+                update(LoraRelease)
+                .where(LoraRelease.id == release.id, LoraRelease.status == release.status)
+                .values(status=status)
+            )
+            if _updated_rows(session, statement) != 1:
+                raise ConflictError(
+                    f"release {release.id} was changed by someone else meanwhile; reload and "
+                    "try again"
+                )
     except IntegrityError:
         # The partial unique indexes: another session activated a release meanwhile.
         raise ConflictError(
             f"another release of character {character.slug!r} was made active at the same "
             "time; try again"
         ) from None
-    return release
+    return _reload(session, LoraRelease, release.id)
 
 
 def _demote_active(session: Session, release: LoraRelease) -> None:

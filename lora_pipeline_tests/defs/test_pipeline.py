@@ -13,12 +13,14 @@ from lora_pipeline.definitions import ASSETS
 from lora_pipeline.defs.instance import materialize_partition, open_instance, prepare_dagster_home
 from lora_pipeline.defs.resources import RegistryResource
 from lora_pipeline.defs.sensors import rejection_sensor, training_sensor
+from lora_pipeline.generation.service import request_generation
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.media.uploads import store_upload
 from lora_pipeline.media.video import make_synthetic_video
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.models import Image
+from lora_pipeline_tests.generation.fake_comfyui import FakeComfyUI
 
 ALL_ASSETS = [asset.key.to_user_string() for asset in ASSETS]
 TRAINING = ALL_ASSETS[3:]
@@ -121,7 +123,11 @@ def test_whole_graph_for_one_character(studio) -> None:
     grid = settings.data_root / "evals" / "aiko" / str(release.id) / "grid.png"
     assert grid.is_file()
     event = instance.get_latest_materialization_event(AssetKey("eval_grid"))
-    assert event.asset_materialization.metadata["grid"].value.startswith("![eval grid")
+    metadata = event.asset_materialization.metadata
+    assert metadata["grid"].value.startswith("![eval grid")
+    assert metadata["verdict"].value in ("pass", "fail")
+    assert metadata["best_epoch"].value in (1, 2)  # the two saved epochs were compared
+    assert Path(metadata["model_card"].value).is_file()
     # Trained: the sensor is quiet until the approved set changes.
     assert training_sensor(context).run_requests == []
 
@@ -155,3 +161,38 @@ def test_rejection_regenerates_with_the_negatives(studio) -> None:
         negative = new.generation_params["negative_prompt"]
         assert negative == "lowres, wrong art style, blurry, low quality"
         assert session.get(Image, image.id).status == "rejected"
+
+
+def test_generation_goes_through_comfyui_when_it_is_configured(
+    studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, registry, instance = studio
+    with FakeComfyUI() as fake:
+        monkeypatch.setenv("LORA_PIPELINE_COMFYUI_URL", fake.base_url)
+        monkeypatch.setenv("LORA_PIPELINE_COMFYUI_CHECKPOINT", "random_sd15.safetensors")
+        with registry.session() as session:
+            video_job = request_generation(session, "aiko", kind="video", seed=4)
+            job_ids = [video_job.id]
+        config = {"ops": {"generated_images": {"config": {"count": 2, "seed": 10}}}}
+        assert materialize_partition(instance, "aiko", ["generated_images"], config)
+        requested = {"ops": {"generated_images": {"config": {"job_ids": job_ids}}}}
+        assert materialize_partition(instance, "aiko", ["generated_images"], requested)
+        sent = [p["prompt"] for p in fake.prompts]
+    assert len(sent) == 3
+    checkpoints = {
+        node["inputs"]["ckpt_name"]
+        for prompt in sent
+        for node in prompt.values()
+        if node["class_type"] == "CheckpointLoaderSimple"
+    }
+    assert checkpoints == {"random_sd15.safetensors"}
+    with registry.session() as session:
+        jobs = queries.generation_jobs(session)
+        assert {(j.kind, j.backend, j.status) for j in jobs} == {
+            ("image", "comfyui", "completed"),
+            ("video", "comfyui", "completed"),
+        }
+        assert all(j.comfyui_prompt_id for j in jobs)
+        video = next(j for j in jobs if j.kind == "video")
+        assert (settings.data_root / video.params["output"]).is_file()
+        assert len(queries.pending_images(session, character_slug="aiko")) == 2

@@ -9,7 +9,7 @@ from dagster import AssetKey, DagsterInstance
 from PIL import Image
 
 from lora_pipeline.dataset.service import build_approved_dataset
-from lora_pipeline.defs.resources import DataRootResource, RegistryResource
+from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.defs.schedules import (
     STUCK_AFTER,
     dataset_quality_job,
@@ -21,6 +21,7 @@ from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.models import GenerationJob, utcnow
+from lora_pipeline_tests.generation.fake_comfyui import FakeComfyUI
 
 
 def _registry(tmp_path: Path) -> Registry:
@@ -33,10 +34,11 @@ def _registry(tmp_path: Path) -> Registry:
     return registry
 
 
-def _resources(registry: Registry, root: Path) -> dict:
+def _resources(registry: Registry, root: Path, comfyui_url: str | None = None) -> dict:
     return {
         "registry": RegistryResource(database_url=registry.url),
         "data_root": DataRootResource(path=str(root)),
+        "models": ModelsResource(comfyui_url=comfyui_url),
     }
 
 
@@ -45,16 +47,20 @@ def test_schedules_run_every_ten_minutes_and_nightly() -> None:
     assert nightly_quality_schedule.cron_schedule == "0 3 * * *"
 
 
-def test_stuck_jobs_are_marked_failed(tmp_path: Path) -> None:
+def test_stuck_jobs_are_marked_failed_and_stopped_in_comfyui(tmp_path: Path) -> None:
     registry = _registry(tmp_path)
     with registry.session() as session:
         character = commands.get_character(session, "aiko")
         old = commands.create_generation_job(session, character.id, "p", "", 1, {})
         fresh = commands.create_generation_job(session, character.id, "p", "", 2, {})
         commands.mark_job(session, old.id, "running")
+        commands.set_job_prompt_id(session, old.id, "prompt-old")
         old.started_at = old.created_at = utcnow() - STUCK_AFTER - timedelta(minutes=1)
         old_id, fresh_id = old.id, fresh.id
-    result = sweep_stuck_jobs_job.execute_in_process(resources=_resources(registry, tmp_path))
+    with FakeComfyUI() as fake:
+        resources = _resources(registry, tmp_path, comfyui_url=fake.base_url)
+        result = sweep_stuck_jobs_job.execute_in_process(resources=resources)
+        assert fake.deleted == ["prompt-old"] and fake.interrupts == ["prompt-old"]
     assert result.success
     with registry.session() as session:
         assert session.get(GenerationJob, old_id).status == "failed"
