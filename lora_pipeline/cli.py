@@ -1,4 +1,4 @@
-"""`lora-pipeline`: set up, add projects and characters, ingest, review, status, demo, ui.
+"""`lora-pipeline`: set up, add projects and characters, ingest, review, releases, status, demo, ui.
 
 Every expected failure (unknown character, bad slug, missing file, unreachable URL) prints one
 line on stderr and exits with status 2; tracebacks are for bugs only.
@@ -7,7 +7,9 @@ line on stderr and exits with status 2; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -64,6 +66,105 @@ def cmd_project_add(args: argparse.Namespace) -> None:
             session, args.slug, args.name or args.slug, args.description, args.style_prompt
         )
         print(f"project {project.slug} added")
+
+
+# Project settings by kind (see commands.PROJECT_SETTINGS); the CLI parses the numbers so that a
+# bad one is one `error:` line like every other bad value.
+LIST_SETTINGS = ("eval_prompts", "eval_seeds")
+TEXT_SETTINGS = commands.LICENCE_FIELDS
+THRESHOLD_SETTINGS = tuple(
+    key for key in commands.PROJECT_SETTINGS if key not in LIST_SETTINGS + TEXT_SETTINGS
+)
+# `--unset` also takes the singular option names.
+SETTING_ALIASES = {"eval_prompt": "eval_prompts", "eval_seed": "eval_seeds"}
+
+
+def _option(key: str) -> str:
+    return "--" + SETTING_ALIASES.get(key, key).replace("_", "-")
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise CliError(f"{option} must be a number, got {text!r}") from None
+    if not math.isfinite(number):
+        raise CliError(f"{option} must be a finite number, got {text!r}")
+    return number
+
+
+def _whole_number(text: str, option: str) -> int:
+    if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        raise CliError(f"{option} must be a whole number, got {text!r}")
+    return int(text)
+
+
+def _setting_key(name: str) -> str:
+    key = name.strip().replace("-", "_").removeprefix("__")
+    key = SETTING_ALIASES.get(key, key)
+    if key not in commands.PROJECT_SETTINGS:
+        raise CliError(
+            f"unknown project setting {name!r}: use {', '.join(commands.PROJECT_SETTINGS)}"
+        )
+    return key
+
+
+def _project_settings_from(args: argparse.Namespace) -> dict[str, object]:
+    values: dict[str, object] = {}
+    if args.eval_prompts:
+        values["eval_prompts"] = list(args.eval_prompts)
+    if args.eval_seeds:
+        values["eval_seeds"] = [_whole_number(t, "--eval-seed") for t in args.eval_seeds]
+    for key in THRESHOLD_SETTINGS:
+        text = getattr(args, key)
+        if text is not None:
+            values[key] = _number(text, _option(key))
+    for key in TEXT_SETTINGS:
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    for key in map(_setting_key, args.unset):
+        if key in values:
+            raise CliError(f"{_option(key)} and --unset {key} contradict each other")
+        values[key] = None
+    if not values:
+        raise CliError("nothing to change: give a setting such as --min-identity, or --unset KEY")
+    return values
+
+
+def cmd_project_set(args: argparse.Namespace) -> None:
+    values = _project_settings_from(args)
+    with _registry(_settings()).session() as session:
+        project = commands.update_project_settings(session, args.slug, **values)
+        changed = ", ".join(k for k, v in values.items() if v is not None)
+        removed = ", ".join(k for k, v in values.items() if v is None)
+        done = "; ".join(
+            part for part in (changed and f"set {changed}", removed and f"unset {removed}") if part
+        )
+        print(f"project {project.slug}: {done}")
+        _print_project_settings(project.settings or {})
+
+
+def cmd_project_show(args: argparse.Namespace) -> None:
+    with _registry(_settings()).session() as session:
+        project = commands.get_project(session, args.slug)
+        print(f"project {project.slug}: {project.name}")
+        _print_project_settings(project.settings or {})
+
+
+def _print_project_settings(settings: dict[str, object]) -> None:
+    """Every project setting, one a line; an unset one keeps the pipeline's default."""
+    for key in commands.PROJECT_SETTINGS:
+        value = settings.get(key)
+        if value is None:
+            print(f"  {key:<16} (default)")
+        elif key == "eval_prompts" and isinstance(value, list):
+            print(f"  {key:<16} {len(value)} prompt(s)")
+            for number, prompt in enumerate(value, 1):
+                print(f"    {number}. {prompt}")
+        elif isinstance(value, list):
+            print(f"  {key:<16} {', '.join(map(str, value))}")
+        else:
+            print(f"  {key:<16} {value}")
 
 
 def cmd_character_add(args: argparse.Namespace) -> None:
@@ -252,6 +353,56 @@ def cmd_review_reject(args: argparse.Namespace) -> None:
     print(f"rejected {args.image_id}; negative terms for the regeneration: {terms}")
 
 
+# --- releases -----------------------------------------------------------------------------------
+
+
+def cmd_release_list(args: argparse.Namespace) -> None:
+    from lora_pipeline.evaluation.releases import dataset_label, eval_scores, gate_reasons
+
+    with _registry(_settings()).session() as session:
+        if args.character:
+            cast = [commands.get_character(session, args.character)]
+        else:
+            cast = queries.list_characters(session)
+        rows = [(c, release) for c in cast for release in queries.releases_of(session, c.id)]
+        if not rows:
+            print("no releases yet" + (f" of {args.character}" if args.character else ""))
+            return
+        print(f"{'id':>5}  {'character':<16} {'status':<9} {'scope':<8} {'checkpoint':<20} created")
+        for character, release in rows:
+            created = f"{release.created_at:%Y-%m-%d %H:%M}"
+            print(
+                f"{release.id:>5}  {character.slug:<16} {release.status:<9} {release.scope:<8} "
+                f"{release.base_checkpoint or '-':<20} {created}"
+            )
+            print(f"       dataset {dataset_label(session, release.dataset_version_id)}")
+            evaluation = queries.latest_eval(session, release.id)
+            if evaluation is None:
+                print("       eval    not evaluated yet")
+                continue
+            scores = ", ".join(f"{k} {v}" for k, v in eval_scores(evaluation).items())
+            print(f"       eval    {evaluation.id} {evaluation.verdict}  {scores}".rstrip())
+            for reason in gate_reasons(evaluation):
+                print(f"               {reason}")
+
+
+def cmd_release_change(args: argparse.Namespace) -> None:
+    """approve / activate / reject / deactivate, then rewrite the model cards."""
+    from lora_pipeline.evaluation.releases import change_release
+    from lora_pipeline.media.store import DataRoot
+
+    settings = _settings()
+    root = DataRoot(settings.data_root)
+    change = change_release(_registry(settings), root, args.release_id, args.action)
+    print(f"release {change.release_id}: {change.previous} -> {change.status}")
+    for other in change.demoted:
+        print(f"release {other}: active -> approved")
+    for card in change.cards:
+        print(f"model card {card}")
+    for error in change.card_errors:
+        print(f"warning: {error}", file=sys.stderr)
+
+
 # --- status ---------------------------------------------------------------------------------------
 
 
@@ -327,6 +478,40 @@ def build_parser() -> argparse.ArgumentParser:
     padd.add_argument("--description", default="")
     padd.add_argument("--style-prompt", default="")
     padd.set_defaults(func=cmd_project_add)
+
+    pset = project.add_parser(
+        "set", help="evaluation prompts and seeds, gate thresholds, model-card licence fields"
+    )
+    pset.add_argument("slug")
+    pset.add_argument(
+        "--eval-prompt",
+        dest="eval_prompts",
+        action="append",
+        metavar="TEXT",
+        help="an eval grid row (repeatable; replaces the list; the trigger word is added)",
+    )
+    pset.add_argument(
+        "--eval-seed",
+        dest="eval_seeds",
+        action="append",
+        metavar="N",
+        help="an eval grid seed (repeatable; replaces the list)",
+    )
+    for key in THRESHOLD_SETTINGS:
+        pset.add_argument(_option(key), dest=key, metavar="X", help="gate threshold")
+    for key in TEXT_SETTINGS:
+        pset.add_argument(_option(key), dest=key, metavar="TEXT", help="model card field")
+    pset.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="back to the default (repeatable), e.g. --unset min-identity",
+    )
+    pset.set_defaults(func=cmd_project_set)
+    pshow = project.add_parser("show", help="a project's settings")
+    pshow.add_argument("slug")
+    pshow.set_defaults(func=cmd_project_show)
 
     character = sub.add_parser("character", help="characters").add_subparsers(
         dest="action", required=True
@@ -406,6 +591,22 @@ def build_parser() -> argparse.ArgumentParser:
     rreject.add_argument("--prompt-edit", help="new design prompt for all future generations")
     rreject.add_argument("--reviewer", default=os.environ.get("USER", ""))
     rreject.set_defaults(func=cmd_review_reject)
+
+    release = sub.add_parser(
+        "release", help="LoRA releases: list, approve, activate"
+    ).add_subparsers(dest="action", required=True)
+    rel_list = release.add_parser("list", help="releases, newest first, with their latest eval")
+    rel_list.add_argument("--character")
+    rel_list.set_defaults(func=cmd_release_list)
+    for name, text in (
+        ("approve", "approve a candidate that passed the evaluation gate"),
+        ("activate", "make a release the one production generations use"),
+        ("reject", "reject a release"),
+        ("deactivate", "take the active release out of production (back to approved)"),
+    ):
+        change = release.add_parser(name, help=text)
+        change.add_argument("release_id", type=int)
+        change.set_defaults(func=cmd_release_change)
 
     status = sub.add_parser("status", help="characters, counts, datasets and releases")
     status.add_argument("--project")

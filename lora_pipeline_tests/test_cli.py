@@ -11,6 +11,10 @@ import pytest
 from PIL import Image
 
 from lora_pipeline.cli import main
+from lora_pipeline.config import Settings
+from lora_pipeline.registry import commands
+from lora_pipeline.registry.db import Registry
+from lora_pipeline.registry.models import LoraRelease
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -124,3 +128,172 @@ def test_console_script_prints_no_traceback(cast: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+# --- releases and project settings ---------------------------------------------------------------
+
+
+def registry_of() -> Registry:
+    return Registry(Settings.from_env().database_url)
+
+
+def add_release(n: int, verdict: str | None = None, reasons: tuple[str, ...] = ()) -> int:
+    registry = registry_of()
+    with registry.session() as session:
+        aiko = commands.get_character(session, "aiko")
+        release = commands.register_lora_release(
+            session, aiko.id, None, f"loras/aiko/v{n}.safetensors", f"{n:064x}", "anime-v3", {}
+        )
+        if verdict is not None:
+            scores = {"identity": 0.42, "lora_effect": 0.01, "gate_reasons": list(reasons)}
+            commands.record_eval(
+                session, release.id, {}, f"evals/{n}/grid.png", [], scores, verdict
+            )
+        release_id = release.id
+    registry.dispose()
+    return release_id
+
+
+def release_status(release_id: int) -> str:
+    registry = registry_of()
+    with registry.session() as session:
+        status = session.get(LoraRelease, release_id).status
+    registry.dispose()
+    return status
+
+
+def one_error_line(err: str) -> str:
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_release_list_shows_status_dataset_and_latest_eval(cast: Path, capsys) -> None:
+    assert run(capsys, "release", "list")[1] == "no releases yet\n"
+    failed = add_release(1, "fail", ("identity 0.42 < 0.5",))
+    newer = add_release(2)
+    code, out, _ = run(capsys, "release", "list", "--character", "aiko")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["id", "character", "status", "scope", "checkpoint", "created"]
+    assert lines[1].split()[:5] == [str(newer), "aiko", "candidate", "project", "anime-v3"]
+    assert lines[2].split() == ["dataset", "not", "recorded"]
+    assert lines[3].split() == ["eval", "not", "evaluated", "yet"]
+    assert lines[4].split()[:2] == [str(failed), "aiko"]
+    assert lines[6].split(None, 3) == ["eval", "1", "fail", "identity 0.42, lora_effect 0.01"]
+    assert lines[7].strip() == "identity 0.42 < 0.5"
+    code, _, err = run(capsys, "release", "list", "--character", "ghost")
+    assert code == 2 and "unknown character 'ghost'" in one_error_line(err)
+
+
+def test_release_approve_activate_deactivate_reject(cast: Path, capsys) -> None:
+    first, second = add_release(1, "pass"), add_release(2, "pass")
+    code, out, err = run(capsys, "release", "approve", str(first))
+    assert code == 0, err
+    card = cast / "data" / "loras" / "aiko" / "v1.model-card.md"
+    assert out.splitlines() == [f"release {first}: candidate -> approved", f"model card {card}"]
+    assert "| Status | approved |" in card.read_text()
+    assert run(capsys, "release", "activate", str(first))[0] == 0
+    code, out, _ = run(capsys, "release", "activate", str(second))
+    assert out.splitlines()[:2] == [
+        f"release {second}: candidate -> active",
+        f"release {first}: active -> approved",
+    ]
+    assert "| Status | approved |" in card.read_text()  # the demoted release's card too
+    assert [release_status(r) for r in (first, second)] == ["approved", "active"]
+    code, out, _ = run(capsys, "release", "deactivate", str(second))
+    assert out.startswith(f"release {second}: active -> approved")
+    code, out, _ = run(capsys, "release", "reject", str(first))
+    assert out.startswith(f"release {first}: approved -> rejected")
+    assert [release_status(r) for r in (first, second)] == ["rejected", "approved"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["release", "approve", "1"], "release 1 did not pass the evaluation gate"),
+        (["release", "activate", "2"], "release 2 has not been evaluated yet"),
+        (["release", "deactivate", "1"], "only a release that is active can be deactivated"),
+        (["release", "reject", "99"], "unknown LoRA release 99"),
+    ],
+)
+def test_refused_release_changes_get_one_line_and_change_nothing(
+    cast: Path, capsys, argv: list[str], message: str
+) -> None:
+    add_release(1, "fail", ("identity 0.42 < 0.5",))
+    add_release(2)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in one_error_line(err)
+    assert [release_status(r) for r in (1, 2)] == ["candidate", "candidate"]
+
+
+def test_project_set_show_and_unset(cast: Path, capsys) -> None:
+    code, out, err = run(
+        capsys,
+        "project",
+        "set",
+        "demo",
+        "--eval-prompt",
+        "portrait, looking at viewer",
+        "--eval-prompt",
+        "full body, running",
+        "--eval-seed",
+        "7",
+        "--eval-seed",
+        "8",
+        "--min-identity",
+        "0.55",
+        "--licence",
+        "CC-BY-4.0",
+        "--source-url",
+        "https://example.invalid/show",
+    )
+    assert code == 0, err
+    assert out.splitlines()[0] == (
+        "project demo: set eval_prompts, eval_seeds, min_identity, licence, source_url"
+    )
+    code, out, _ = run(capsys, "project", "show", "demo")
+    shown = [line.split(None, 1) for line in out.splitlines()]
+    assert shown[0] == ["project", "demo: Demo"]
+    assert ["eval_prompts", "2 prompt(s)"] in shown
+    assert ["1.", "portrait, looking at viewer"] in shown and ["2.", "full body, running"] in shown
+    assert ["eval_seeds", "7, 8"] in shown and ["min_identity", "0.55"] in shown
+    assert ["min_clip_score", "(default)"] in shown and ["licence", "CC-BY-4.0"] in shown
+    code, out, _ = run(
+        capsys, "project", "set", "demo", "--unset", "min-identity", "--unset", "eval-seed"
+    )
+    assert out.splitlines()[0] == "project demo: unset min_identity, eval_seeds"
+    registry = registry_of()
+    with registry.session() as session:
+        settings = commands.get_project(session, "demo").settings
+    registry.dispose()
+    assert settings == {
+        "eval_prompts": ["portrait, looking at viewer", "full body, running"],
+        "licence": "CC-BY-4.0",
+        "source_url": "https://example.invalid/show",
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--min-identity", "high"], "--min-identity must be a number, got 'high'"),
+        (["--min-identity", "1.5"], "min_identity must be a number from -1 to 1, got 1.5"),
+        (["--min-quality", "nan"], "--min-quality must be a finite number"),
+        (["--eval-seed", "1.5"], "--eval-seed must be a whole number, got '1.5'"),
+        (["--eval-seed", "-3"], "eval seed must be between 0"),
+        (["--unset", "colour"], "unknown project setting 'colour'"),
+        (["--licence", "MIT", "--unset", "licence"], "--licence and --unset licence contradict"),
+        ([], "nothing to change"),
+    ],
+)
+def test_project_set_refuses_bad_values_with_one_line(
+    cast: Path, capsys, argv: list[str], message: str
+) -> None:
+    code, _, err = run(capsys, "project", "set", "demo", *argv)
+    assert code == 2 and message in one_error_line(err)
+    assert run(capsys, "project", "show", "demo")[1].count("(default)") == 10
+
+
+def test_project_show_of_an_unknown_project(cast: Path, capsys) -> None:
+    code, _, err = run(capsys, "project", "show", "nope")
+    assert code == 2 and "unknown project 'nope'" in one_error_line(err)

@@ -1,4 +1,4 @@
-"""The review web app: Characters, Approve, Generate, Gallery and Ingest tabs.
+"""The review web app: Characters, Approve, Generate, Gallery, Ingest and Releases tabs.
 
 `create_app(settings)` builds the Starlette application; `serve(settings)` runs it with uvicorn
 on 127.0.0.1 (`lora-pipeline review`). Binding any other address needs an access token.
@@ -71,6 +71,11 @@ def routes() -> list[BaseRoute]:
         Route("/generate", views.request_generation_action, methods=["POST"]),
         Route("/jobs.json", views.jobs_json),
         Route("/jobs/clear-stuck", views.clear_stuck, methods=["POST"]),
+        Route("/jobs/{job_id:int}/output", views.job_output),
+        Route("/releases", views.releases_page),
+        Route("/releases.json", views.releases_json),
+        Route("/releases/{release_id:int}/{action}", views.release_action, methods=["POST"]),
+        Route("/evals/{eval_id:int}/grid", views.eval_grid),
         Route("/gallery", views.gallery_page),
         Route("/gallery/{image_id:int}", views.gallery_view),
         Route("/ingest", views.ingest_page),

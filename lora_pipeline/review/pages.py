@@ -8,19 +8,22 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
-from lora_pipeline.generation.service import request_settings
+from lora_pipeline.evaluation import releases as release_actions
+from lora_pipeline.generation.service import VIDEO_SUFFIXES, request_settings
 from lora_pipeline.media.store import DataRoot, UnsafePathError
-from lora_pipeline.registry import queries, suggestions
+from lora_pipeline.registry import commands, queries, suggestions
 from lora_pipeline.registry.models import (
     IMAGE_STATUSES,
     Character,
+    Eval,
+    GenerationJob,
     GenerationProfile,
     Image,
     LoraRelease,
@@ -31,6 +34,17 @@ from lora_pipeline.registry.models import (
 )
 
 GALLERY_ORIGINS = ("generated", "comfyui")
+# The files a job may have made (generation.service writes them under videos/), by type.
+JOB_OUTPUT_DIR = "videos"
+JOB_OUTPUT_TYPES = {
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
+GRID_TYPES = (".png", ".jpg", ".jpeg", ".webp")
 QUEUE_LIMIT = 200
 GALLERY_LIMIT = 60
 JOB_LIMIT = 50
@@ -292,6 +306,13 @@ class JobView:
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+    # The file the job made (a video clip), served by /jobs/{id}/output.
+    output_name: str | None = None
+    output_kind: str | None = None
+
+    @property
+    def output_url(self) -> str | None:
+        return f"/jobs/{self.id}/output" if self.output_name else None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -303,26 +324,61 @@ class JobView:
             "seed": self.seed,
             "error": self.error or "",
             "created_at": f"{self.created_at:%Y-%m-%d %H:%M:%S}",
+            "output": self.output_url or "",
+            "output_name": self.output_name or "",
+            "output_kind": self.output_kind or "",
         }
 
 
-def jobs(session: Session, limit: int = JOB_LIMIT) -> list[JobView]:
+def _job_output_file(root: DataRoot, job: GenerationJob) -> tuple[Path, str] | None:
+    """(file, content type) of the output a job recorded, only if it is a regular file of a
+    known video or animation type under videos/ of the data root (no symlink out of it)."""
+    output = (job.params or {}).get("output")
+    if not isinstance(output, str):
+        return None
+    suffix = PurePosixPath(output).suffix.lower()
+    media_type = JOB_OUTPUT_TYPES.get(suffix) if suffix in VIDEO_SUFFIXES else None
+    if media_type is None:
+        return None
+    try:
+        path, folder = root.path(output), root.path(JOB_OUTPUT_DIR)
+    except UnsafePathError:
+        return None
+    if not path.is_relative_to(folder) or not path.is_file():
+        return None
+    return path, media_type
+
+
+def _job_view(root: DataRoot, job: GenerationJob, slug: str) -> JobView:
+    output = _job_output_file(root, job)
+    return JobView(
+        job.id,
+        slug,
+        job.kind,
+        job.status,
+        job.backend,
+        job.seed,
+        job.prompt,
+        job.error,
+        job.created_at,
+        job.finished_at,
+        output_name=PurePosixPath(job.params["output"]).name if output else None,
+        output_kind=output[1].split("/")[0] if output else None,
+    )
+
+
+def jobs(session: Session, root: DataRoot, limit: int = JOB_LIMIT) -> list[JobView]:
     slugs = dict(session.execute(select(Character.id, Character.slug)).tuples().all())
     return [
-        JobView(
-            job.id,
-            slugs.get(job.character_id, "?"),
-            job.kind,
-            job.status,
-            job.backend,
-            job.seed,
-            job.prompt,
-            job.error,
-            job.created_at,
-            job.finished_at,
-        )
+        _job_view(root, job, slugs.get(job.character_id, "?"))
         for job in queries.generation_jobs(session, limit=limit)
     ]
+
+
+def job_output(session: Session, root: DataRoot, job_id: int) -> tuple[Path, str] | None:
+    """(file, content type) of a job's recorded output, if this app serves it."""
+    job = session.get(GenerationJob, job_id)
+    return None if job is None else _job_output_file(root, job)
 
 
 @dataclass(frozen=True)
@@ -361,3 +417,127 @@ def choices(session: Session) -> tuple[list[tuple[str, str]], list[tuple[str, st
     projects = [(p.slug, p.name) for p in queries.list_projects(session)]
     cast = [(c.slug, c.name, c.project.slug) for c in queries.list_characters(session)]
     return projects, cast
+
+
+@dataclass(frozen=True)
+class EvalView:
+    id: int
+    verdict: str
+    scores: dict[str, str]
+    gate_reasons: list[str]
+    has_grid: bool
+    created_at: datetime
+
+    @property
+    def grid_url(self) -> str | None:
+        return f"/evals/{self.id}/grid" if self.has_grid else None
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    id: int
+    status: str
+    scope: str
+    checkpoint: str
+    created_at: datetime
+    dataset: str
+    parent_id: int | None
+    path: str
+    eval: EvalView | None
+    actions: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        evaluation = self.eval
+        return {
+            "id": self.id,
+            "status": self.status,
+            "scope": self.scope,
+            "checkpoint": self.checkpoint,
+            "created_at": f"{self.created_at:%Y-%m-%d %H:%M:%S}",
+            "dataset": self.dataset,
+            "parent_id": self.parent_id,
+            "path": self.path,
+            "eval": None
+            if evaluation is None
+            else {
+                "id": evaluation.id,
+                "verdict": evaluation.verdict,
+                "scores": evaluation.scores,
+                "gate_reasons": evaluation.gate_reasons,
+                "grid": evaluation.grid_url or "",
+            },
+            "actions": list(self.actions),
+        }
+
+
+@dataclass(frozen=True)
+class CharacterReleases:
+    slug: str
+    name: str
+    project_slug: str
+    releases: list[ReleaseRow]
+
+
+def _eval_view(session: Session, root: DataRoot, release_id: int) -> EvalView | None:
+    evaluation = queries.latest_eval(session, release_id)
+    if evaluation is None:
+        return None
+    return EvalView(
+        id=evaluation.id,
+        verdict=evaluation.verdict,
+        scores=release_actions.eval_scores(evaluation),
+        gate_reasons=release_actions.gate_reasons(evaluation),
+        has_grid=_grid_file(root, evaluation) is not None,
+        created_at=evaluation.created_at,
+    )
+
+
+def _release_row(session: Session, root: DataRoot, release: LoraRelease) -> ReleaseRow:
+    return ReleaseRow(
+        id=release.id,
+        status=release.status,
+        scope=release.scope,
+        checkpoint=release.base_checkpoint or "not recorded",
+        created_at=release.created_at,
+        dataset=release_actions.dataset_label(session, release.dataset_version_id),
+        parent_id=release.parent_release_id,
+        path=release.path,
+        eval=_eval_view(session, root, release.id),
+        actions=release_actions.allowed_actions(release.status),
+    )
+
+
+def releases(
+    session: Session, root: DataRoot, character: str | None = None
+) -> list[CharacterReleases]:
+    """Every character's releases (or one character's), newest first, with the latest eval."""
+    cast = (
+        [commands.get_character(session, character)]
+        if character
+        else queries.list_characters(session)
+    )
+    return [
+        CharacterReleases(
+            c.slug,
+            c.name,
+            c.project.slug,
+            [_release_row(session, root, r) for r in queries.releases_of(session, c.id)],
+        )
+        for c in cast
+    ]
+
+
+def _grid_file(root: DataRoot, evaluation: Eval) -> Path | None:
+    if PurePosixPath(evaluation.grid_path).suffix.lower() not in GRID_TYPES:
+        return None
+    try:
+        path = root.path(evaluation.grid_path)
+    except UnsafePathError:
+        return None
+    return path if path.is_file() else None
+
+
+def eval_grid(session: Session, root: DataRoot, eval_id: int) -> Path | None:
+    """The grid image of an eval, only if it is an image file inside the data root."""
+    evaluation = session.get(Eval, eval_id)
+    return None if evaluation is None else _grid_file(root, evaluation)

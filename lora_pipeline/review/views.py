@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -33,6 +33,7 @@ from starlette.responses import (
 from starlette.templating import Jinja2Templates
 
 from lora_pipeline.config import Settings
+from lora_pipeline.evaluation import releases
 from lora_pipeline.generation.negatives import configured_negative_table, negative_terms_for
 from lora_pipeline.generation.service import clear_stuck_jobs, request_generation
 from lora_pipeline.media.store import DataRoot
@@ -40,6 +41,7 @@ from lora_pipeline.media.uploads import store_upload
 from lora_pipeline.registry import commands, suggestions
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError
+from lora_pipeline.registry.models import RELEASE_STATUSES
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected, page_url
 
@@ -54,6 +56,7 @@ CATEGORY_LABELS = {
 DEFAULT_STUCK_MINUTES = 10
 MAX_STUCK_MINUTES = 7 * 24 * 60
 OUTCOMES = ("approved", "rejected")
+Found = TypeVar("Found")
 
 
 @dataclass
@@ -71,6 +74,14 @@ class ReviewContext:
 
 def _context(request: Request) -> ReviewContext:
     return request.app.state.review
+
+
+def _find_file(request: Request, find: Callable[[Any, DataRoot, int], Found], key: str) -> Found:
+    """`find(session, data root, the id in the path)` in a read-only session: the file
+    lookups that serve only what a registry row points at inside the data root."""
+    ctx = _context(request)
+    with ctx.registry.session(readonly=True) as session:
+        return find(session, ctx.root, request.path_params[key])
 
 
 def wants_json(request: Request) -> bool:
@@ -292,12 +303,9 @@ def _decision_failed(request: Request, form: FormData, status: int, message: str
 
 def image_file(request: Request) -> Response:
     """An image by its registry id, from inside the data root only."""
-    ctx = _context(request)
-    image_id = request.path_params["image_id"]
-    with ctx.registry.session(readonly=True) as session:
-        path = pages.image_path(session, ctx.root, image_id)
+    path = _find_file(request, pages.image_path, "image_id")
     if path is None:
-        raise HTTPException(404, f"no image {image_id}")
+        raise HTTPException(404, f"no image {request.path_params['image_id']}")
     # Content-addressed files never change: the browser may keep them.
     return FileResponse(path, headers={"cache-control": "private, max-age=86400, immutable"})
 
@@ -309,7 +317,7 @@ def generate_page(request: Request) -> Response:
     ctx = _context(request)
     with ctx.registry.session(readonly=True) as session:
         cast = pages.characters(session, ctx.settings.base_model)
-        job_list = pages.jobs(session)
+        job_list = pages.jobs(session, ctx.root)
     params = request.query_params
     notice = None
     if params.get("requested", "").isdigit():
@@ -336,8 +344,17 @@ def generate_page(request: Request) -> Response:
 def jobs_json(request: Request) -> Response:
     ctx = _context(request)
     with ctx.registry.session(readonly=True) as session:
-        job_list = pages.jobs(session)
+        job_list = pages.jobs(session, ctx.root)
     return JSONResponse({"jobs": [job.as_json() for job in job_list]})
+
+
+def job_output(request: Request) -> Response:
+    """The file a job recorded as its output (a video clip), from videos/ of the data root."""
+    found = _find_file(request, pages.job_output, "job_id")
+    if found is None:
+        raise HTTPException(404, f"job {request.path_params['job_id']} has no output file")
+    path, media_type = found
+    return FileResponse(path, media_type=media_type)
 
 
 @csrf_protected
@@ -388,6 +405,121 @@ async def clear_stuck(request: Request, form: FormData) -> Response:
         unstopped=len(cleared.cancel_errors) or None,
     )
     return RedirectResponse(target, status_code=303)
+
+
+# --- releases -----------------------------------------------------------------------------------
+
+
+def releases_page(request: Request) -> Response:
+    params = request.query_params
+    done, outcome = params.get("done", ""), params.get("outcome", "")
+    demoted = params.get("demoted", "")
+    notice = error = None
+    if done.isdigit() and outcome in RELEASE_STATUSES:
+        others = demoted.split(",") if re.fullmatch(r"\d+(,\d+)*", demoted) else []
+        notice = releases.describe(int(done), outcome, others)
+        if params.get("card") == "stale":
+            error = (
+                "A changed release's model card could not be rewritten; the server log says why."
+            )
+    character = (params.get("character") or "").strip()
+    return _releases_page(request, character, notice=notice, error=error)
+
+
+def _releases_page(
+    request: Request,
+    character: str,
+    status: int = 200,
+    error: str | None = None,
+    notice: str | None = None,
+) -> Response:
+    ctx = _context(request)
+    with ctx.registry.session(readonly=True) as session:
+        groups = pages.releases(session, ctx.root, character or None)
+        _projects, cast = pages.choices(session)
+    return render(
+        request,
+        "releases.html",
+        status=status,
+        groups=groups,
+        cast=cast,
+        character=character,
+        actions=releases.ACTIONS,
+        error=error,
+        notice=notice,
+    )
+
+
+def releases_json(request: Request) -> Response:
+    ctx = _context(request)
+    character = (request.query_params.get("character") or "").strip()
+    with ctx.registry.session(readonly=True) as session:
+        groups = pages.releases(session, ctx.root, character or None)
+    return JSONResponse(
+        {
+            "characters": [
+                {
+                    "slug": group.slug,
+                    "project": group.project_slug,
+                    "releases": [row.as_json() for row in group.releases],
+                }
+                for group in groups
+            ]
+        }
+    )
+
+
+@csrf_protected
+async def release_action(request: Request, form: FormData) -> Response:
+    """Approve, activate, reject or deactivate a release; a refused change (the gate, or a
+    status that does not allow it) answers one message and changes nothing."""
+    ctx = _context(request)
+    release_id, name = request.path_params["release_id"], request.path_params["action"]
+    if name not in releases.ACTIONS:
+        raise HTTPException(404, f"no release action {name!r}")
+    character = _text(form, "character")
+    try:
+        change = await run_in_threadpool(
+            releases.change_release, ctx.registry, ctx.root, release_id, name
+        )
+    except ConflictError as error:
+        return _release_failed(request, character, 409, str(error))
+    except InvalidInputError as error:
+        return _release_failed(request, character, 400, str(error))
+    if wants_json(request):
+        return JSONResponse(
+            {
+                "ok": True,
+                "release_id": release_id,
+                "status": change.status,
+                "demoted": list(change.demoted),
+                "message": change.message,
+                "card_errors": list(change.card_errors),
+            }
+        )
+    target = page_url(
+        "/releases",
+        character=character,
+        done=release_id,
+        outcome=change.status,
+        demoted=",".join(map(str, change.demoted)),
+        card="stale" if change.card_errors else None,
+    )
+    return RedirectResponse(target, status_code=303)
+
+
+def _release_failed(request: Request, character: str, status: int, message: str) -> Response:
+    if wants_json(request):
+        return JSONResponse({"ok": False, "error": message}, status_code=status)
+    return _releases_page(request, character, status=status, error=message)
+
+
+def eval_grid(request: Request) -> Response:
+    """An eval's grid image by the eval's registry id, from inside the data root only."""
+    path = _find_file(request, pages.eval_grid, "eval_id")
+    if path is None:
+        raise HTTPException(404, f"no grid image for eval {request.path_params['eval_id']}")
+    return FileResponse(path)
 
 
 # --- gallery ------------------------------------------------------------------------------------

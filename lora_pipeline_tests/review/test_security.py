@@ -27,9 +27,8 @@ def post_routes() -> list[str]:
     paths = []
     for route in routes():
         if isinstance(route, Route) and "POST" in (route.methods or ()):
-            paths.append(
-                route.path.replace("{image_id:int}", "1").replace("{suggestion_id:int}", "1")
-            )
+            path = route.path.replace("{image_id:int}", "1").replace("{suggestion_id:int}", "1")
+            paths.append(path.replace("{release_id:int}", "1").replace("{action}", "approve"))
     return paths
 
 
@@ -40,6 +39,7 @@ def test_every_post_route_is_listed() -> None:
         "/images/1/reject",
         "/ingest",
         "/jobs/clear-stuck",
+        "/releases/1/approve",
         "/suggestions/1/accept",
         "/suggestions/1/dismiss",
     ]

@@ -165,9 +165,33 @@
     const body = document.getElementById("jobs-body");
     if (!body) return;
 
+    // The clip a video job made: a player (or the picture of an animation) and a link.
+    function outputCell(job) {
+      const td = document.createElement("td");
+      td.className = "job-output";
+      if (!job.output) return td;
+      const media = document.createElement(job.output_kind === "video" ? "video" : "img");
+      media.src = job.output;
+      media.width = 160;
+      if (job.output_kind === "video") {
+        media.controls = true;
+        media.preload = "metadata";
+      } else {
+        media.alt = "output of job " + job.id;
+      }
+      const link = document.createElement("a");
+      link.href = job.output;
+      link.target = "_blank";
+      link.rel = "noopener";
+      link.textContent = job.output_name;
+      td.append(media, document.createElement("br"), link);
+      return td;
+    }
+
     function row(job) {
       const tr = document.createElement("tr");
       tr.dataset.jobId = job.id;
+      tr.dataset.signature = JSON.stringify(job);
       tr.className = "status-" + job.status;
       const cells = [job.id, job.character, job.kind, job.status, job.backend, job.seed,
         job.created_at, job.error];
@@ -177,7 +201,14 @@
         if (i === 3) td.className = "job-status";
         tr.appendChild(td);
       });
+      tr.appendChild(outputCell(job));
       return tr;
+    }
+
+    // An unchanged job keeps its row, so a clip being watched is not reloaded by the poll.
+    function rowFor(job) {
+      const old = body.querySelector('tr[data-job-id="' + job.id + '"]');
+      return old && old.dataset.signature === JSON.stringify(job) ? old : row(job);
     }
 
     async function refresh() {
@@ -185,7 +216,7 @@
         const response = await fetch("/jobs.json", { headers: { Accept: "application/json" } });
         if (!response.ok) return;
         const data = await response.json();
-        if (data.jobs.length) body.replaceChildren(...data.jobs.map(row));
+        if (data.jobs.length) body.replaceChildren(...data.jobs.map(rowFor));
         const active = data.jobs.some((j) => j.status === "pending" || j.status === "running");
         window.setTimeout(refresh, active ? 2000 : 10000);
       } catch (error) {
