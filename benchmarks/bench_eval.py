@@ -12,8 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 from statistics import median
 
+from PIL import Image
+
 from benchmarks.run import Result
-from lora_pipeline.evaluation.service import evaluate_release, project_eval_spec
+from lora_pipeline.evaluation.service import EvalScorers, evaluate_release, project_eval_spec
 from lora_pipeline.generation.backends import LocalImageBackend
 from lora_pipeline.generation.local import DiffusersGenerator, GenerationRequest, LoraSpec
 from lora_pipeline.media.store import DataRoot, sha256_file
@@ -21,6 +23,8 @@ from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.models import Character
 from lora_pipeline.tiny_models import build_tiny_sd
+from lora_pipeline.vision.reference import ReferenceIdentifier
+from lora_pipeline.vision.tiny import build_tiny_clip, build_tiny_clip_vision
 from lora_pipeline_tests.generation.tiny_assets import write_random_lora
 
 ROUNDS = 3
@@ -46,11 +50,25 @@ def _setup(home: Path) -> tuple[Registry, DataRoot, DiffusersGenerator, int]:
         aiko = commands.add_character(
             session, "bench", "aiko", "Aiko", steps=4, width=64, height=64
         )
+        for shade in range(4):  # approved images: the identity score's references
+            stored = root.put_image(Image.new("RGB", (64, 64), (40 * shade, 90, 160)))
+            image, _ = commands.add_image(
+                session, aiko.id, stored.sha256, stored.relpath, 64, 64, "upload"
+            )
+            commands.approve_image(session, image.id)
         release = commands.register_lora_release(
             session, aiko.id, None, LORA, sha256_file(root.path(LORA)), "tiny-sd", {"epochs": 1}
         )
         release_id = release.id
     return registry, root, DiffusersGenerator(str(sd), device="auto"), release_id
+
+
+def _scorers(home: Path) -> EvalScorers:
+    vision = build_tiny_clip_vision(home / "clip-vision")
+    return EvalScorers(
+        embedder=ReferenceIdentifier(str(vision), lambda _slug: [], device="cpu"),
+        clip_model=str(build_tiny_clip(home / "clip")),
+    )
 
 
 def run() -> Result:
@@ -75,10 +93,17 @@ def run() -> Result:
         def evaluated() -> None:
             evaluate_release(registry, root, backend, release_id)
 
-        baseline_runs, measured_runs = [], []
+        scorers = _scorers(Path(tmp))
+
+        def scored() -> None:
+            evaluate_release(registry, root, backend, release_id, scorers)
+
+        scored()  # load the CLIP models outside the timings
+        baseline_runs, measured_runs, scored_runs = [], [], []
         for _ in range(ROUNDS):
             baseline_runs.append(_timed(direct))
             measured_runs.append(_timed(evaluated))
+            scored_runs.append(_timed(scored))
         baseline, measured = median(baseline_runs), median(measured_runs)
         images = len(spec.prompts) * len(spec.seeds) * len(spec.strengths)
         registry.dispose()
@@ -92,5 +117,7 @@ def run() -> Result:
             "images_per_grid": images,
             "rounds": ROUNDS,
             "overhead_per_grid_ms": round((measured - baseline) * 1000, 1),
+            # With the tiny identity and CLIP models scoring too (a real CLIP costs more).
+            "ratio_with_identity_and_clip_scores": round(median(scored_runs) / baseline, 3),
         },
     )
