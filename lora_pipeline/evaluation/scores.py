@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +25,7 @@ from PIL import Image
 from lora_pipeline.config import torch_device
 from lora_pipeline.media.phash import sharpness
 from lora_pipeline.registry.commands import PROJECT_SETTINGS
+from lora_pipeline.vision.model_cache import ModelCache, first_line
 
 
 class ScoreError(ValueError):
@@ -73,30 +73,24 @@ def _unit_rows(vectors: np.ndarray, expected_rows: int) -> np.ndarray:
 
 CLIP_BATCH_SIZE = 16
 
-_CLIP_MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}
-_CLIP_LOCK = threading.Lock()
+
+def _from_pretrained(model_id: str, device: str) -> tuple[Any, Any]:
+    from transformers import AutoProcessor, CLIPModel
+
+    try:
+        processor = AutoProcessor.from_pretrained(model_id)
+        model = CLIPModel.from_pretrained(model_id)
+    except (OSError, ValueError) as exc:
+        raise ScoreError(f"cannot load the CLIP model {model_id!r}: {first_line(exc)}") from exc
+    return model.to(device).eval(), processor
 
 
-def _load_clip(model_id: str, device: str) -> tuple[Any, Any]:
-    with _CLIP_LOCK:
-        if (model_id, device) not in _CLIP_MODELS:
-            from transformers import AutoProcessor, CLIPModel
-
-            try:
-                processor = AutoProcessor.from_pretrained(model_id)
-                model = CLIPModel.from_pretrained(model_id)
-            except (OSError, ValueError) as exc:
-                raise ScoreError(
-                    f"cannot load the CLIP model {model_id!r}: {str(exc).splitlines()[0]}"
-                ) from exc
-            _CLIP_MODELS[(model_id, device)] = (model.to(device).eval(), processor)
-        return _CLIP_MODELS[(model_id, device)]
+CLIP_MODELS: ModelCache[tuple[Any, Any]] = ModelCache(_from_pretrained)
 
 
 def release_models() -> None:
     """Forget the loaded CLIP models, so their memory can be freed."""
-    with _CLIP_LOCK:
-        _CLIP_MODELS.clear()
+    CLIP_MODELS.clear()
 
 
 def clip_score(
@@ -115,7 +109,7 @@ def clip_score(
         raise ScoreError("a CLIP score needs at least one image")
     if len(images) != len(prompts):
         raise ScoreError(f"a CLIP score pairs images and prompts: {len(images)} ≠ {len(prompts)}")
-    model, processor = _load_clip(str(model_path_or_id), torch_device(device))
+    model, processor = CLIP_MODELS.get(str(model_path_or_id), torch_device(device))
     max_length = model.config.text_config.max_position_embeddings
     scores = []
     for start in range(0, len(images), CLIP_BATCH_SIZE):

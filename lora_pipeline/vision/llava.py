@@ -8,7 +8,6 @@ starts, and decoding is greedy: the same image gets the same answer, alone or in
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,24 +28,13 @@ from lora_pipeline.vision.identification import (
     parse_character_answer,
     short_name,
 )
+from lora_pipeline.vision.model_cache import ModelCache, first_line
 
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_NEW_TOKENS = 48
 # A caption list of 20-odd parts; clean_caption cuts what runs past CAPTION_MAX_CHARS.
 DEFAULT_CAPTION_TOKENS = 96
 _FALLBACK_TEMPLATE = "USER: {image}\n{question}\nASSISTANT:"
-
-_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
-_LOAD_LOCK = threading.Lock()
-
-
-def _load(model_id: str, device: str) -> tuple[Any, Any]:
-    """The (model, processor) for a folder or hub id on a device, loaded once per process."""
-    key = (model_id, device)
-    with _LOAD_LOCK:
-        if key not in _LOADED:
-            _LOADED[key] = _from_pretrained(model_id, device)
-        return _LOADED[key]
 
 
 def _from_pretrained(model_id: str, device: str) -> tuple[Any, Any]:
@@ -59,18 +47,20 @@ def _from_pretrained(model_id: str, device: str) -> tuple[Any, Any]:
         processor = AutoProcessor.from_pretrained(model_id)
         model = LlavaForConditionalGeneration.from_pretrained(model_id, dtype=dtype)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IdentifierError(f"cannot load LLaVA model {model_id!r}: {reason}") from exc
+        raise IdentifierError(f"cannot load LLaVA model {model_id!r}: {first_line(exc)}") from exc
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return model.to(device).eval(), processor
 
 
+# (model, processor) per folder or hub id and device, shared by identification and captions.
+MODELS: ModelCache[tuple[Any, Any]] = ModelCache(_from_pretrained)
+
+
 def release_models() -> None:
     """Drop every loaded LLaVA so its memory (VRAM) can go to training."""
-    with _LOAD_LOCK:
-        _LOADED.clear()
+    MODELS.clear()
 
 
 class _LlavaModel:
@@ -97,7 +87,7 @@ class _LlavaModel:
         """The model's answer to the question for each image, in order."""
         if not images:
             return []
-        model, processor = _load(self.model_id, torch_device(self.device))
+        model, processor = MODELS.get(self.model_id, torch_device(self.device))
         prompt = _prompt(processor, question)
         answers: list[str] = []
         for start in range(0, len(images), self.batch_size):

@@ -14,7 +14,6 @@ import hashlib
 import io
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from lora_pipeline.vision.identification import (
     IdentifierError,
     short_name,
 )
+from lora_pipeline.vision.model_cache import ModelCache, first_line
 
 DEFAULT_THRESHOLD = 0.85
 BATCH_SIZE = 32
@@ -45,30 +45,26 @@ class ReferenceImage:
 # slug -> the character's approved images.
 ReferenceSource = Callable[[str], Sequence[ReferenceImage]]
 
-_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
-_LOAD_LOCK = threading.Lock()
+
+def _from_pretrained(model_id: str, device: str) -> tuple[Any, Any]:
+    from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_id)
+        # The explicit class: AutoModel would load the tower without its projection.
+        model = CLIPVisionModelWithProjection.from_pretrained(model_id)
+    except (OSError, ValueError) as exc:
+        raise IdentifierError(
+            f"cannot load the vision model {model_id!r}: {first_line(exc)}"
+        ) from exc
+    return model.to(device).eval(), processor
 
 
-def _load(model_id: str, device: str) -> tuple[Any, Any]:
-    with _LOAD_LOCK:
-        if (model_id, device) not in _LOADED:
-            from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
-
-            try:
-                processor = AutoImageProcessor.from_pretrained(model_id)
-                # The explicit class: AutoModel would load the tower without its projection.
-                model = CLIPVisionModelWithProjection.from_pretrained(model_id)
-            except (OSError, ValueError) as exc:
-                raise IdentifierError(
-                    f"cannot load the vision model {model_id!r}: {str(exc).splitlines()[0]}"
-                ) from exc
-            _LOADED[(model_id, device)] = (model.to(device).eval(), processor)
-        return _LOADED[(model_id, device)]
+MODELS: ModelCache[tuple[Any, Any]] = ModelCache(_from_pretrained)
 
 
 def release_models() -> None:
-    with _LOAD_LOCK:
-        _LOADED.clear()
+    MODELS.clear()
 
 
 class ReferenceIdentifier:
@@ -102,7 +98,7 @@ class ReferenceIdentifier:
 
         if not images:
             return np.zeros((0, 0), dtype=np.float32)
-        model, processor = _load(self.model_id, torch_device(self.device))
+        model, processor = MODELS.get(self.model_id, torch_device(self.device))
         rows = []
         for start in range(0, len(images), BATCH_SIZE):
             batch = [image.convert("RGB") for image in images[start : start + BATCH_SIZE]]

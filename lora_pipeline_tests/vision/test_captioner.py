@@ -90,9 +90,9 @@ def test_llava_captioner_on_the_tiny_model(tiny_llava: Path) -> None:
 def test_llava_captioner_shares_the_identifiers_model(tiny_llava: Path) -> None:
     llava.release_models()
     LlavaIdentifier(str(tiny_llava), device="cpu", max_new_tokens=2).identify(_images()[:1], [])
-    ((key, (model, _)),) = llava._LOADED.items()
+    ((key, (model, _)),) = llava.MODELS.loaded().items()
     LlavaCaptioner(str(tiny_llava), device="cpu", max_new_tokens=2).caption(_images()[0])
-    assert list(llava._LOADED) == [key] and llava._LOADED[key][0] is model
+    assert list(llava.MODELS.loaded()) == [key] and llava.MODELS.loaded()[key][0] is model
 
 
 def test_llava_captioner_errors(tmp_path: Path) -> None:

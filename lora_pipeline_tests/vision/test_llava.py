@@ -43,7 +43,7 @@ def test_tiny_llava_identifies_through_the_real_loading_path(tiny_llava: Path) -
     for result in results:
         assert isinstance(result.raw_answer, str)
         assert result.slugs <= {"aiko", "kenji"}
-    model, processor = llava._load(str(tiny_llava), "cpu")
+    model, processor = llava.MODELS.get(str(tiny_llava), "cpu")
     assert processor.tokenizer.padding_side == "left"
     assert not model.training
 
@@ -58,7 +58,7 @@ def test_batched_answers_equal_one_by_one(tiny_llava: Path) -> None:
 
 
 def test_prompt_uses_the_chat_template_and_names_the_cast(tiny_llava: Path) -> None:
-    _, processor = llava._load(str(tiny_llava), "cpu")
+    _, processor = llava.MODELS.get(str(tiny_llava), "cpu")
     prompt = _prompt(processor, identification_question(CAST))
     assert prompt.startswith("USER: <image>\nWhich of these anime characters")
     assert prompt.endswith("ASSISTANT:")
