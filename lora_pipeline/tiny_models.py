@@ -37,6 +37,32 @@ def _write_byte_level_tokenizer_files(folder: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
+def tiny_clip_tokenizer(scratch: Path):  # -> CLIPTokenizer
+    """The byte-level CLIP tokenizer of the tiny models (its files are written to `scratch`)."""
+    from transformers import CLIPTokenizer
+
+    vocab_file, merges_file = _write_byte_level_tokenizer_files(scratch)
+    return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=TOKENIZER_MAX_LENGTH)
+
+
+def tiny_clip_text_config(tokenizer, projection_dim: int = 32):  # -> CLIPTextConfig
+    """A two-layer, 32-wide CLIP text tower for `tiny_clip_tokenizer`."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TOKENIZER_MAX_LENGTH,
+        projection_dim=projection_dim,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def _build_pipeline(scratch: Path):  # -> StableDiffusionPipeline
     from diffusers import (
         AutoencoderKL,
@@ -44,26 +70,10 @@ def _build_pipeline(scratch: Path):  # -> StableDiffusionPipeline
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    vocab_file, merges_file = _write_byte_level_tokenizer_files(scratch)
-    tokenizer = CLIPTokenizer(
-        str(vocab_file), str(merges_file), model_max_length=TOKENIZER_MAX_LENGTH
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=TOKENIZER_MAX_LENGTH,
-            projection_dim=32,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    tokenizer = tiny_clip_tokenizer(scratch)
+    text_encoder = CLIPTextModel(tiny_clip_text_config(tokenizer))
     unet = UNet2DConditionModel(
         sample_size=16,
         layers_per_block=1,

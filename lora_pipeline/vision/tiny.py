@@ -162,30 +162,17 @@ def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
     so prompts get the start and end tokens the text tower pools on, as with a real CLIP.
     """
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
-    from lora_pipeline.tiny_models import TOKENIZER_MAX_LENGTH, _write_byte_level_tokenizer_files
+    from lora_pipeline.tiny_models import tiny_clip_text_config, tiny_clip_tokenizer
 
     def save(target: Path) -> None:
         words = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=target))
         try:
-            vocab, merges = _write_byte_level_tokenizer_files(words)
-            tokenizer = CLIPTokenizer(
-                str(vocab), str(merges), model_max_length=TOKENIZER_MAX_LENGTH
-            )
+            tokenizer = tiny_clip_tokenizer(words)
         finally:
             shutil.rmtree(words, ignore_errors=True)
-        text_config = CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=TOKENIZER_MAX_LENGTH,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        text_config = tiny_clip_text_config(tokenizer, projection_dim=16)
         config = CLIPConfig(
             text_config=text_config.to_dict(),
             vision_config=_vision_config(projection_dim=16).to_dict(),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lora_pipeline.tiny_models import TOKENIZER_MAX_LENGTH, _write_byte_level_tokenizer_files
+from lora_pipeline.tiny_models import tiny_clip_text_config, tiny_clip_tokenizer
 
 
 def build_tiny_sdxl(folder: Path) -> Path:
@@ -20,32 +20,18 @@ def build_tiny_sdxl(folder: Path) -> Path:
         UNet2DConditionModel,
     )
     from transformers import (
-        CLIPTextConfig,
         CLIPTextModel,
         CLIPTextModelWithProjection,
-        CLIPTokenizer,
     )
 
     if (folder / "model_index.json").is_file():
         return folder
     scratch = Path(tempfile.mkdtemp())
     try:
-        vocab, merges = _write_byte_level_tokenizer_files(scratch)
-        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=TOKENIZER_MAX_LENGTH)
+        tokenizer = tiny_clip_tokenizer(scratch)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            text_config = CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=TOKENIZER_MAX_LENGTH,
-                projection_dim=32,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+            text_config = tiny_clip_text_config(tokenizer)
             pipe = StableDiffusionXLPipeline(
                 vae=AutoencoderKL(
                     block_out_channels=(32, 64),
