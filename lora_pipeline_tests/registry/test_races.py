@@ -294,6 +294,42 @@ def test_concurrent_activation_keeps_one_active_release(registry: Registry) -> N
         assert statuses == {ids[0]: "approved", ids[1]: "active"}
 
 
+def test_two_reviewers_deciding_one_release_get_one_outcome(registry: Registry) -> None:
+    if registry.engine.dialect.name != "postgresql":
+        pytest.skip(
+            "SQLite write sessions begin IMMEDIATE: the second reviewer cannot read the release "
+            "before the first one's decision commits, so this race cannot happen there"
+        )
+    with registry.session() as session:
+        _, aiko, _ = make_cast(session)
+        release_id = commands.register_lora_release(
+            session, aiko.id, None, "loras/1.safetensors", sha(1), "sd15", {}
+        ).id
+        passed_gate(session, release_id)
+
+    def reject_it() -> object:
+        with registry.session() as session:
+            # Read before the other reviewer's approval commits: this reviewer decided on a
+            # candidate.
+            assert session.get(LoraRelease, release_id).status == "candidate"
+            started_reading.set()
+            return commands.set_release_status(session, release_id, "rejected").status
+
+    started_reading = threading.Event()
+    with registry.session() as session:
+        commands.set_release_status(session, release_id, "approved")
+        thread, started, result = run_in_thread(reject_it)
+        started_reading.wait(timeout=60)
+        wait_until_blocked(registry, started)
+    thread.join(timeout=60)
+    # The reject waited for the approval's row lock, then found the release no longer a
+    # candidate: the second reviewer is told, the first decision stands.
+    assert isinstance(result.get("error"), ConflictError), result
+    assert "changed by someone else meanwhile" in str(result["error"])
+    with registry.session() as session:
+        assert session.get(LoraRelease, release_id).status == "approved"
+
+
 def test_two_workers_start_one_job(registry: Registry) -> None:
     with registry.session() as session:
         _, aiko, _ = make_cast(session)
