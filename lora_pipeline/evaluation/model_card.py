@@ -28,6 +28,7 @@ SUMMARY_FIELDS = (
     "Base checkpoint",
     "Release",
     "Status",
+    "Continued from",
     "LoRA file",
     "SHA-256",
     "Date",
@@ -71,6 +72,8 @@ class ModelCard:
     created: date | datetime | str
     verdict_reasons: Sequence[str] = ()
     best_epoch: int | None = None
+    # The release whose weights this training started from (it failed the gate).
+    parent_release_id: int | None = None
     # Where the images came from: {"kind": ..., "url": ..., "count": ...} each.
     provenance: Sequence[Mapping[str, Any]] = ()
     licence: str = ""
@@ -100,6 +103,7 @@ def _summary(card: ModelCard) -> list[str]:
         card.base_checkpoint,
         str(card.release_id),
         card.release_status,
+        f"release {card.parent_release_id}" if card.parent_release_id else "a fresh LoRA",
         card.lora_file,
         _code(card.lora_sha256),
         _date(card.created),

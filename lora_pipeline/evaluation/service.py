@@ -414,6 +414,7 @@ def _model_card(
         created=release.created_at,
         verdict_reasons=eval_scores.get("gate_reasons") or [],
         best_epoch=eval_scores.get("best_epoch"),
+        parent_release_id=release.parent_release_id,
         provenance=_provenance(manifest),
         licence=settings.get("licence") or dataset_provenance.get("license", ""),
         author=settings.get("author") or dataset_provenance.get("author", ""),

@@ -152,7 +152,7 @@ def test_the_model_card_lists_every_field_and_follows_the_status(
     text = card.read_text()
     for name in MODEL_CARD_FIELDS:
         assert name in text, name
-    assert "studio-internal" in text and "aiko" in text
+    assert "studio-internal" in text and "aiko" in text and "a fresh LoRA" in text
     # The grid is linked relative to the card, so the card renders where it lies.
     assert f"](<../../evals/aiko/{release_id}/grid.png>)" in text
     assert (card.parent / f"../../evals/aiko/{release_id}/grid.png").resolve().is_file()
