@@ -18,15 +18,19 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # Browser tests drive Debian's Chromium (Playwright's own browser download cannot be used).
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    # Wait for another apt run (e.g. a second setup at the same time) instead of failing.
+    apt_wait=(-o DPkg::Lock::Timeout=300)
+    apt-get "${apt_wait[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -qq chromium >/dev/null
   else
     echo "note: install Debian's chromium for the browser tests (they skip without it)" >&2
   fi
 fi
 
 stamp=.venv/.lora_pipeline_installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "${PIP[@]}" install -e ".[dev]"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+  # faces: insightface, so that the tests run its shot-split path too.
+  "${PIP[@]}" install -e ".[dev,faces]"
   touch "$stamp"
 fi
 echo "lora_pipeline installed in $(pwd)/.venv"
