@@ -30,6 +30,7 @@ from dagster._core.errors import DagsterPipesExecutionError
 from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
+from lora_pipeline.registry.models import RELEASE_SCOPES
 from lora_pipeline.training.job import TrainingJob
 from lora_pipeline.training.service import (
     ReleaseRef,
@@ -73,10 +74,13 @@ class TrainingRunConfig(Config):
     backend: str = "auto"  # auto: kohya when a kohya sd-scripts folder is configured
     # When the character's latest release failed its gate, start from its weights.
     continue_from_failed: bool = True
+    # "baseline": a shared LoRA (a style, a category) that, once active, goes under every
+    # character's LoRA on the same checkpoint (seed 003); "project": the character's own.
+    scope: str = "project"
 
 
 def training_config(run: TrainingRunConfig, models: ModelsResource) -> TrainingConfig:
-    settings = run.model_dump(exclude={"samples", "backend", "continue_from_failed"})
+    settings = run.model_dump(exclude={"samples", "backend", "continue_from_failed", "scope"})
     return TrainingConfig(
         base_model=models.base_model_id(),
         device=models.device_name(),
@@ -224,6 +228,9 @@ def trained_lora(
     kohya = models.kohya_setup() if config.backend in ("auto", "kohya") else None
     if config.backend == "kohya" and kohya is None:
         raise Failure(description="backend kohya asked for, but no kohya scripts folder is set")
+    if config.scope not in RELEASE_SCOPES:
+        # Checked before training, not when registering its result.
+        raise Failure(description=f"scope must be one of {', '.join(RELEASE_SCOPES)}")
     root = data_root.get()
     job = plan_character_training(
         registry.get(),
@@ -245,6 +252,7 @@ def trained_lora(
         job,
         result,
         comfyui_loras_dir=Path(loras_dir) if loras_dir else None,
+        scope=config.scope,
     )
     return Output(
         release,

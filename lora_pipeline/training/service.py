@@ -190,8 +190,10 @@ def register_trained_lora(
     job: TrainingJob,
     result: TrainingResult,
     comfyui_loras_dir: Path | None = None,
+    scope: str = "project",
 ) -> ReleaseRef:
-    """Copy the LoRA into ComfyUI's loras folder and register it as a candidate release."""
+    """Copy the LoRA into ComfyUI's loras folder and register it as a candidate release of
+    `scope` (project, or baseline: shared by every character on the checkpoint)."""
     comfy_copy = copy_to_comfyui(result.path, comfyui_loras_dir)
     sdxl = result.metadata.get("ss_base_model_version", "").startswith("sdxl")
     hyperparameters = {
@@ -220,6 +222,7 @@ def register_trained_lora(
             hyperparameters=hyperparameters,
             base_model_version="sdxl" if sdxl else "sd15",
             parent_release_id=job.parent_release_id,
+            scope=scope,
         )
         release_id = release.id
     return ReleaseRef(

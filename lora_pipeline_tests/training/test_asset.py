@@ -40,7 +40,13 @@ def test_trained_lora_trains_in_a_child_and_registers_a_candidate(
     run_config = {
         "ops": {
             "trained_lora": {
-                "config": {"epochs": 2, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3}
+                "config": {
+                    "epochs": 2,
+                    "rank": 4,
+                    "alpha": 4.0,
+                    "learning_rate": 1e-3,
+                    "scope": "baseline",
+                }
             }
         }
     }
@@ -72,7 +78,7 @@ def test_trained_lora_trains_in_a_child_and_registers_a_candidate(
     assert metadata["modelspec.trigger_phrase"] == "zkaiko"
     with registry.session() as session:
         row = session.get(LoraRelease, release.release_id)
-        assert row.status == "candidate"
+        assert (row.status, row.scope) == ("candidate", "baseline")
         hyper = row.hyperparameters
     # run config values, and the smart defaults for the rest (5 images: batch 1; 32 px native)
     assert (hyper["epochs"], hyper["rank"], hyper["batch_size"], hyper["resolution"]) == (
