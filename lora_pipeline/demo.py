@@ -17,6 +17,7 @@ from lora_pipeline.defs.instance import (
     open_instance,
     prepare_dagster_home,
 )
+from lora_pipeline.evaluation.service import model_card_path
 from lora_pipeline.generation.negatives import negative_terms_for
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.media.uploads import store_upload
@@ -159,8 +160,16 @@ def _report(registry: Registry, settings: Settings, say: Say, seconds: float) ->
     with registry.session() as session:
         character = commands.get_character(session, DEMO_CHARACTER)
         release = queries.latest_release(session, character.id)
-    if release is None:
-        raise DemoFailed("the training run ended without a LoRA release")
+        evaluation = queries.latest_eval(session, release.id) if release else None
+    if release is None or evaluation is None:
+        raise DemoFailed("the training run ended without an evaluated LoRA release")
     say(f"LoRA release {release.id} ({release.status}) at {settings.data_root / release.path}")
-    say(f"eval grid under {settings.data_root / 'evals' / DEMO_CHARACTER}")
+    reasons = "; ".join(evaluation.scores.get("gate_reasons") or [])
+    say(
+        f"eval grid {settings.data_root / evaluation.grid_path}: gate {evaluation.verdict}"
+        + (f" ({reasons})" if reasons else "")
+    )
+    say(f"model card {model_card_path(DataRoot(settings.data_root), release.path)}")
+    if evaluation.verdict == "pass":
+        say(f"put it in production: lora-pipeline release activate {release.id}")
     say(f"demo finished in {seconds:.0f} s; see it with `lora-pipeline ui` (http://127.0.0.1:3000)")
