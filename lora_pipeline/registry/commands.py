@@ -1072,8 +1072,12 @@ def checkpoint_key(checkpoint: str | None) -> str:
 
 
 def _check_gate(session: Session, release: LoraRelease, status: str) -> None:
-    """Approval and activation need the release's latest eval to have passed the gate."""
-    if status not in ("approved", "active") or release.status in ("approved", "active"):
+    """Approval and activation need the release's latest eval to have passed the gate (an
+    approved release re-evaluated below a raised threshold cannot be activated either);
+    taking an active release out of production (active -> approved) needs nothing."""
+    approving = status == "approved" and release.status == "candidate"
+    activating = status == "active" and release.status != "active"
+    if not (approving or activating):
         return
     latest = session.scalar(
         select(Eval).where(Eval.lora_release_id == release.id).order_by(Eval.id.desc()).limit(1)
@@ -1133,18 +1137,14 @@ def set_release_status(session: Session, release_id: int, status: str) -> LoraRe
 
 
 def _demote_active(session: Session, release: LoraRelease) -> None:
+    # A project release's slot is its character and checkpoint; a baseline release's is the
+    # checkpoint alone, whichever character's partition trained it.
     same_slot = and_(
-        LoraRelease.character_id == release.character_id,
+        LoraRelease.scope == release.scope,
         LoraRelease.base_checkpoint == release.base_checkpoint,
     )
-    if release.scope == "baseline":
-        same_slot = or_(
-            same_slot,
-            and_(
-                LoraRelease.scope == "baseline",
-                LoraRelease.base_checkpoint == release.base_checkpoint,
-            ),
-        )
+    if release.scope == "project":
+        same_slot = and_(same_slot, LoraRelease.character_id == release.character_id)
     session.execute(
         update(LoraRelease)
         .where(same_slot, LoraRelease.status == "active", LoraRelease.id != release.id)

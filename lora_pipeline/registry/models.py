@@ -311,16 +311,16 @@ class LoraRelease(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
     __table_args__ = (
-        # At most one active release per character and checkpoint, and one active baseline
-        # (shared) release per checkpoint, enforced by the database itself so that two
-        # concurrent activations cannot both win.
+        # At most one active project release per character and checkpoint, and one active
+        # baseline (shared) release per checkpoint, enforced by the database itself so that
+        # two concurrent activations cannot both win.
         Index(
             "uq_lora_releases_one_active",
             "character_id",
             "base_checkpoint",
             unique=True,
-            postgresql_where=text("status = 'active'"),
-            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active' AND scope = 'project'"),
+            sqlite_where=text("status = 'active' AND scope = 'project'"),
         ),
         Index(
             "uq_lora_releases_one_active_baseline",

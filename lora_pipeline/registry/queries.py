@@ -144,10 +144,12 @@ def latest_release(session: Session, character_id: int) -> LoraRelease | None:
 def active_release(
     session: Session, character_id: int, checkpoint: str | None = None
 ) -> LoraRelease | None:
-    """The character's active release; with `checkpoint`, the one trained on that checkpoint
-    (any name or path of it, see `commands.checkpoint_key`) or on an unrecorded one."""
+    """The character's own (project) active release; with `checkpoint`, the one trained on that
+    checkpoint (any name or path of it, see `commands.checkpoint_key`) or on an unrecorded one."""
     query = select(LoraRelease).where(
-        LoraRelease.character_id == character_id, LoraRelease.status == "active"
+        LoraRelease.character_id == character_id,
+        LoraRelease.status == "active",
+        LoraRelease.scope == "project",
     )
     if checkpoint is not None:
         query = query.where(LoraRelease.base_checkpoint.in_((checkpoint_key(checkpoint), "")))

@@ -296,6 +296,11 @@ def test_the_gate_blocks_approval_and_activation_until_an_eval_passes(session: S
     assert commands.set_release_status(session, release.id, "approved").status == "approved"
     assert commands.set_release_status(session, release.id, "active").status == "active"
     assert commands.set_release_status(session, release.id, "approved").status == "approved"
+    # Re-evaluated below a raised threshold: an approved release cannot go (back) to production.
+    commands.record_eval(session, release.id, {}, "evals/1/g.png", [], {}, "fail")
+    with pytest.raises(GateError, match="did not pass"):
+        commands.set_release_status(session, release.id, "active")
+    assert release.status == "approved"
 
 
 def test_a_rejected_release_stays_rejected(session: Session) -> None:
@@ -318,16 +323,17 @@ def test_one_active_release_per_checkpoint_and_one_active_baseline(session: Sess
         passed_gate(session, release.id)
         commands.set_release_status(session, release.id, "active")
     assert on_a.base_checkpoint == "a"  # stored by its key: path and suffix dropped
-    # base_1 replaced on_a (same character and checkpoint); base_2 then replaced base_1 (the
-    # one baseline of checkpoint a), and on_b, on another checkpoint, stayed.
+    # A baseline's slot is its checkpoint, whichever character trained it: base_2 replaced
+    # base_1; the characters' own releases on a and b stay active.
     assert [r.status for r in (on_a, on_b, base_1, base_2)] == [
-        "approved",
+        "active",
         "active",
         "approved",
         "active",
     ]
     assert queries.active_release(session, aiko.id, "b.safetensors") is on_b
-    assert queries.active_release(session, aiko.id, "a.safetensors") is None
+    assert queries.active_release(session, aiko.id, "/other/place/a.ckpt") is on_a
+    assert queries.active_release(session, kenji.id, "a") is None  # base_2 is not kenji's own
     assert queries.active_baseline_release(session, "/ckpts/a.safetensors") is base_2
     assert queries.active_baseline_release(session, "b") is None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from alembic import command
 from sqlalchemy import text
@@ -73,11 +75,14 @@ def test_upgrade_from_0002_keeps_rows_and_matches_models(registry_url: str) -> N
     try:
         with engine.connect() as connection:
             settings = connection.execute(text("SELECT settings FROM projects")).scalar()
-            status = connection.execute(text("SELECT status FROM lora_releases")).scalar()
+            release = connection.execute(
+                text("SELECT status, base_checkpoint FROM lora_releases")
+            ).one()
     finally:
         engine.dispose()
     assert settings in ({}, "{}")
-    assert status == "active"
+    # Still active, and stored by the checkpoint's key so that generations still find it.
+    assert tuple(release) == ("active", "a")
 
 
 def test_one_active_release_per_character_and_checkpoint(registry_url: str) -> None:
@@ -86,7 +91,7 @@ def test_one_active_release_per_character_and_checkpoint(registry_url: str) -> N
     migrate(registry_url)
     _insert_release(registry_url, "b.safetensors", "2" * 64)  # another checkpoint: allowed
     with pytest.raises(IntegrityError):
-        _insert_release(registry_url, "a.safetensors", "3" * 64)
+        _insert_release(registry_url, "a", "3" * 64)  # the seeded release, keyed
 
 
 def test_downgrade_to_0002_keeps_one_active_release_per_character(registry_url: str) -> None:
@@ -103,3 +108,32 @@ def test_downgrade_to_0002_keeps_one_active_release_per_character(registry_url: 
             assert rows.all() == [(1, "approved"), (2, "active")]
     finally:
         engine.dispose()
+
+
+def test_the_offline_sql_keys_checkpoints_like_the_online_upgrade(registry_url: str) -> None:
+    """`alembic upgrade --sql` (PostgreSQL) runs SQL instead of Python: same result."""
+    migration = importlib.import_module("lora_pipeline.registry.migrations.versions.0003_releases")
+    if not registry_url.startswith("postgresql"):
+        pytest.skip("the offline script is for PostgreSQL (regexp_replace)")
+    command.upgrade(alembic_config(registry_url), "0002")
+    _seed_0002(registry_url)
+    engine = make_engine(registry_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(RELEASE),
+                {
+                    "checkpoint": "C:\\sd\\B.CKPT",
+                    "sha": "2" * 64,
+                    "status": "candidate",
+                    "scope": "project",
+                },
+            )
+            connection.execute(text(migration.OFFLINE_KEY_CHECKPOINTS))
+            connection.execute(text(migration.OFFLINE_DEMOTE_DUPLICATES))
+            rows = connection.execute(
+                text("SELECT base_checkpoint, status FROM lora_releases ORDER BY id")
+            ).all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [("a", "active"), ("B", "candidate")]
