@@ -20,7 +20,7 @@ from lora_pipeline.generation.advisor import PromptAdvisor, propose_refinement
 from lora_pipeline.generation.backends import ImageBackend, RenderedFile
 from lora_pipeline.generation.local import GenerationError, GenerationRequest, LoraSpec
 from lora_pipeline.generation.negatives import merge_negative_prompt, negative_terms_for
-from lora_pipeline.media.store import DataRoot
+from lora_pipeline.media.store import DataRoot, StoredImage
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError
@@ -303,21 +303,33 @@ def request_settings(character: Character) -> dict[str, Any]:
 def _fail_job(
     registry: Registry, job_id: int, error: str, outcome: GenerationOutcome, log: Log
 ) -> None:
-    with registry.session() as session:
-        commands.mark_job(session, job_id, "failed", error=error.splitlines()[0][:500])
+    try:
+        with registry.session() as session:
+            commands.mark_job(session, job_id, "failed", error=error.splitlines()[0][:500])
+    except ConflictError as conflict:
+        # Cleared as stuck meanwhile (already failed): that is not this run's failure.
+        log(f"generation job {job_id}: {conflict}")
+        return
     outcome.failed_jobs.append(job_id)
     log(f"generation job {job_id} failed: {error}")
 
 
-def _track_prompt(backend: object, registry: Registry, job_id: int) -> None:
+def _track_prompt(backend: object, registry: Registry, job_id: int, log: Log) -> None:
     """Backends that queue the work elsewhere (ComfyUI) report its id through `on_queued`;
-    the job row keeps it, so that clearing the job as stuck also stops it there."""
+    the job row keeps it, so that clearing the job as stuck also stops it there. A job
+    cleared before its prompt was queued has its prompt cancelled at once."""
     if not hasattr(backend, "on_queued"):
         return
 
     def record(prompt_id: str) -> None:
-        with registry.session() as session:
-            commands.set_job_prompt_id(session, job_id, prompt_id)
+        try:
+            with registry.session() as session:
+                commands.set_job_prompt_id(session, job_id, prompt_id)
+        except ConflictError as conflict:
+            log(f"{conflict}: cancelling its ComfyUI prompt {prompt_id}")
+            client = getattr(backend, "client", None)
+            if client is not None:
+                client.cancel(prompt_id)
 
     backend.on_queued = record
 
@@ -333,7 +345,7 @@ def _finish_job(
     """Generate a running job's image and record it as a pending image of the character (a
     video job's clip is stored and recorded on the job)."""
     backend = backends.video if job.kind == "video" else backends.image
-    _track_prompt(backend, registry, job.job_id)
+    _track_prompt(backend, registry, job.job_id, log)
     try:
         if job.kind == "video":
             _finish_video_job(registry, root, backends.video, job, log)
@@ -343,7 +355,18 @@ def _finish_job(
         _fail_job(registry, job.job_id, str(exc) or type(exc).__name__, outcome, log)
         return
     stored = root.put_image(image)
+    try:
+        image_id = _record_image(registry, job, stored)
+    except ConflictError as conflict:
+        log(f"{conflict}: it was cleared while it ran, its image is not added")
+        return
+    outcome.image_ids.append(image_id)
+    log(f"generated image {image_id} (seed {job.request.seed}, job {job.job_id})")
+
+
+def _record_image(registry: Registry, job: _StartedJob, stored: StoredImage) -> int:
     with registry.session() as session:
+        commands.mark_job(session, job.job_id, "completed")
         row, _ = commands.add_image(
             session,
             job.character_id,
@@ -356,9 +379,7 @@ def _finish_job(
             generation_job_id=job.job_id,
             generation_params=job.params,
         )
-        commands.mark_job(session, job.job_id, "completed")
-        outcome.image_ids.append(row.id)
-    log(f"generated image {row.id} (seed {job.request.seed}, job {job.job_id})")
+        return row.id
 
 
 def _finish_video_job(
@@ -371,9 +392,13 @@ def _finish_video_job(
     suffix = suffix if suffix in VIDEO_SUFFIXES else ".bin"
     relpath = f"videos/{job.character_slug}/job-{job.job_id}{suffix}"
     root.write_bytes_atomic(relpath, rendered.data)
-    with registry.session() as session:
-        commands.record_job_output(session, job.job_id, relpath)
-        commands.mark_job(session, job.job_id, "completed")
+    try:
+        with registry.session() as session:
+            commands.mark_job(session, job.job_id, "completed")
+            commands.record_job_output(session, job.job_id, relpath)
+    except ConflictError as conflict:
+        log(f"{conflict}: it was cleared while it ran, its clip is not recorded")
+        return
     log(f"rendered clip {relpath} (seed {job.request.seed}, job {job.job_id})")
 
 

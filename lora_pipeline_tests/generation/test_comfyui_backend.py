@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from lora_pipeline.generation.local import GenerationRequest, LoraSpec
 from lora_pipeline.generation.service import (
     Backends,
     GenerationPlan,
+    clear_stuck_jobs,
     generate_for_character,
     request_generation,
 )
@@ -273,3 +277,34 @@ def test_a_requested_video_job_stores_its_clip(
         assert job is not None and job.status == "completed"
         assert job.params["output"] == f"videos/aiko/job-{job_id}.mp4"
     assert root.path(job.params["output"]).read_bytes()[4:8] == b"ftyp"
+
+
+def test_a_job_cleared_while_comfyui_renders_it_is_stopped_and_the_run_goes_on(
+    tmp_path: Path, fake: FakeComfyUI, client: ComfyUIClient, registry: Registry
+) -> None:
+    fake.stuck = True
+    backend = ComfyUIImageBackend(client, CHECKPOINT, filename_prefix="aiko")
+    root = DataRoot(tmp_path / "data")
+    outcome: dict[str, object] = {}
+
+    def generate() -> None:
+        try:
+            plan = GenerationPlan(count=1, seed=3)
+            outcome["value"] = generate_for_character(registry, root, backend, "aiko", plan, print)
+        except Exception as error:  # noqa: BLE001 - inspected below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    assert fake.stuck_reached.wait(20)
+    time.sleep(0.01)
+    cleared = clear_stuck_jobs(registry, timedelta(milliseconds=1), client.cancel)
+    worker.join(timeout=60)
+    assert "error" not in outcome, outcome  # the run itself is not broken
+    assert cleared.failed == [1] and cleared.cancelled == {1: "interrupted"}
+    result = outcome["value"]
+    assert result.image_ids == [] and result.failed_jobs == []  # cleared, not this run's failure
+    with registry.session() as session:
+        job = session.get(GenerationJob, 1)
+        assert job is not None and job.status == "failed" and "stuck" in (job.error or "")
+        assert queries.pending_images(session, character_slug="aiko") == []
