@@ -393,7 +393,9 @@ def cmd_release_change(args: argparse.Namespace) -> None:
 
     settings = _settings()
     root = DataRoot(settings.data_root)
-    change = change_release(_registry(settings), root, args.release_id, args.action)
+    change = change_release(
+        _registry(settings), root, args.release_id, args.action, settings.comfyui_loras_dir
+    )
     print(f"release {change.release_id}: {change.previous} -> {change.status}")
     for other in change.demoted:
         print(f"release {other}: active -> approved")

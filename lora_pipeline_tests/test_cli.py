@@ -207,6 +207,24 @@ def test_release_approve_activate_deactivate_reject(cast: Path, capsys) -> None:
     assert [release_status(r) for r in (first, second)] == ["rejected", "approved"]
 
 
+def test_activating_puts_the_lora_in_comfyuis_loras_folder(
+    cast: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loras = cast / "comfyui" / "models" / "loras"
+    monkeypatch.setenv("LORA_PIPELINE_COMFYUI_LORAS_DIR", str(loras))
+    release = add_release(1, "pass")
+    lora = cast / "data" / "loras" / "aiko" / "v1.safetensors"
+    lora.parent.mkdir(parents=True, exist_ok=True)
+    lora.write_bytes(b"weights")
+    assert run(capsys, "release", "activate", str(release))[0] == 0
+    assert (loras / "v1.safetensors").read_bytes() == b"weights"
+    lora.unlink()  # gone: the decision stands, the copy is reported
+    run(capsys, "release", "deactivate", str(release))
+    code, _, err = run(capsys, "release", "activate", str(release))
+    assert code == 0 and "was not copied to ComfyUI's loras folder" in err
+    assert release_status(release) == "active"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -17,7 +17,8 @@ from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.evaluation.service import EvalRef, evaluate_release
-from lora_pipeline.training.service import ReleaseRef, copy_to_comfyui
+from lora_pipeline.generation.comfyui import copy_to_comfyui
+from lora_pipeline.training.service import ReleaseRef
 
 
 @asset(

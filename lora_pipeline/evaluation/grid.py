@@ -7,13 +7,15 @@ reviewer sees at a glance what the LoRA does, and `lora_effect` puts a number on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from lora_pipeline.generation.local import DiffusersGenerator, GenerationRequest, LoraSpec
+from lora_pipeline.generation.local import GenerationRequest, Loras, LoraSpec
 
 BACKGROUND = "white"
 TEXT_COLOUR = "black"
@@ -165,13 +167,21 @@ def strength_label(strength: float) -> str:
     return "no LoRA" if strength == 0 else f"LoRA {strength:g}"
 
 
+class Renderer(Protocol):
+    def generate(self, request: GenerationRequest, lora: Loras = None) -> Image.Image: ...
+
+
 def render_eval_grid(
-    generator: DiffusersGenerator,
+    generator: Renderer,
     base: GenerationRequest,
     lora_path: Path,
     spec: EvalGridSpec,
+    below: Sequence[LoraSpec] = (),
 ) -> EvalGridResult:
-    """Render every (prompt, seed) × strength cell with `base`'s settings and compose the grid."""
+    """Render every (prompt, seed) × strength cell with `base`'s settings and compose the grid.
+
+    `below` are the LoRAs production puts under this one (the checkpoint's active baseline):
+    every column has them, so the LoRA is judged as it will be used."""
     if not spec.prompts or not spec.seeds or not spec.strengths:
         raise EvalGridError("an eval grid needs at least one prompt, one seed and one strength")
     cells: list[EvalCell] = []
@@ -182,7 +192,8 @@ def render_eval_grid(
             request = replace(base, prompt=prompt, seed=seed)
             row = []
             for strength in spec.strengths:
-                image = generator.generate(request, LoraSpec(Path(lora_path), strength))
+                stack = [*below, LoraSpec(Path(lora_path), strength)]
+                image = generator.generate(request, stack)
                 cells.append(EvalCell(prompt=prompt, seed=seed, strength=strength, image=image))
                 row.append(image)
             rows.append(row)

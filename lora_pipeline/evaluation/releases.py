@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from lora_pipeline.generation.comfyui import copy_to_comfyui
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry
@@ -89,10 +90,16 @@ def action_named(name: str) -> ReleaseAction:
 
 
 def change_release(
-    registry: Registry, root: DataRoot, release_id: int, action_name: str
+    registry: Registry,
+    root: DataRoot,
+    release_id: int,
+    action_name: str,
+    loras_dir: Path | None = None,
 ) -> ReleaseChange:
     """Apply a release action; `GateError`/`ConflictError` (nothing changed) when it does not
-    apply, then rewrite the model cards of the releases whose status changed."""
+    apply, then rewrite the model cards of the releases whose status changed. An activated
+    release's file is put into ComfyUI's loras folder (`loras_dir`), where the workflows'
+    LoraLoaders look for it."""
     action = action_named(action_name)
     with registry.session() as session:
         release = session.get(LoraRelease, release_id)
@@ -102,10 +109,19 @@ def change_release(
         if previous not in action.sources:
             raise ConflictError(_refusal(release_id, previous, action))
         active = _active_ids(session) - {release_id}
-        commands.set_release_status(session, release_id, action.status)
+        changed = commands.set_release_status(session, release_id, action.status)
         demoted = tuple(sorted(active - _active_ids(session)))
+        lora_file = root.path(changed.path)
+    problems: list[str] = []
+    if action.status == "active":
+        try:
+            copy_to_comfyui(lora_file, loras_dir)
+        except OSError as error:  # the decision stands; the copy can be redone
+            problems.append(
+                f"release {release_id} was not copied to ComfyUI's loras folder: {error}"
+            )
     cards, errors = rewrite_model_cards(registry, root, (release_id, *demoted))
-    return ReleaseChange(release_id, previous, action.status, demoted, cards, errors)
+    return ReleaseChange(release_id, previous, action.status, demoted, cards, (*problems, *errors))
 
 
 def _refusal(release_id: int, status: str, action: ReleaseAction) -> str:

@@ -21,13 +21,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
+from sqlalchemy import func, select
 
 from lora_pipeline.evaluation.grid import (
     EvalGridResult,
     EvalGridSpec,
+    Renderer,
     lora_effect,
     render_eval_grid,
     strength_label,
@@ -43,12 +45,13 @@ from lora_pipeline.evaluation.scores import (
     identity_similarity,
     quality_score,
 )
-from lora_pipeline.generation.local import GenerationRequest, Loras, LoraSpec
+from lora_pipeline.generation.local import GenerationRequest, Loras, LoraSpec, lora_stack
+from lora_pipeline.generation.service import baseline_lora
 from lora_pipeline.media.images import load_image
 from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
-from lora_pipeline.registry.models import Character, DatasetVersion, LoraRelease, Project
+from lora_pipeline.registry.models import Character, DatasetVersion, Eval, LoraRelease, Project
 
 CANONICAL_PROMPTS = ("portrait, looking at viewer", "full body, standing", "upper body, smiling")
 DEFAULT_SEEDS = (1, 2)
@@ -59,8 +62,8 @@ MODEL_CARD_SUFFIX = ".model-card.md"
 Log = Callable[[str], None]
 
 
-class Renderer(Protocol):
-    def generate(self, request: GenerationRequest, lora: Loras = None) -> Image.Image: ...
+class EvaluationError(ValueError):
+    """A release that cannot be evaluated as asked (one line for the user)."""
 
 
 @dataclass(frozen=True)
@@ -117,11 +120,10 @@ class _CachedRenderer:
         self._images: dict[tuple[GenerationRequest, str, float], Image.Image] = {}
 
     def generate(self, request: GenerationRequest, lora: Loras = None) -> Image.Image:
-        spec = lora if isinstance(lora, LoraSpec) else None
-        path, strength = (str(spec.path), spec.strength) if spec and spec.strength else ("", 0.0)
-        key = (request, path, strength)
+        stack = lora_stack(lora)
+        key = (request, tuple((str(spec.path), spec.strength) for spec in stack))
         if key not in self._images:
-            self._images[key] = self._renderer.generate(request, spec if path else None)
+            self._images[key] = self._renderer.generate(request, list(stack))
         return self._images[key]
 
 
@@ -135,11 +137,14 @@ class _Candidate:
 class _Context:
     release_id: int
     slug: str
+    checkpoint: str
     base: GenerationRequest
     spec: EvalGridSpec
     thresholds: GateThresholds
     candidates: list[_Candidate]
     references: list[str]
+    # The checkpoint's active baseline LoRA, under a project release as in production.
+    below: list[LoraSpec] = field(default_factory=list)
 
 
 def evaluate_release(
@@ -154,7 +159,7 @@ def evaluate_release(
 ) -> tuple[EvalRef, EvalGridResult]:
     """Evaluate a release (see the module docstring). `stage_lora` is called with each LoRA
     file before it is rendered: ComfyUI renders only what its loras folder holds."""
-    context = _load_context(registry, root, release_id, spec)
+    context = _load_context(registry, root, release_id, spec, renderer_checkpoint(renderer))
     cached = _CachedRenderer(renderer)
     per_epoch: dict[int, dict[str, float | None]] = {}
     best = context.candidates[-1]
@@ -167,7 +172,9 @@ def evaluate_release(
         best = next(c for c in context.candidates if c.epoch == chosen)
         _select_file(registry, root, context, best)
     _stage(root, best, stage_lora)
-    result = render_eval_grid(cached, context.base, root.path(best.relpath), context.spec)
+    result = render_eval_grid(
+        cached, context.base, root.path(best.relpath), context.spec, context.below
+    )
     scores = _grid_scores(root, result, context, scorers)
     verdict, reasons = gate_verdict(scores, context.thresholds)
     ref = _record(registry, root, context, result, scores, verdict, reasons, per_epoch, best)
@@ -176,13 +183,29 @@ def evaluate_release(
     return replace(ref, model_card_relpath=root.relative(card)), result
 
 
+def renderer_checkpoint(renderer: Renderer) -> str:
+    """The checkpoint a renderer draws with (backends name it), by its key; "" when unknown."""
+    return commands.checkpoint_key(getattr(renderer, "checkpoint", None))
+
+
 def _load_context(
-    registry: Registry, root: DataRoot, release_id: int, spec: EvalGridSpec | None
+    registry: Registry,
+    root: DataRoot,
+    release_id: int,
+    spec: EvalGridSpec | None,
+    checkpoint: str,
 ) -> _Context:
     with registry.session() as session:
         release = session.get(LoraRelease, release_id)
         if release is None:
-            raise ValueError(f"unknown LoRA release {release_id}")
+            raise EvaluationError(f"unknown LoRA release {release_id}")
+        if checkpoint and release.base_checkpoint and checkpoint != release.base_checkpoint:
+            # A LoRA judged on another checkpoint than it was trained on says nothing.
+            raise EvaluationError(
+                f"release {release.id} was trained on checkpoint {release.base_checkpoint!r} "
+                f"but the eval would render with {checkpoint!r}: configure the same checkpoint "
+                "(LORA_PIPELINE_BASE_MODEL, LORA_PIPELINE_COMFYUI_CHECKPOINT)"
+            )
         character = session.get(Character, release.character_id)
         assert character is not None  # foreign key
         base = GenerationRequest(
@@ -196,10 +219,15 @@ def _load_context(
             height=character.height,
         )
         references = [i.path for i in queries.approved_images(session, character.id)]
+        baseline = None
+        if release.scope == "project":
+            baseline = baseline_lora(session, root, character, release.base_checkpoint)
         return _Context(
             release_id=release.id,
             slug=character.slug,
+            checkpoint=release.base_checkpoint,
             base=base,
+            below=[baseline[1]] if baseline else [],
             spec=spec or project_eval_spec(character),
             thresholds=GateThresholds.from_settings(character.project.settings or {}),
             candidates=_candidates(root, release),
@@ -208,15 +236,19 @@ def _load_context(
 
 
 def _candidates(root: DataRoot, release: LoraRelease) -> list[_Candidate]:
-    """The release's saved epochs, oldest first, then its final file (the last epoch)."""
+    """A candidate's saved epochs, oldest first, then the trainer's final file (the last
+    epoch); a release already approved or further keeps the file it has."""
     hyper = release.hyperparameters or {}
     final_epoch = int(hyper.get("epochs") or 0)
+    if release.status != "candidate":
+        return [_Candidate(int(hyper.get("selected_epoch") or final_epoch), release.path)]
+    final_file = str(hyper.get("final_file") or release.path)
     saved: list[_Candidate] = []
     for number, path in _epoch_files(hyper.get("epoch_files") or []):
         relpath = root.relative(Path(path)) if Path(path).is_absolute() else path
         if number < final_epoch and root.path(relpath).is_file():
             saved.append(_Candidate(number, relpath))
-    return [*saved, _Candidate(final_epoch, release.path)]
+    return [*saved, _Candidate(final_epoch, final_file)]
 
 
 def _epoch_files(paths: Sequence[str]) -> list[tuple[int, str]]:
@@ -297,7 +329,7 @@ def _record(
     per_epoch: dict[int, dict[str, float | None]],
     best: _Candidate,
 ) -> EvalRef:
-    out_dir = root.dir("evals", context.slug, str(context.release_id))
+    out_dir = _new_eval_dir(registry, root, context)
     grid_path = _save_png(result.grid, out_dir / "grid.png")
     image_paths = []
     for index, cell in enumerate(result.cells):
@@ -337,6 +369,23 @@ def _record(
         gate_reasons=reasons,
         best_epoch=best.epoch if per_epoch else None,
     )
+
+
+def _new_eval_dir(registry: Registry, root: DataRoot, context: _Context) -> Path:
+    """`evals/<slug>/<release>/<n>/`, a folder per evaluation: a re-evaluation never
+    overwrites the images an earlier eval record points at."""
+    with registry.session() as session:
+        done = session.scalar(
+            select(func.count(Eval.id)).where(Eval.lora_release_id == context.release_id)
+        )
+    parent = root.dir("evals", context.slug, str(context.release_id))
+    number = (done or 0) + 1
+    while True:
+        try:
+            (parent / str(number)).mkdir()
+            return parent / str(number)
+        except FileExistsError:
+            number += 1  # an evaluation running at the same time took it
 
 
 def _save_png(image: Image.Image, path: Path) -> Path:

@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -669,3 +671,17 @@ def _progress(prompt_id: str, data: dict[str, Any]) -> ComfyUIProgress:
     return ComfyUIProgress(
         prompt_id, str(data.get("node")), whole(data.get("value")), whole(data.get("max"))
     )
+
+
+def copy_to_comfyui(lora: Path, loras_dir: Path | str | None) -> Path | None:
+    """ComfyUI's LoraLoader lists the files of its loras folder: put the LoRA there, under its
+    file name (the name the workflows give it). None when no folder is configured."""
+    if loras_dir is None:
+        return None
+    folder = Path(loras_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / lora.name
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(lora, tmp)
+    tmp.replace(target)
+    return target

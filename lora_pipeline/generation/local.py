@@ -245,8 +245,12 @@ class DiffusersGenerator:
             raise GenerationError(f"LoRA file not found: {', '.join(missing)}")
         if len(stack) > MAX_CACHED_LORAS:
             raise GenerationError(f"at most {MAX_CACHED_LORAS} LoRAs can be stacked")
-        names = [self._load_adapter(pipe, Path(spec.path)) for spec in stack]
-        pipe.set_adapters(names, adapter_weights=[float(spec.strength) for spec in stack])
+        weights: dict[str, float] = {}
+        for spec in stack:
+            # The same file twice in a stack is one adapter at the summed strength.
+            name = self._load_adapter(pipe, Path(spec.path))
+            weights[name] = weights.get(name, 0.0) + float(spec.strength)
+        pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
         pipe.enable_lora()
         return True
 

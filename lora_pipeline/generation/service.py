@@ -91,12 +91,9 @@ class Backends:
     video: VideoBackend | None = None
 
 
-def production_loras(
-    session: Session, root: DataRoot, character: Character, checkpoint: str
-) -> list[tuple[LoraRelease, LoraSpec]]:
-    """The LoRAs every generation of the character uses: the checkpoint's active baseline
-    (shared) release under the character's own active release, at the strength of the
-    project's default generation profile."""
+def lora_strength(session: Session, character: Character) -> float:
+    """The strength of production LoRAs: the project's default generation profile's, else
+    DEFAULT_LORA_STRENGTH."""
     strength = session.scalar(
         select(GenerationProfile.lora_strength)
         .where(
@@ -106,15 +103,38 @@ def production_loras(
         .order_by(GenerationProfile.id)
         .limit(1)
     )
-    strength = DEFAULT_LORA_STRENGTH if strength is None else strength
-    releases = [
-        queries.active_baseline_release(session, checkpoint),
-        queries.active_release(session, character.id, checkpoint),
-    ]
-    chosen: list[tuple[LoraRelease, LoraSpec]] = []
-    for release in releases:
-        if release is not None and all(release.id != r.id for r, _ in chosen):
-            chosen.append((release, LoraSpec(root.path(release.path), strength)))
+    return DEFAULT_LORA_STRENGTH if strength is None else strength
+
+
+def baseline_lora(
+    session: Session, root: DataRoot, character: Character, checkpoint: str
+) -> tuple[LoraRelease, LoraSpec] | None:
+    """The checkpoint's active baseline (shared) release, as the LoRA to put under others."""
+    release = queries.active_baseline_release(session, checkpoint)
+    if release is None:
+        return None
+    return release, LoraSpec(root.path(release.path), lora_strength(session, character))
+
+
+def production_loras(
+    session: Session,
+    root: DataRoot,
+    character: Character,
+    checkpoint: str,
+    log: Log = lambda _: None,
+) -> list[tuple[LoraRelease, LoraSpec]]:
+    """The LoRAs every generation of the character uses: the checkpoint's active baseline
+    (shared) release under the character's own active release."""
+    chosen = [pair for pair in [baseline_lora(session, root, character, checkpoint)] if pair]
+    own = queries.active_release(session, character.id, checkpoint)
+    if own is not None:
+        chosen.append((own, LoraSpec(root.path(own.path), lora_strength(session, character))))
+    elif queries.active_release(session, character.id) is not None:
+        # Active on another checkpoint only: say so rather than silently drawing without it.
+        log(
+            f"{character.slug} has an active LoRA, but not for checkpoint "
+            f"{commands.checkpoint_key(checkpoint)!r}: generating without it"
+        )
     return chosen
 
 
@@ -172,7 +192,7 @@ def _run_new_jobs(
         base_seed = plan.seed if plan.seed is not None else _seed_for(character)
         settings = request_settings(character)
         character_id = character.id
-        loras = production_loras(session, root, character, backends.checkpoint)
+        loras = production_loras(session, root, character, backends.checkpoint, log)
         lora_params = _lora_params(loras)
     specs = tuple(spec for _, spec in loras)
     for offset in range(plan.count):
@@ -261,7 +281,7 @@ def _start_requested_job(
         overrides = {k: job.params[k] for k in settings if job.params.get(k) is not None}
         fields = (job.prompt, job.negative_prompt, job.seed, job.kind, list(job.feedback_ids))
         params = dict(job.params)
-        loras = production_loras(session, root, character, backends.checkpoint)
+        loras = production_loras(session, root, character, backends.checkpoint, log)
     prompt, negative, seed, kind, feedback_ids = fields
     try:
         request = GenerationRequest(prompt, negative, seed, **(settings | overrides))

@@ -1161,9 +1161,12 @@ def select_release_file(
         raise ConflictError(
             f"release {release.id} is {release.status}; only a candidate can change its file"
         )
+    hyperparameters = dict(release.hyperparameters or {})
+    # The trainer's last file stays known, so a re-evaluation compares the same epochs.
+    hyperparameters.setdefault("final_file", release.path)
     release.path = _relative_path(path, "LoRA path")
     release.sha256 = _sha256(sha256)
-    release.hyperparameters = dict(release.hyperparameters or {}) | {"selected_epoch": epoch}
+    release.hyperparameters = hyperparameters | {"selected_epoch": epoch}
     if release.model_id is not None:
         model = session.get(Model, release.model_id)
         if model is not None:

@@ -480,7 +480,12 @@ async def release_action(request: Request, form: FormData) -> Response:
     character = _text(form, "character")
     try:
         change = await run_in_threadpool(
-            releases.change_release, ctx.registry, ctx.root, release_id, name
+            releases.change_release,
+            ctx.registry,
+            ctx.root,
+            release_id,
+            name,
+            ctx.settings.comfyui_loras_dir,
         )
     except ConflictError as error:
         return _release_failed(request, character, 409, str(error))

@@ -14,7 +14,6 @@ changed, another base checkpoint, another network shape asked for) it trains fre
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from lora_pipeline.dataset.service import DatasetRef, training_examples
 from lora_pipeline.evaluation.service import project_eval_spec
+from lora_pipeline.generation.comfyui import copy_to_comfyui
 from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
@@ -235,15 +235,3 @@ def register_trained_lora(
         comfyui_copy=str(comfy_copy) if comfy_copy else None,
         parent_release_id=job.parent_release_id,
     )
-
-
-def copy_to_comfyui(lora: Path, loras_dir: Path | None) -> Path | None:
-    """ComfyUI's LoraLoader lists the files of its loras folder; put the new LoRA there."""
-    if loras_dir is None:
-        return None
-    loras_dir.mkdir(parents=True, exist_ok=True)
-    target = loras_dir / lora.name
-    tmp = target.with_suffix(".tmp")
-    shutil.copyfile(lora, tmp)
-    tmp.replace(target)
-    return target

@@ -120,7 +120,7 @@ def test_whole_graph_for_one_character(studio) -> None:
         metadata = handle.metadata()
     assert keys and all(k.startswith("lora_unet_") for k in keys)
     assert metadata["lora_pipeline.dataset_hash"] == version.version_hash
-    grid = settings.data_root / "evals" / "aiko" / str(release.id) / "grid.png"
+    grid = settings.data_root / "evals" / "aiko" / str(release.id) / "1" / "grid.png"
     assert grid.is_file()
     event = instance.get_latest_materialization_event(AssetKey("eval_grid"))
     metadata = event.asset_materialization.metadata

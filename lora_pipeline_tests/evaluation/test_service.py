@@ -7,13 +7,20 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from lora_pipeline.evaluation.model_card import MODEL_CARD_FIELDS
-from lora_pipeline.evaluation.service import EvalScorers, evaluate_release, write_model_card
+from lora_pipeline.evaluation.service import (
+    EvalScorers,
+    EvaluationError,
+    evaluate_release,
+    write_model_card,
+)
 from lora_pipeline.generation.backends import LocalImageBackend
-from lora_pipeline.generation.local import DiffusersGenerator
+from lora_pipeline.generation.comfyui import copy_to_comfyui
+from lora_pipeline.generation.local import DiffusersGenerator, GenerationRequest, LoraSpec
 from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry, migrate
@@ -21,6 +28,7 @@ from lora_pipeline.registry.errors import GateError
 from lora_pipeline.registry.models import Eval, LoraRelease
 from lora_pipeline.vision.reference import ReferenceIdentifier
 from lora_pipeline.vision.tiny import build_tiny_clip, build_tiny_clip_vision
+from lora_pipeline_tests.generation.tiny_assets import write_random_lora
 
 LORA = "loras/aiko/aiko-0123.safetensors"
 EPOCH_1 = "loras/aiko/epochs/aiko-0123-000001.safetensors"
@@ -101,13 +109,78 @@ def test_the_best_epoch_is_released_and_its_grid_scored_and_recorded(
         assert set(row.scores["per_epoch"]) == {"1", "2"}
         assert row.scores["per_epoch"]["2"]["lora_effect"] == 0.0
         assert len(row.image_paths) == 8 and all(root.path(p).is_file() for p in row.image_paths)
-    saved = json.loads(root.path(f"evals/aiko/{release_id}/eval.json").read_text())
+    saved = json.loads(root.path(f"evals/aiko/{release_id}/1/eval.json").read_text())
     assert saved["scores"]["best_epoch"] == 1 and saved["settings"]["lora_file"] == EPOCH_1
     assert root.path(ref.grid_relpath).is_file()
 
-    # Scores on tiny models are deterministic: evaluating again gives the same numbers.
+    # Scores on tiny models are deterministic: evaluating again compares the same two epochs
+    # (the trainer's final file is remembered) and gives the same numbers, in its own folder.
     again, _ = evaluate_release(registry, root, backend, release_id, scorers)
     assert again.scores == ref.scores and again.eval_id != ref.eval_id
+    assert again.best_epoch == 1 and again.grid_relpath != ref.grid_relpath
+    with registry.session() as session:
+        second = session.get(Eval, again.eval_id)
+        assert second is not None and second.scores["per_epoch"] == row.scores["per_epoch"]
+    assert root.path(ref.grid_relpath).is_file()  # the first record's images are kept
+
+
+def test_each_rendered_file_is_staged_for_comfyui_first(
+    tmp_path: Path, registry: Registry, generator: DiffusersGenerator, loras: dict[str, Path]
+) -> None:
+    root = DataRoot(tmp_path / "data")
+    release_id = setup_release(registry, root, final=loras["zero"], epoch_1=loras["random"])
+    folder = tmp_path / "comfyui" / "loras"
+    staged: list[str] = []
+
+    def stage(path: Path) -> None:
+        assert path.is_file()
+        staged.append(path.name)
+        copy_to_comfyui(path, str(folder))  # a str, as the settings give it
+
+    evaluate_release(registry, root, LocalImageBackend(generator), release_id, stage_lora=stage)
+    assert staged[:2] == ["aiko-0123-000001.safetensors", "aiko-0123.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(set(staged))
+
+
+def test_a_release_is_evaluated_on_its_own_checkpoint_under_the_active_baseline(
+    tmp_path: Path,
+    registry: Registry,
+    generator: DiffusersGenerator,
+    loras: dict[str, Path],
+    tiny_sd: Path,
+) -> None:
+    root = DataRoot(tmp_path / "data")
+    release_id = setup_release(registry, root, final=loras["random"], epoch_1=loras["random"])
+    other = LocalImageBackend(generator)
+    other.checkpoint = "/models/anything-v5.safetensors"
+    with pytest.raises(EvaluationError, match="trained on checkpoint 'tiny-sd'.*'anything-v5'"):
+        evaluate_release(registry, root, other, release_id)
+
+    root.path("loras/shared/style.safetensors").parent.mkdir(parents=True)
+    write_random_lora(tiny_sd, root.path("loras/shared/style.safetensors"), seed=9)
+    with registry.session() as session:
+        aiko = commands.get_character(session, "aiko")
+        baseline = commands.register_lora_release(
+            session,
+            aiko.id,
+            None,
+            "loras/shared/style.safetensors",
+            "b" * 64,
+            "tiny-sd",
+            {},
+            scope="baseline",
+        )
+        commands.record_eval(session, baseline.id, {}, "evals/b.png", [], {}, "pass")
+        commands.set_release_status(session, baseline.id, "active")
+    _, result = evaluate_release(registry, root, LocalImageBackend(generator), release_id)
+    first = result.cells[0]
+    assert first.strength == 0
+    request = GenerationRequest(
+        prompt=first.prompt, seed=first.seed, steps=2, width=64, height=64, cfg=7.0
+    )
+    with_baseline = generator.generate(request, LoraSpec(root.path(baseline.path), 0.8))
+    assert np.array_equal(np.asarray(first.image), np.asarray(with_baseline))
+    assert not np.array_equal(np.asarray(first.image), np.asarray(generator.generate(request)))
 
 
 def test_the_gate_blocks_activation_below_the_threshold(
@@ -154,8 +227,8 @@ def test_the_model_card_lists_every_field_and_follows_the_status(
         assert name in text, name
     assert "studio-internal" in text and "aiko" in text and "a fresh LoRA" in text
     # The grid is linked relative to the card, so the card renders where it lies.
-    assert f"](<../../evals/aiko/{release_id}/grid.png>)" in text
-    assert (card.parent / f"../../evals/aiko/{release_id}/grid.png").resolve().is_file()
+    assert f"](<../../evals/aiko/{release_id}/1/grid.png>)" in text
+    assert (card.parent / f"../../evals/aiko/{release_id}/1/grid.png").resolve().is_file()
     assert "candidate" in text
     with registry.session() as session:
         commands.set_release_status(session, release_id, "approved")
