@@ -242,6 +242,7 @@ def trained_lora(
         samples=config.samples,
         continue_from_failed=config.continue_from_failed,
         log=context.log.info,
+        scope=config.scope,
     )
     result, reported = run_training_process(context, job)
     loras_dir = models.loras_dir()

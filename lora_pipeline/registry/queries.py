@@ -131,14 +131,14 @@ def latest_dataset_version(session: Session, character_id: int) -> DatasetVersio
     return session.scalar(query)
 
 
-def latest_release(session: Session, character_id: int) -> LoraRelease | None:
-    query = (
-        select(LoraRelease)
-        .where(LoraRelease.character_id == character_id)
-        .order_by(LoraRelease.id.desc())
-        .limit(1)
-    )
-    return session.scalar(query)
+def latest_release(
+    session: Session, character_id: int, scope: str | None = None
+) -> LoraRelease | None:
+    """The character's newest release (of `scope`, project or baseline, when given)."""
+    query = select(LoraRelease).where(LoraRelease.character_id == character_id)
+    if scope is not None:
+        query = query.where(LoraRelease.scope == scope)
+    return session.scalar(query.order_by(LoraRelease.id.desc()).limit(1))
 
 
 def active_release(

@@ -99,11 +99,17 @@ def _why_not_continue(release: LoraRelease, config: TrainingConfig, file: Path) 
 
 
 def failed_parent(
-    session: Session, root: DataRoot, character_id: int, config: TrainingConfig, log: Log
+    session: Session,
+    root: DataRoot,
+    character_id: int,
+    config: TrainingConfig,
+    log: Log,
+    scope: str = "project",
 ) -> ParentRelease | None:
-    """The character's latest release when its latest eval failed the gate and a run with
-    `config` can start from its weights; None (with a note in `log` when it cannot)."""
-    release = queries.latest_release(session, character_id)
+    """The character's latest release of `scope` when its latest eval failed the gate and a
+    run with `config` can start from its weights; None (with a note in `log` when it cannot).
+    A character's own LoRA never continues from a shared baseline, nor the reverse."""
+    release = queries.latest_release(session, character_id, scope)
     if release is None:
         return None
     evaluation = queries.latest_eval(session, release.id)
@@ -130,6 +136,7 @@ def plan_character_training(
     samples: bool = True,
     continue_from_failed: bool = True,
     log: Log = lambda _: None,
+    scope: str = "project",
 ) -> TrainingJob:
     """The job that trains `dataset`: its images and captions, the output file, where resumable
     states go, and the eval prompts as sample prompts (rendered with the character's settings).
@@ -144,7 +151,7 @@ def plan_character_training(
         eval_prompts = project_eval_spec(character).prompts
         steps, cfg, seed = character.steps, character.cfg, character.seed or 0
         parent = (
-            failed_parent(session, root, character.id, config, log)
+            failed_parent(session, root, character.id, config, log, scope)
             if continue_from_failed
             else None
         )

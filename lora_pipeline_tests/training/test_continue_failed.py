@@ -134,6 +134,31 @@ def test_only_the_latest_release_counts(studio: Studio, tiny_sd: Path) -> None:
     assert job.parent_release_id is None and job.config.init_lora is None
 
 
+def test_a_character_lora_never_continues_from_a_baseline_nor_the_reverse(
+    studio: Studio, tiny_sd: Path
+) -> None:
+    registry, root, _, _ = studio
+    failed_project = _release(registry, root, tiny_sd, ("fail",))
+    with registry.session() as session:
+        character = commands.get_character(session, "aiko")
+        baseline = commands.register_lora_release(
+            session,
+            character.id,
+            None,
+            "loras/aiko/style.safetensors",
+            "e" * 64,
+            str(tiny_sd),
+            {},
+            scope="baseline",
+        )
+        commands.record_eval(session, baseline.id, {}, "evals/aiko/grid.png", [], {}, "fail")
+    job, _ = _plan(studio, tiny_sd)  # the newest release is the baseline: not this run's kind
+    assert job.parent_release_id == failed_project
+    job, notes = _plan(studio, tiny_sd, scope="baseline")
+    assert job.parent_release_id is None  # the failed baseline's file is a stand-in: fresh
+    assert any(f"release {baseline.id}" in note for note in notes)
+
+
 def _break_missing(root: DataRoot) -> None:
     root.path(OLD).unlink()
 
