@@ -213,10 +213,11 @@ class ModelsResource(ConfigurableResource):
         url = self.comfyui_url or settings.comfyui_url
         if not url:
             return None
-        return _cached(
-            ("comfyui", url, settings.comfyui_timeout),
-            lambda: ComfyUIClient(url, timeout=settings.comfyui_timeout),
-        )
+        key = (url, settings.comfyui_timeout)
+        # Kept apart from the models free_gpu drops: a client holds connections, not VRAM.
+        if key not in _COMFYUI_CLIENTS:
+            _COMFYUI_CLIENTS[key] = ComfyUIClient(url, timeout=settings.comfyui_timeout)
+        return _COMFYUI_CLIENTS[key]
 
     def comfyui_checkpoint(self) -> str:
         """The checkpoint as ComfyUI lists it: configured, else the base model's file name."""
@@ -260,6 +261,7 @@ def _venv_python(scripts: Path) -> str | None:
 
 
 _DATASET_MODELS: dict[tuple, Any] = {}
+_COMFYUI_CLIENTS: dict[tuple[str, float], ComfyUIClient] = {}
 
 
 def _cached(key: tuple, load: Callable[[], Any]) -> Any:
