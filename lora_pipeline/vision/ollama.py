@@ -29,6 +29,7 @@ from lora_pipeline.vision.identification import (
     parse_character_answer,
     short_name,
 )
+from lora_pipeline.vision.model_cache import first_line
 
 DEFAULT_TIMEOUT_S = 120.0
 MAX_IMAGE_SIDE = 768
@@ -80,7 +81,7 @@ class _OllamaModel:
             try:
                 response = self._client.post(f"{self.url}/api/generate", json=body)
             except httpx.HTTPError as exc:
-                last_error = f"cannot reach it ({_reason(exc)})"
+                last_error = f"cannot reach it ({first_line(exc)})"
                 continue
             if response.status_code >= 500:
                 last_error = f"HTTP {response.status_code}: {_server_error(response)}"
@@ -153,8 +154,3 @@ def _server_error(response: httpx.Response) -> str:
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         return data["error"].splitlines()[0][:200]
     return " ".join(response.text.split())[:200] or "no details"
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

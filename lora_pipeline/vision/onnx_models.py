@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lora_pipeline.vision.model_cache import first_line
+
 
 class ModelLoadError(ValueError):
     """A model file is missing, unreadable, or does not have the expected inputs and outputs."""
@@ -36,8 +38,7 @@ def open_session(path: Path, what: str, device: str = "auto") -> Any:
             str(path), sess_options=options, providers=onnx_providers(device)
         )
     except Exception as error:  # onnxruntime raises its own unrelated exception types
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ModelLoadError(f"cannot load {what} model {path}: {first_line}") from error
+        raise ModelLoadError(f"cannot load {what} model {path}: {first_line(error)}") from error
 
 
 def fixed_dim(shape: Sequence[Any], index: int) -> int | None:
