@@ -46,7 +46,7 @@ from lora_pipeline.evaluation.scores import (
     quality_score,
 )
 from lora_pipeline.generation.local import GenerationRequest, Loras, LoraSpec, lora_stack
-from lora_pipeline.generation.service import baseline_lora
+from lora_pipeline.generation.service import baseline_lora, request_settings
 from lora_pipeline.media.images import load_image
 from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.registry import commands, queries
@@ -161,12 +161,15 @@ def evaluate_release(
     file before it is rendered: ComfyUI renders only what its loras folder holds."""
     context = _load_context(registry, root, release_id, spec, renderer_checkpoint(renderer))
     cached = _CachedRenderer(renderer)
+    # Read once: every epoch's identity score compares with the same approved images.
+    references = [load_image(root.path(p)) for p in context.references] if scorers.embedder else []
     per_epoch: dict[int, dict[str, float | None]] = {}
     best = context.candidates[-1]
     if len(context.candidates) > 1:
         for candidate in context.candidates:
             _stage(root, candidate, stage_lora)
-            per_epoch[candidate.epoch] = _epoch_scores(root, cached, context, candidate, scorers)
+            result = _epoch_grid(root, cached, context, candidate)
+            per_epoch[candidate.epoch] = _grid_scores(result, references, scorers)
             log(f"epoch {candidate.epoch}: {_describe(per_epoch[candidate.epoch])}")
         chosen = choose_best_epoch(per_epoch, context.thresholds)
         best = next(c for c in context.candidates if c.epoch == chosen)
@@ -175,7 +178,8 @@ def evaluate_release(
     result = render_eval_grid(
         cached, context.base, root.path(best.relpath), context.spec, context.below
     )
-    scores = _grid_scores(root, result, context, scorers)
+    # The best epoch's scores came from the same full-strength images (cached renders).
+    scores = per_epoch.get(best.epoch) or _grid_scores(result, references, scorers)
     verdict, reasons = gate_verdict(scores, context.thresholds)
     ref = _record(registry, root, context, result, scores, verdict, reasons, per_epoch, best)
     card = write_model_card(registry, root, release_id)
@@ -209,14 +213,7 @@ def _load_context(
         character = session.get(Character, release.character_id)
         assert character is not None  # foreign key
         base = GenerationRequest(
-            prompt="",
-            negative_prompt=character.negative_prompt,
-            steps=character.steps,
-            cfg=character.cfg,
-            sampler=character.sampler,
-            scheduler=character.scheduler,
-            width=character.width,
-            height=character.height,
+            prompt="", negative_prompt=character.negative_prompt, **request_settings(character)
         )
         references = [i.path for i in queries.approved_images(session, character.id)]
         baseline = None
@@ -270,21 +267,17 @@ def _full_strength(spec: EvalGridSpec) -> float:
     return max(spec.strengths)
 
 
-def _epoch_scores(
-    root: DataRoot,
-    renderer: _CachedRenderer,
-    context: _Context,
-    candidate: _Candidate,
-    scorers: EvalScorers,
-) -> dict[str, float | None]:
-    """The scores of one epoch's file, from the no-LoRA and full-strength columns only."""
+def _epoch_grid(
+    root: DataRoot, renderer: _CachedRenderer, context: _Context, candidate: _Candidate
+) -> EvalGridResult:
+    """One epoch's file on the no-LoRA and full-strength columns only: what the scores need."""
     spec = replace(context.spec, strengths=(0.0, _full_strength(context.spec)))
-    result = render_eval_grid(renderer, context.base, root.path(candidate.relpath), spec)
-    return _grid_scores(root, result, context, scorers)
+    path = root.path(candidate.relpath)
+    return render_eval_grid(renderer, context.base, path, spec, context.below)
 
 
 def _grid_scores(
-    root: DataRoot, result: EvalGridResult, context: _Context, scorers: EvalScorers
+    result: EvalGridResult, references: list[Image.Image], scorers: EvalScorers
 ) -> dict[str, float | None]:
     strongest = max(cell.strength for cell in result.cells)
     with_lora = [c for c in result.cells if c.strength == strongest]
@@ -295,8 +288,7 @@ def _grid_scores(
         "identity": None,
         "clip_score": None,
     }
-    if scorers.embedder is not None and context.references:
-        references = [load_image(root.path(p)) for p in context.references]
+    if scorers.embedder is not None and references:
         scores["identity"] = identity_similarity(scorers.embedder, images, references)
     if scorers.clip_model:
         prompts = [c.prompt for c in with_lora]
