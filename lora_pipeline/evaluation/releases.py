@@ -23,6 +23,7 @@ from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.registry.models import DatasetVersion, Eval, LoraRelease
+from lora_pipeline.vision.model_cache import first_line
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,7 @@ def rewrite_model_cards(
         except Exception as error:  # noqa: BLE001
             log.warning("model card of release %s not rewritten", release_id, exc_info=True)
             errors.append(
-                f"the model card of release {release_id} was not rewritten: "
-                f"{str(error) or type(error).__name__}"
+                f"the model card of release {release_id} was not rewritten: {first_line(error)}"
             )
     return tuple(cards), tuple(errors)
 
