@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from lora_pipeline.errors import PipelineError
 
-class RegistryError(Exception):
+
+class RegistryError(PipelineError):
     """Base class: `str(error)` is a one-line message fit to show to a user."""
 
 

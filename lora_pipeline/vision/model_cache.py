@@ -11,6 +11,10 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from lora_pipeline.errors import first_line
+
+__all__ = ["ModelCache", "first_line"]
+
 Loaded = TypeVar("Loaded")
 
 
@@ -35,9 +39,3 @@ class ModelCache(Generic[Loaded]):
     def clear(self) -> None:
         with self._lock:
             self._loaded.clear()
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error, for a one-line message (the type when it says nothing)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
