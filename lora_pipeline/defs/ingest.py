@@ -22,7 +22,8 @@ from lora_pipeline.vision.classify import (
     classify_character_sources,
     registry_references,
 )
-from lora_pipeline.vision.identification import Identifier, build_identifier
+from lora_pipeline.vision.identification import Identifier
+from lora_pipeline.vision.identifier_factory import build_identifier
 
 CONTACT_SHEET_IMAGES = 16
 

@@ -30,8 +30,10 @@ from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.training.gpu import free_comfyui_vram
 from lora_pipeline.training.service import KohyaSetup
 from lora_pipeline.vision import llava, reference
-from lora_pipeline.vision.captioner import Captioner, build_captioner
-from lora_pipeline.vision.faces import FaceDetector, load_face_detector
+from lora_pipeline.vision.captioner import Captioner
+from lora_pipeline.vision.captioner_factory import build_captioner
+from lora_pipeline.vision.face_detector_factory import load_face_detector
+from lora_pipeline.vision.faces import FaceDetector
 from lora_pipeline.vision.reference import ReferenceIdentifier
 from lora_pipeline.vision.tagger import OnnxTagger
 

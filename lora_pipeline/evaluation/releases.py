@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy import select
 
+from lora_pipeline.errors import first_line
 from lora_pipeline.generation.comfyui import copy_to_comfyui
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.registry.models import DatasetVersion, Eval, LoraRelease
-from lora_pipeline.vision.model_cache import first_line
 
 log = logging.getLogger(__name__)
 

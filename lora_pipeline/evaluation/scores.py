@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image
 
 from lora_pipeline.config import torch_device
+from lora_pipeline.errors import first_line
 from lora_pipeline.media.phash import sharpness
 from lora_pipeline.registry.commands import PROJECT_SETTINGS
-from lora_pipeline.vision.model_cache import ModelCache, first_line
+from lora_pipeline.vision.model_cache import ModelCache
 
 
 class ScoreError(ValueError):

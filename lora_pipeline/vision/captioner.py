@@ -4,8 +4,8 @@ A vision-language model describes an image in a sentence. Any object with a `nam
 `caption(image) -> str` method is a Captioner (one with `caption_many(images)` too is captioned
 a batch at a time); a plain function `image -> str` becomes one with `as_captioner`.
 `load_captioner("package.module:factory")` imports a factory named by configuration, so a VLM
-backend plugs in without this package importing it. `build_captioner` picks the captioner of
-the configuration: that factory, else the identification stage's LLaVA, else its Ollama model.
+backend plugs in without this package importing it. `vision.captioner_factory.build_captioner`
+picks the captioner of the configuration.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
-
-from lora_pipeline.vision.identification import parse_identifier_spec
 
 # What the built-in VLM captioners ask: the words a LoRA caption needs, not a story.
 CAPTION_PROMPT = (
@@ -179,30 +177,3 @@ def _shortened(text: str, max_chars: int) -> str:
     if cut <= 0:
         cut = text.rfind(" ", 0, max_chars + 1)
     return text[: cut if cut > 0 else max_chars].rstrip(" ,")
-
-
-def build_captioner(
-    spec: str | None, identifiers: Sequence[str | None] = (), device: str = "auto"
-) -> Captioner | None:
-    """The vlm strategy's captioner, in this order: `spec` ('package.module:factory', from
-    LORA_PIPELINE_CAPTIONER) when set; else the first `llava:<model>` identifier spec (the
-    identification stage's LLaVA); else the first `ollama:<url>#<model>` one; else None."""
-    if spec:
-        return load_captioner(spec)
-    try:
-        parsed = [parse_identifier_spec(text) for text in identifiers if text]
-    except ValueError as error:
-        raise CaptionerError(str(error)) from None
-    for kind in ("llava", "ollama"):
-        chosen = next((item for item in parsed if item.kind == kind), None)
-        if chosen is None:
-            continue
-        # Imported here: both modules import this one.
-        if kind == "llava":
-            from lora_pipeline.vision.llava import LlavaCaptioner
-
-            return LlavaCaptioner(chosen.target, device=device)
-        from lora_pipeline.vision.ollama import OllamaCaptioner
-
-        return OllamaCaptioner(chosen.target, chosen.model)
-    return None

@@ -2,8 +2,8 @@
 
 Real detectors implement `FaceDetector`: a YOLO-style ONNX model (vision.onnx_faces, the way
 anime face detectors ship) or insightface's FaceAnalysis (vision.insightface_faces, an optional
-extra); `load_face_detector` builds one from a configuration string. Boxes are in pixel
-coordinates of the image that was passed in.
+extra); `vision.face_detector_factory.load_face_detector` builds one from a configuration
+string. Boxes are in pixel coordinates of the image that was passed in.
 """
 
 from __future__ import annotations
@@ -60,34 +60,3 @@ class FaceDetector(Protocol):
     name: str
 
     def detect(self, image: Image.Image) -> list[FaceBox]: ...
-
-
-INSIGHTFACE_PREFIX = "insightface:"
-
-
-def load_face_detector(
-    spec: str, *, score_threshold: float = 0.5, device: str = "auto"
-) -> FaceDetector:
-    """The detector a configuration string names.
-
-    - `path/to/model.onnx`: a YOLO-style ONNX face detector (see `vision.onnx_faces`);
-    - `insightface:<root>` or `insightface:<root>#<pack name>`: insightface's FaceAnalysis with
-      the detection model of `<root>/models/<pack>` (`buffalo_l` unless named).
-    """
-    text = spec.strip() if isinstance(spec, str) else ""
-    if text.startswith(INSIGHTFACE_PREFIX):
-        from lora_pipeline.vision.insightface_faces import DEFAULT_MODEL_NAME, InsightFaceDetector
-
-        root, _, name = text[len(INSIGHTFACE_PREFIX) :].partition("#")
-        if not root:
-            raise FaceDetectionError(f"face detector {spec!r} names no insightface model root")
-        return InsightFaceDetector(
-            root, name or DEFAULT_MODEL_NAME, score_threshold=score_threshold, device=device
-        )
-    if text.lower().endswith(".onnx"):
-        from lora_pipeline.vision.onnx_faces import OnnxFaceDetector
-
-        return OnnxFaceDetector(text, score_threshold=score_threshold, device=device)
-    raise FaceDetectionError(
-        f"face detector {spec!r} is neither a .onnx file nor 'insightface:<model root>'"
-    )

@@ -300,34 +300,3 @@ def parse_identifier_spec(spec: str) -> IdentifierSpec:
     if not url.strip() or not model.strip():
         raise ValueError(f"invalid Ollama identifier {spec!r}: use ollama:<url>#<model>")
     return IdentifierSpec(kind, url.strip(), model.strip())
-
-
-def build_identifier(
-    spec: str,
-    device: str = "auto",
-    references: Any = None,
-    reference_threshold: float = 0.85,
-    cache_dir: Any = None,
-) -> Identifier:
-    """The identifier a setting names. `references` (slug -> approved images) and `cache_dir`
-    (for embeddings) serve reference matching."""
-    parsed = parse_identifier_spec(spec)
-    if parsed.kind == "llava":
-        from lora_pipeline.vision.llava import LlavaIdentifier
-
-        return LlavaIdentifier(parsed.target, device=device)
-    if parsed.kind == "ollama":
-        from lora_pipeline.vision.ollama import OllamaIdentifier
-
-        return OllamaIdentifier(parsed.target, parsed.model)
-    from lora_pipeline.vision.reference import ReferenceIdentifier
-
-    if references is None:
-        raise ValueError("reference matching needs the characters' approved images")
-    return ReferenceIdentifier(
-        parsed.target,
-        references,
-        threshold=reference_threshold,
-        cache_dir=cache_dir,
-        device=device,
-    )

@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from lora_pipeline.config import torch_device
+from lora_pipeline.errors import first_line
 from lora_pipeline.vision.captioner import (
     CAPTION_MAX_CHARS,
     CAPTION_PROMPT,
@@ -28,7 +29,7 @@ from lora_pipeline.vision.identification import (
     parse_character_answer,
     short_name,
 )
-from lora_pipeline.vision.model_cache import ModelCache, first_line
+from lora_pipeline.vision.model_cache import ModelCache
 
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_NEW_TOKENS = 48

@@ -11,10 +11,6 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from lora_pipeline.errors import first_line
-
-__all__ = ["ModelCache", "first_line"]
-
 Loaded = TypeVar("Loaded")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from lora_pipeline.errors import first_line
 from lora_pipeline.vision.captioner import (
     CAPTION_MAX_CHARS,
     CAPTION_PROMPT,
@@ -29,7 +30,6 @@ from lora_pipeline.vision.identification import (
     parse_character_answer,
     short_name,
 )
-from lora_pipeline.vision.model_cache import first_line
 
 DEFAULT_TIMEOUT_S = 120.0
 MAX_IMAGE_SIDE = 768

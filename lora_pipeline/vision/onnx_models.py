@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lora_pipeline.vision.model_cache import first_line
+from lora_pipeline.errors import first_line
 
 
 class ModelLoadError(ValueError):

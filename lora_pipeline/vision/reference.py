@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from lora_pipeline.config import torch_device
+from lora_pipeline.errors import first_line
 from lora_pipeline.media.images import InvalidImageError, load_image
 from lora_pipeline.vision.identification import (
     CharacterProfile,
@@ -30,7 +31,7 @@ from lora_pipeline.vision.identification import (
     IdentifierError,
     short_name,
 )
-from lora_pipeline.vision.model_cache import ModelCache, first_line
+from lora_pipeline.vision.model_cache import ModelCache
 
 DEFAULT_THRESHOLD = 0.85
 BATCH_SIZE = 32

@@ -16,10 +16,10 @@ from lora_pipeline.vision.captioner import (
     Captioner,
     CaptionerError,
     FunctionCaptioner,
-    build_captioner,
     caption_images,
     clean_caption,
 )
+from lora_pipeline.vision.captioner_factory import build_captioner
 from lora_pipeline.vision.llava import LlavaCaptioner, LlavaIdentifier
 from lora_pipeline.vision.ollama import OllamaCaptioner
 from lora_pipeline_tests.vision.fake_ollama import GREY, fake_ollama, two_tone

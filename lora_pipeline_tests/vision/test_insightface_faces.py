@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lora_pipeline.vision.faces import FaceDetector, load_face_detector
+from lora_pipeline.vision.face_detector_factory import load_face_detector
+from lora_pipeline.vision.faces import FaceDetector
 from lora_pipeline.vision.insightface_faces import (
     InsightFaceDetector,
     InsightFaceUnavailable,

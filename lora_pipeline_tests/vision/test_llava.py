@@ -12,11 +12,11 @@ from lora_pipeline.vision.identification import (
     CharacterProfile,
     Identifier,
     IdentifierError,
-    build_identifier,
     identification_question,
     parse_identifier_spec,
     short_description,
 )
+from lora_pipeline.vision.identifier_factory import build_identifier
 from lora_pipeline.vision.llava import LlavaIdentifier, _prompt
 
 CAST = [

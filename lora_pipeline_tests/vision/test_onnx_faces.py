@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from lora_pipeline.vision.faces import FaceBox, FaceDetectionError, FaceDetector, load_face_detector
+from lora_pipeline.vision.face_detector_factory import load_face_detector
+from lora_pipeline.vision.faces import FaceBox, FaceDetectionError, FaceDetector
 from lora_pipeline.vision.onnx_faces import OnnxFaceDetector, non_max_suppression
 from lora_pipeline.vision.onnx_models import ModelLoadError
 from lora_pipeline.vision.tiny_onnx import build_tiny_face_detector

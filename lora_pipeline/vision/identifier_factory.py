@@ -1,0 +1,39 @@
+"""The identifier an identification setting names (`llava:`, `ollama:` or `reference:`).
+
+Kept apart from `vision.identification` because the backends it builds import that interface;
+a factory beside them keeps the imports one-way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lora_pipeline.vision.identification import Identifier, parse_identifier_spec
+from lora_pipeline.vision.llava import LlavaIdentifier
+from lora_pipeline.vision.ollama import OllamaIdentifier
+from lora_pipeline.vision.reference import ReferenceIdentifier
+
+
+def build_identifier(
+    spec: str,
+    device: str = "auto",
+    references: Any = None,
+    reference_threshold: float = 0.85,
+    cache_dir: Any = None,
+) -> Identifier:
+    """The identifier a setting names. `references` (slug -> approved images) and `cache_dir`
+    (for embeddings) serve reference matching."""
+    parsed = parse_identifier_spec(spec)
+    if parsed.kind == "llava":
+        return LlavaIdentifier(parsed.target, device=device)
+    if parsed.kind == "ollama":
+        return OllamaIdentifier(parsed.target, parsed.model)
+    if references is None:
+        raise ValueError("reference matching needs the characters' approved images")
+    return ReferenceIdentifier(
+        parsed.target,
+        references,
+        threshold=reference_threshold,
+        cache_dir=cache_dir,
+        device=device,
+    )
