@@ -12,7 +12,8 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.commands import _get, _text, _updated_rows
+from lora_pipeline.registry.commands._rows import _get, _updated_rows
+from lora_pipeline.registry.commands._validate import _text
 from lora_pipeline.registry.errors import ConflictError
 from lora_pipeline.registry.models import Character, Feedback, PromptSuggestion
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from lora_pipeline.registry import commands
-from lora_pipeline.registry.models import Feedback, Image
+from lora_pipeline.registry.models import Feedback, GenerationJob, Image
 from lora_pipeline.review.app import background_server, create_app
 from lora_pipeline_tests.review.conftest import Studio, add_cast, make_settings
 
@@ -202,7 +202,7 @@ def test_generate_tab_shows_settings_and_live_job_status(studio: Studio, live: s
     row = page.locator("#jobs-body tr").first
     sync_api.expect(row.locator(".job-status")).to_have_text("pending")
     with studio.registry.session() as session:
-        (job,) = session.scalars(select(commands.GenerationJob)).all()
+        (job,) = session.scalars(select(GenerationJob)).all()
         commands.mark_job(session, job.id, "running")
     # The script polls /jobs.json while a job is pending or running.
     sync_api.expect(row.locator(".job-status")).to_have_text("running", timeout=10_000)

@@ -1,0 +1,121 @@
+"""Commands on characters: adding one, its design prompt and its generation settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lora_pipeline.registry.commands._rows import _try_insert
+from lora_pipeline.registry.commands._validate import (
+    _MAX_SEED,
+    _float,
+    _int,
+    _text,
+    validate_slug,
+    validate_trigger_word,
+)
+from lora_pipeline.registry.commands.projects import get_project
+from lora_pipeline.registry.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+)
+from lora_pipeline.registry.models import Character
+
+CHARACTER_SETTINGS = ("seed", "cfg", "steps", "sampler", "scheduler", "width", "height")
+
+
+def get_character(session: Session, slug: str) -> Character:
+    character = session.scalar(select(Character).where(Character.slug == slug))
+    if character is None:
+        raise NotFoundError(f"unknown character {slug!r}")
+    return character
+
+
+def _character_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(settings) - set(CHARACTER_SETTINGS))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown character setting {', '.join(unknown)}: valid are "
+            f"{', '.join(CHARACTER_SETTINGS)}"
+        )
+    checked: dict[str, Any] = {}
+    for name, value in settings.items():
+        if name == "seed":
+            checked[name] = None if value is None else _int(value, "seed", maximum=_MAX_SEED)
+        elif name == "cfg":
+            checked[name] = _float(value, "cfg", minimum=0.0, maximum=30.0)
+        elif name == "steps":
+            checked[name] = _int(value, "steps", minimum=1, maximum=1000)
+        elif name in ("sampler", "scheduler"):
+            checked[name] = _text(value, name, required=True, max_length=64)
+        else:
+            size = _int(value, name, minimum=64, maximum=4096)
+            if size % 8:
+                raise InvalidInputError(f"{name} must be a multiple of 8, got {size}")
+            checked[name] = size
+    return checked
+
+
+def _trigger_word_for(slug: str, trigger_word: str | None) -> str:
+    if trigger_word is not None:
+        return validate_trigger_word(trigger_word)
+    try:
+        return validate_trigger_word(slug.replace("-", "_"))
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{error} (derived from the slug: pass a trigger word)") from None
+
+
+def add_character(
+    session: Session,
+    project_slug: str,
+    slug: str,
+    name: str,
+    design_prompt: str = "",
+    trigger_word: str | None = None,
+    negative_prompt: str = "",
+    **settings: Any,
+) -> Character:
+    """Add a character; its trigger word defaults to the slug with '-' replaced by '_'."""
+    project = get_project(session, project_slug)
+    validate_slug(slug, "character slug")
+    trigger = _trigger_word_for(slug, trigger_word)
+    character = Character(
+        project_id=project.id,
+        slug=slug,
+        name=_text(name, "character name", required=True, max_length=200),
+        trigger_word=trigger,
+        design_prompt=_text(design_prompt, "design prompt"),
+        negative_prompt=_text(negative_prompt, "negative prompt"),
+        **_character_settings(settings),
+    )
+    existing = session.scalar(select(Character).where(Character.slug == slug))
+    if existing is not None:
+        raise ConflictError(f"character {slug!r} already exists")
+    owner = session.scalar(select(Character.slug).where(Character.trigger_word == trigger))
+    if owner is not None:
+        raise ConflictError(f"trigger word {trigger!r} is already used by character {owner!r}")
+    if not _try_insert(session, character):
+        raise ConflictError(
+            f"character {slug!r} or trigger word {trigger!r} was added at the same time by "
+            "someone else"
+        )
+    return character
+
+
+def update_design_prompt(session: Session, character_slug: str, prompt: str) -> Character:
+    character = get_character(session, character_slug)
+    character.design_prompt = _text(prompt, "design prompt", required=True)
+    session.flush()
+    return character
+
+
+def update_character_settings(session: Session, character_slug: str, **settings: Any) -> Character:
+    """Change generation settings (seed, cfg, steps, sampler, scheduler, width, height)."""
+    character = get_character(session, character_slug)
+    for name, value in _character_settings(settings).items():
+        setattr(character, name, value)
+    session.flush()
+    return character

@@ -1,0 +1,181 @@
+"""Commands on generation jobs: creating them and moving them along their states."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from lora_pipeline.registry.commands._rows import (
+    _get,
+    _reload,
+    _updated_rows,
+)
+from lora_pipeline.registry.commands._validate import (
+    _MAX_SEED,
+    _id,
+    _int,
+    _json,
+    _naive_utc,
+    _optional_text,
+    _relative_path,
+    _text,
+)
+from lora_pipeline.registry.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+)
+from lora_pipeline.registry.models import (
+    Character,
+    Feedback,
+    GenerationJob,
+    utcnow,
+)
+
+# Allowed job transitions: new status -> the statuses it may come from.
+_JOB_TRANSITIONS = {
+    "running": ("pending",),
+    "completed": ("pending", "running"),
+    "failed": ("pending", "running"),
+}
+
+
+def create_generation_job(
+    session: Session,
+    character_id: int,
+    prompt: str,
+    negative_prompt: str,
+    seed: int,
+    params: dict[str, Any],
+    backend: str = "diffusers",
+    feedback_ids: Sequence[int] = (),
+    kind: str = "image",
+    run_id: str | None = None,
+) -> GenerationJob:
+    character = _get(session, Character, character_id, "character")
+    ids = [_id(i, "feedback") for i in dict.fromkeys(feedback_ids)]
+    if ids:
+        rows = session.execute(
+            select(Feedback.id, Feedback.character_id).where(Feedback.id.in_(ids))
+        ).tuples()
+        owners = {feedback_id: owner for feedback_id, owner in rows}
+        for feedback_id in ids:
+            if feedback_id not in owners:
+                raise NotFoundError(f"unknown feedback {feedback_id}")
+            if owners[feedback_id] != character.id:
+                raise InvalidInputError(
+                    f"feedback {feedback_id} is about another character than {character.slug!r}"
+                )
+    job = GenerationJob(
+        character_id=character.id,
+        kind=_text(kind, "job kind", required=True, max_length=16),
+        status="pending",
+        backend=_text(backend, "backend", required=True, max_length=32),
+        prompt=_text(prompt, "prompt", required=True),
+        negative_prompt=_text(negative_prompt, "negative prompt"),
+        seed=_int(seed, "seed", maximum=_MAX_SEED),
+        params=_json(params, "params", dict),
+        feedback_ids=ids,
+        run_id=_optional_text(run_id, "run id", max_length=64),
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def mark_job(
+    session: Session,
+    job_id: int,
+    status: str,
+    error: str | None = None,
+    comfyui_prompt_id: str | None = None,
+    backend: str | None = None,
+) -> GenerationJob:
+    """Move a job along pending -> running -> completed/failed (ConflictError otherwise);
+    `backend` records what ran it when that differs from what was requested."""
+    job_id = _id(job_id, "generation job")
+    if status not in _JOB_TRANSITIONS:
+        raise InvalidInputError(
+            f"cannot mark a generation job {status!r}: use one of {', '.join(_JOB_TRANSITIONS)}"
+        )
+    now = utcnow()
+    values: dict[str, Any] = {"status": status}
+    if status == "running":
+        values["started_at"] = now
+    else:
+        values["started_at"] = func.coalesce(GenerationJob.started_at, now)
+        values["finished_at"] = now
+    if error is not None:
+        values["error"] = _text(error, "error")
+    if comfyui_prompt_id is not None:
+        values["comfyui_prompt_id"] = _text(comfyui_prompt_id, "ComfyUI prompt id", max_length=64)
+    if backend is not None:
+        values["backend"] = _text(backend, "backend", required=True, max_length=32)
+    statement = (
+        update(GenerationJob)
+        .where(GenerationJob.id == job_id, GenerationJob.status.in_(_JOB_TRANSITIONS[status]))
+        .values(**values)
+    )
+    if _updated_rows(session, statement) == 1:
+        return _reload(session, GenerationJob, job_id)
+    current = session.scalar(select(GenerationJob.status).where(GenerationJob.id == job_id))
+    if current is None:
+        raise NotFoundError(f"unknown generation job {job_id}")
+    raise ConflictError(f"generation job {job_id} is {current}, it cannot become {status}")
+
+
+def set_job_prompt_id(session: Session, job_id: int, prompt_id: str) -> GenerationJob:
+    """Record the ComfyUI prompt a running job was queued as, so that clearing the job as
+    stuck can also stop it in ComfyUI."""
+    job = _get(session, GenerationJob, job_id, "generation job")
+    if job.status != "running":
+        raise ConflictError(f"generation job {job.id} is {job.status}, not running")
+    job.comfyui_prompt_id = _text(prompt_id, "ComfyUI prompt id", required=True, max_length=64)
+    session.flush()
+    return job
+
+
+def record_job_output(session: Session, job_id: int, relpath: str) -> GenerationJob:
+    """Record the file a job made when it is not an image under review (a video clip)."""
+    job = _get(session, GenerationJob, job_id, "generation job")
+    job.params = dict(job.params or {}) | {"output": _relative_path(relpath, "job output")}
+    session.flush()
+    return job
+
+
+def fail_stuck_jobs(
+    session: Session, older_than: timedelta, now: datetime | None = None
+) -> list[int]:
+    """Fail pending jobs created, and running jobs started, more than `older_than` ago."""
+    if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+        raise InvalidInputError(f"older_than must be a positive timedelta, got {older_than!r}")
+    now = _naive_utc(now) if now is not None else utcnow()
+    cutoff = now - older_than
+    since = func.coalesce(GenerationJob.started_at, GenerationJob.created_at)
+    candidates = session.execute(
+        select(GenerationJob.id, GenerationJob.status, since.label("since"))
+        .where(
+            or_(
+                and_(GenerationJob.status == "pending", GenerationJob.created_at < cutoff),
+                and_(GenerationJob.status == "running", since < cutoff),
+            )
+        )
+        .order_by(GenerationJob.id)
+    ).all()
+    failed: list[int] = []
+    for job_id, status, started in candidates:
+        error = f"stuck: {status} since {started:%Y-%m-%d %H:%M:%S} UTC, longer than {older_than}"
+        # Conditional on the status we saw: a job that finished meanwhile is left alone.
+        statement = (
+            update(GenerationJob)
+            .where(GenerationJob.id == job_id, GenerationJob.status == status)
+            .values(status="failed", error=error, finished_at=now)
+        )
+        if _updated_rows(session, statement) == 1:
+            _reload(session, GenerationJob, job_id)  # the identity map may hold the old status
+            failed.append(job_id)
+    return failed

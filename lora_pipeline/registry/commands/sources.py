@@ -1,0 +1,188 @@
+"""Commands on sources (ingest requests) and the frames extracted from them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lora_pipeline.registry.commands._rows import (
+    _existing_after_race,
+    _get,
+    _try_insert,
+)
+from lora_pipeline.registry.commands._validate import (
+    _choice,
+    _float,
+    _int,
+    _json,
+    _naive_utc,
+    _non_negative,
+    _optional_text,
+    _phash,
+    _relative_path,
+    _sha256,
+    _text,
+)
+from lora_pipeline.registry.commands.characters import get_character
+from lora_pipeline.registry.commands.projects import get_project
+from lora_pipeline.registry.errors import InvalidInputError
+from lora_pipeline.registry.models import (
+    INGEST_MODES,
+    SOURCE_KINDS,
+    SOURCE_STATES,
+    Character,
+    Frame,
+    Source,
+    utcnow,
+)
+
+SOURCE_FIELDS = ("video_id", "local_path", "stats", "processed_at")
+
+
+def create_source(
+    session: Session,
+    project_slug: str,
+    kind: str,
+    uri: str,
+    character_slug: str | None = None,
+    mode: str = "single",
+    fps: float = 1.0,
+    max_frames: int = 100,
+) -> Source:
+    """Record an ingest request; single mode names the character, project mode does not."""
+    project = get_project(session, project_slug)
+    _choice(kind, SOURCE_KINDS, "source kind")
+    _choice(mode, INGEST_MODES, "ingest mode")
+    uri = _text(uri, "source uri", required=True)
+    if kind == "url" and not uri.lower().startswith(("http://", "https://")):
+        raise InvalidInputError(f"source uri {uri!r} must be an http:// or https:// URL")
+    character_id = None
+    if mode == "single":
+        if character_slug is None:
+            raise InvalidInputError("single mode needs a character: pass the character slug")
+        character = get_character(session, character_slug)
+        if character.project_id != project.id:
+            raise InvalidInputError(
+                f"character {character_slug!r} is not in project {project_slug!r}"
+            )
+        character_id = character.id
+    elif character_slug is not None:
+        raise InvalidInputError(
+            "project mode sorts frames into the project's characters: give no character"
+        )
+    source = Source(
+        project_id=project.id,
+        character_id=character_id,
+        kind=kind,
+        uri=uri,
+        mode=mode,
+        fps=_float(fps, "fps", minimum=0.0, maximum=120.0),
+        max_frames=_int(max_frames, "max_frames", minimum=1, maximum=100_000),
+        state="pending",
+    )
+    session.add(source)
+    session.flush()
+    return source
+
+
+def set_source_state(
+    session: Session, source_id: int, state: str, error: str | None = None, **fields: Any
+) -> Source:
+    """Move a source to `state`; `fields` may set video_id, local_path, stats, processed_at."""
+    source = _get(session, Source, source_id, "source")
+    _choice(state, SOURCE_STATES, "source state")
+    unknown = sorted(set(fields) - set(SOURCE_FIELDS))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown source field {', '.join(unknown)}: valid are {', '.join(SOURCE_FIELDS)}"
+        )
+    if "video_id" in fields:
+        source.video_id = _optional_text(fields["video_id"], "video_id", max_length=200)
+    if "local_path" in fields:
+        path = fields["local_path"]
+        source.local_path = None if path is None else _relative_path(path, "local_path")
+    if "stats" in fields:
+        stats = fields["stats"]
+        source.stats = None if stats is None else _json(stats, "stats", dict)
+    if fields.get("processed_at") is not None:
+        source.processed_at = _naive_utc(fields["processed_at"])
+    elif state in ("done", "failed"):
+        source.processed_at = utcnow()
+    source.state = state
+    source.error = _optional_text(error, "error")
+    session.flush()
+    return source
+
+
+def add_frame(
+    session: Session,
+    source_id: int,
+    sha256: str,
+    path: str,
+    frame_index: int,
+    timestamp_s: float,
+    width: int,
+    height: int,
+    phash: str | None = None,
+    generation_params: dict[str, Any] | None = None,
+) -> tuple[Frame, bool]:
+    """Record a frame of a source; the same content twice gives the first row and False."""
+    source = _get(session, Source, source_id, "source")
+    digest = _sha256(sha256)
+    frame = Frame(
+        source_id=source.id,
+        sha256=digest,
+        path=_relative_path(path, "frame path"),
+        frame_index=_int(frame_index, "frame_index"),
+        timestamp_s=_non_negative(timestamp_s, "timestamp_s"),
+        width=_int(width, "width", minimum=1),
+        height=_int(height, "height", minimum=1),
+        phash=_phash(phash),
+        generation_params=(
+            None
+            if generation_params is None
+            else _json(generation_params, "generation_params", dict)
+        ),
+    )
+    lookup = select(Frame).where(Frame.source_id == source.id, Frame.sha256 == digest)
+    existing = session.scalar(lookup)
+    if existing is not None:
+        return existing, False
+    if _try_insert(session, frame):
+        return frame, True
+    return _existing_after_race(
+        session, lookup, f"frame {digest[:12]} of source {source.id}"
+    ), False
+
+
+def record_frame_identification(
+    session: Session, frame_id: int, slugs: list[str], identifier: str, raw_answer: str
+) -> Frame:
+    """Store which of the project's characters appear in a frame (empty: none of them)."""
+    frame = _get(session, Frame, frame_id, "frame")
+    if isinstance(slugs, str) or not isinstance(slugs, Iterable):
+        raise InvalidInputError(f"slugs must be a list of character slugs, got {slugs!r}")
+    wanted = list(dict.fromkeys(slugs))
+    source = session.get(Source, frame.source_id)
+    assert source is not None  # foreign key
+    known = set(
+        session.scalars(
+            select(Character.slug).where(
+                Character.project_id == source.project_id, Character.slug.in_(wanted)
+            )
+        )
+    )
+    for slug in wanted:
+        if slug not in known:
+            raise InvalidInputError(
+                f"unknown character {slug!r} in the project of frame {frame.id}"
+            )
+    frame.identified = wanted
+    frame.identifier = _text(identifier, "identifier", required=True, max_length=64)
+    frame.raw_answer = _text(raw_answer, "raw answer")
+    frame.classified_at = utcnow()
+    session.flush()
+    return frame
