@@ -9,10 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lora_pipeline.registry.commands._validate import _id
-from lora_pipeline.registry.errors import (
-    ConflictError,
-    NotFoundError,
-)
+from lora_pipeline.registry.errors import ConflictError, NotFoundError
 from lora_pipeline.registry.models import Base
 
 RowT = TypeVar("RowT", bound=Base)

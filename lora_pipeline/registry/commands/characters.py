@@ -17,11 +17,7 @@ from lora_pipeline.registry.commands._validate import (
     validate_trigger_word,
 )
 from lora_pipeline.registry.commands.projects import get_project
-from lora_pipeline.registry.errors import (
-    ConflictError,
-    InvalidInputError,
-    NotFoundError,
-)
+from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.registry.models import Character
 
 CHARACTER_SETTINGS = ("seed", "cfg", "steps", "sampler", "scheduler", "width", "height")

@@ -5,21 +5,14 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.commands._rows import (
-    _existing_after_race,
-    _get,
-    _try_insert,
-)
+from lora_pipeline.registry.commands._rows import _existing_after_race, _get, _try_insert
 from lora_pipeline.registry.commands._validate import (
     _MAX_SEED,
     _int,
     _optional_text,
     _relative_path,
 )
-from lora_pipeline.registry.models import (
-    ComfyuiOutputFile,
-    Source,
-)
+from lora_pipeline.registry.models import ComfyuiOutputFile, Source
 
 
 def record_comfyui_output(

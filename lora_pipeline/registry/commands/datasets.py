@@ -7,21 +7,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.commands._rows import (
-    _existing_after_race,
-    _get,
-    _try_insert,
-)
-from lora_pipeline.registry.commands._validate import (
-    _VERSION_HASH,
-    _json,
-    _relative_path,
-)
+from lora_pipeline.registry.commands._rows import _existing_after_race, _get, _try_insert
+from lora_pipeline.registry.commands._validate import _VERSION_HASH, _json, _relative_path
 from lora_pipeline.registry.errors import InvalidInputError
-from lora_pipeline.registry.models import (
-    Character,
-    DatasetVersion,
-)
+from lora_pipeline.registry.models import Character, DatasetVersion
 
 
 def record_dataset_version(

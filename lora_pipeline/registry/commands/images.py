@@ -26,11 +26,7 @@ from lora_pipeline.registry.commands._validate import (
     _sha256,
     _text,
 )
-from lora_pipeline.registry.errors import (
-    ConflictError,
-    InvalidInputError,
-    NotFoundError,
-)
+from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.registry.models import (
     IMAGE_ORIGINS,
     IMAGE_STATUSES,

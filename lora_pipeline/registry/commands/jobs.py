@@ -9,11 +9,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.commands._rows import (
-    _get,
-    _reload,
-    _updated_rows,
-)
+from lora_pipeline.registry.commands._rows import _get, _reload, _updated_rows
 from lora_pipeline.registry.commands._validate import (
     _MAX_SEED,
     _id,
@@ -24,17 +20,8 @@ from lora_pipeline.registry.commands._validate import (
     _relative_path,
     _text,
 )
-from lora_pipeline.registry.errors import (
-    ConflictError,
-    InvalidInputError,
-    NotFoundError,
-)
-from lora_pipeline.registry.models import (
-    Character,
-    Feedback,
-    GenerationJob,
-    utcnow,
-)
+from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
+from lora_pipeline.registry.models import Character, Feedback, GenerationJob, utcnow
 
 # Allowed job transitions: new status -> the statuses it may come from.
 _JOB_TRANSITIONS = {

@@ -9,18 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.registry.commands._rows import _try_insert
-from lora_pipeline.registry.commands._validate import (
-    _MAX_SEED,
-    _int,
-    _real,
-    _text,
-    validate_slug,
-)
-from lora_pipeline.registry.errors import (
-    ConflictError,
-    InvalidInputError,
-    NotFoundError,
-)
+from lora_pipeline.registry.commands._validate import _MAX_SEED, _int, _real, _text, validate_slug
+from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.registry.models import Project
 
 

@@ -10,12 +10,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.commands._rows import (
-    _get,
-    _reload,
-    _try_insert,
-    _updated_rows,
-)
+from lora_pipeline.registry.commands._rows import _get, _reload, _try_insert, _updated_rows
 from lora_pipeline.registry.commands._validate import (
     _choice,
     _json,
@@ -24,11 +19,7 @@ from lora_pipeline.registry.commands._validate import (
     _sha256,
     _text,
 )
-from lora_pipeline.registry.errors import (
-    ConflictError,
-    GateError,
-    InvalidInputError,
-)
+from lora_pipeline.registry.errors import ConflictError, GateError, InvalidInputError
 from lora_pipeline.registry.models import (
     EVAL_VERDICTS,
     RELEASE_SCOPES,

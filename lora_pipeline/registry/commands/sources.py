@@ -8,11 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.commands._rows import (
-    _existing_after_race,
-    _get,
-    _try_insert,
-)
+from lora_pipeline.registry.commands._rows import _existing_after_race, _get, _try_insert
 from lora_pipeline.registry.commands._validate import (
     _choice,
     _float,

@@ -1,0 +1,61 @@
+"""The review app's pages and actions, one module per tab.
+
+Pages are plain functions (Starlette runs them in its thread pool, so the registry's blocking
+calls never stall the event loop); actions are coroutines that parse the form, check its CSRF
+token (`csrf_protected`) and then do their registry work in the thread pool. Every action
+answers JSON to the page's script (`Accept: application/json`) and a redirect (or the page
+with its error) to a plain form post, so the app works without JavaScript too.
+"""
+
+from __future__ import annotations
+
+from lora_pipeline.review.views.approve import approve_image, approve_page, image_file, reject_image
+from lora_pipeline.review.views.characters import (
+    accept_suggestion,
+    characters_page,
+    dismiss_suggestion,
+)
+from lora_pipeline.review.views.common import ReviewContext, favicon, healthz, render, wants_json
+from lora_pipeline.review.views.gallery import gallery_page, gallery_view
+from lora_pipeline.review.views.generate import (
+    clear_stuck,
+    generate_page,
+    job_output,
+    jobs_json,
+    request_generation_action,
+)
+from lora_pipeline.review.views.ingest import ingest_action, ingest_page
+from lora_pipeline.review.views.releases import (
+    eval_grid,
+    release_action,
+    releases_json,
+    releases_page,
+)
+
+__all__ = [
+    "ReviewContext",
+    "accept_suggestion",
+    "approve_image",
+    "approve_page",
+    "characters_page",
+    "clear_stuck",
+    "dismiss_suggestion",
+    "eval_grid",
+    "favicon",
+    "gallery_page",
+    "gallery_view",
+    "generate_page",
+    "healthz",
+    "image_file",
+    "ingest_action",
+    "ingest_page",
+    "job_output",
+    "jobs_json",
+    "reject_image",
+    "release_action",
+    "releases_json",
+    "releases_page",
+    "render",
+    "request_generation_action",
+    "wants_json",
+]

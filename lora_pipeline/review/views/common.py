@@ -1,0 +1,100 @@
+"""What every tab's pages and actions share: the app's context, rendering, form fields."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.templating import Jinja2Templates
+
+from lora_pipeline.config import Settings
+from lora_pipeline.media.store import DataRoot
+from lora_pipeline.registry.db import Registry
+from lora_pipeline.registry.errors import InvalidInputError
+
+Found = TypeVar("Found")
+
+
+@dataclass
+class ReviewContext:
+    """What every request needs; one per app."""
+
+    settings: Settings
+    registry: Registry
+    root: DataRoot
+    templates: Jinja2Templates
+    max_upload_bytes: int
+    # Stops a ComfyUI prompt when its job is cleared as stuck; None without ComfyUI.
+    cancel_prompt: Callable[[str], object] | None = None
+
+
+def _context(request: Request) -> ReviewContext:
+    return request.app.state.review
+
+
+def _find_file(request: Request, find: Callable[[Any, DataRoot, int], Found], key: str) -> Found:
+    """`find(session, data root, the id in the path)` in a read-only session: the file
+    lookups that serve only what a registry row points at inside the data root."""
+    ctx = _context(request)
+    with ctx.registry.session(readonly=True) as session:
+        return find(session, ctx.root, request.path_params[key])
+
+
+def wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+def render(request: Request, name: str, status: int = 200, **values: Any) -> Response:
+    values.setdefault("error", None)
+    values.setdefault("notice", None)
+    values["csrf_token"] = request.state.csrf_token
+    values["page"] = name.removesuffix(".html")
+    return _context(request).templates.TemplateResponse(request, name, values, status_code=status)
+
+
+def _text(form: FormData, name: str, default: str = "") -> str:
+    value = form.get(name, default)
+    return value.strip() if isinstance(value, str) else default
+
+
+def _optional_int(value: str, what: str, minimum: int = 0, maximum: int = 2**63 - 1) -> int | None:
+    if not value:
+        return None
+    if not re.fullmatch(r"[+-]?\d+", value):
+        raise InvalidInputError(f"{what} must be a whole number, got {value!r}")
+    number = int(value)
+    if not minimum <= number <= maximum:
+        raise InvalidInputError(f"{what} must be between {minimum} and {maximum}, got {number}")
+    return number
+
+
+def _float(value: str, what: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidInputError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{what} must be a finite number, got {value!r}")
+    return number
+
+
+def _local_target(target: str, default: str = "/") -> str:
+    """A redirect target inside this app only (no open redirect to another site)."""
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return default
+
+
+def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def favicon(request: Request) -> Response:
+    # Browsers ask for it on every page; "no content" keeps their consoles free of 404s.
+    return Response(status_code=204)
