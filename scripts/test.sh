@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check lora_pipeline lora_pipeline_tests benchmarks
+# The layers (pyproject.toml [tool.importlinter]); no cache folder left in the checkout.
+.venv/bin/lint-imports --no-cache --no-logo
 exec .venv/bin/python -m pytest -q "$@"
