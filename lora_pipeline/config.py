@@ -1,124 +1,342 @@
-"""Settings shared by the CLI, the Dagster code location and the review app.
+"""The one settings object of the CLI, the Dagster code location, the review app and the trainer.
 
-Everything is read from environment variables so that `dagster dev`, the CLI and CI agree
-without a config file; each one has a default under the project home.
+Every setting is declared once below (type, default, one line of help) and read from, in this
+order of precedence: values passed in code (tests, resource overrides), `LORA_PIPELINE_*`
+environment variables, `$LORA_PIPELINE_HOME/settings.json` (written by `init` and `demo`, so
+that `dagster dev` started later finds the demo models), and the default. It is read once per
+process: `Settings.current()` returns the same object until the environment or the settings file
+changes. `describe()` says where each value came from; `check()` validates paths and URLs. The
+README's configuration table is generated from these declarations (`markdown_table()`).
+
+This is the only module that reads the environment; code that starts a child process or
+configures a library asks it for the environment to use.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from lora_pipeline.errors import PipelineError
+from lora_pipeline.files import atomic_write_text
 
 ENV_PREFIX = "LORA_PIPELINE_"
-
-
 SETTINGS_FILE = "settings.json"
+HOME_ENV = ENV_PREFIX + "HOME"
+DAGSTER_HOME_ENV = "DAGSTER_HOME"
+DEFAULT_HOME = Path("~/.lora_pipeline")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(ENV_PREFIX + name)
-    return value if value not in (None, "") else default
+class SettingsError(PipelineError, ValueError):
+    """A setting has a value it cannot take; the message names the variable."""
 
 
-def _home() -> Path:
-    return Path(_env("HOME", str(Path.home() / ".lora_pipeline"))).expanduser().resolve()
+def _home_from_environment() -> Path:
+    value = os.environ.get(HOME_ENV) or str(DEFAULT_HOME)
+    return Path(value).expanduser().resolve()
 
 
-def _saved(home: Path) -> dict[str, str]:
-    """Values saved by `lora-pipeline init/demo`, so `dagster dev` finds the demo models."""
+def _read_settings_file(home: Path) -> dict[str, Any]:
     path = home / SETTINGS_FILE
     if not path.is_file():
         return {}
-    return {str(k).upper(): str(v) for k, v in json.loads(path.read_text()).items() if v}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SettingsError(f"{path}: cannot read the settings file ({error})") from None
+    if not isinstance(saved, dict):
+        raise SettingsError(f"{path}: the settings file must hold a JSON object")
+    return {str(k).lower(): v for k, v in saved.items() if v not in (None, "")}
 
 
-def save_settings(home: Path, **values: str | None) -> Path:
-    """Merge values into the home's settings file (environment variables still win)."""
-    path = home / SETTINGS_FILE
-    current = json.loads(path.read_text()) if path.is_file() else {}
-    current.update({k.lower(): v for k, v in values.items() if v is not None})
-    home.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path
+class _SettingsFileSource(PydanticBaseSettingsSource):
+    """`<home>/settings.json`: below the environment, above the defaults."""
+
+    def __init__(self, settings_cls: type[BaseSettings], home: object = None) -> None:
+        super().__init__(settings_cls)
+        self._home = Path(str(home)).expanduser().resolve() if home else _home_from_environment()
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        known = self.settings_cls.model_fields
+        return {k: v for k, v in _read_settings_file(self._home).items() if k in known}
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where the registry and the data live, and which models the stages use."""
+def _path_or_none(value: object) -> object:
+    return Path(value).expanduser() if isinstance(value, str) and value else value
 
-    home: Path
-    database_url: str
-    data_root: Path
-    # A diffusers folder, a single-file .safetensors checkpoint, or a hub id (online machines).
-    base_model: str | None = None
-    comfyui_url: str | None = None
-    comfyui_loras_dir: Path | None = None
-    # Generation through ComfyUI (when comfyui_url is set): the checkpoint name as ComfyUI's
-    # CheckpointLoaderSimple lists it (default: the base model's file name) and how long one
-    # prompt may take, queueing included.
-    comfyui_checkpoint: str | None = None
-    comfyui_timeout: float = 600.0
-    # --- evaluation (issue 7) ---
-    # The CLIP vision model for identity similarity (default: the reference identifier's
-    # model, when that is the identifier) and a full CLIP model for the CLIP score; unset:
-    # that score is not measured.
-    identity_model: str | None = None
-    clip_model: str | None = None
-    device: str = "auto"
-    # --- ingest (issue 3) ---
-    # Identification backend: llava:<folder|hub id>, ollama:<url>#<model>, reference:<folder>.
-    identifier: str | None = None
-    # Per-project identifier specs, overriding `identifier`: (project slug, spec) pairs, from
-    # LORA_PIPELINE_PROJECT_IDENTIFIERS='{"project-slug": "spec"}'. A tuple keeps Settings hashable.
-    project_identifiers: tuple[tuple[str, str], ...] = ()
-    # Cosine similarity a frame needs to an approved image for reference matching.
-    reference_threshold: float = 0.85
-    # The ComfyUI output folder scanned by the comfyui_output_sensor (None: not scanned), and
-    # the project of files whose name matches no character or project.
-    comfyui_output_dir: Path | None = None
-    comfyui_project: str | None = None
-    # Frame filters: bits of perceptual-hash distance that make a near-duplicate (-1: off),
-    # frame difference below which a shot is static (-1: off), blur threshold (variance of
-    # the Laplacian; unset: off), smallest frame side kept.
-    near_duplicate_distance: int = 8
-    static_threshold: float = 0.01
-    min_sharpness: float | None = None
-    min_side: int = 128
-    # --- training (issue 6) ---
-    # A kohya sd-scripts checkout (trained_lora uses the kohya backend when it is set) and the
-    # Python that runs it (default: its venv/ or .venv/, else this one); a CLIP tokenizer folder
-    # (vocab.json + merges.txt, e.g. ComfyUI's comfy/sd1_tokenizer) to read single-file
-    # checkpoints offline and for kohya's --tokenizer_cache_dir.
-    kohya_scripts_dir: Path | None = None
-    kohya_python: str | None = None
-    tokenizer_dir: Path | None = None
 
-    # --- dataset (issue 5) ---
-    # Face detector for shot splits: a YOLO-style .onnx file, or insightface:<root>[#<pack>].
-    face_detector: str | None = None
-    face_threshold: float = 0.5
-    # WD14-style tagger: the .onnx model and its selected_tags.csv (default: beside the model).
-    tagger: str | None = None
-    tagger_tags: str | None = None
-    # auto, design, tags, vlm or a combination such as design+tags.
-    caption_strategy: str = "auto"
-    # The vlm strategy's captioner: 'package.module:factory' returning a vision.Captioner.
-    captioner: str | None = None
-    # Concept taxonomy: a JSON file, or a folder of <project slug>.json (default: packaged one).
-    taxonomy: str | None = None
-    # Tags left out of captions, comma-separated (unset: the default blacklist).
-    tag_blacklist: tuple[str, ...] | None = None
-    # Quality gate: the smallest short side of a dataset image, and whether a smaller image
-    # blocks training ("block") or only warns ("warn", so 64-px demo images pass).
-    min_short_side: int = 512
-    resolution_gate: str = "warn"
+class Settings(BaseSettings):
+    """Where the registry and the data live, which services and models the stages use."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore"
+    )
+
+    # --- where things live ---
+    home: Path = Field(
+        DEFAULT_HOME, description="project home: settings.json, the registry, the Dagster instance"
+    )
+    database_url: str = Field(
+        "", description="the registry; any SQLAlchemy URL, e.g. `postgresql://user@host/lora`"
+    )
+    data_root: Path = Field(
+        Path(), description="images, datasets, LoRAs, grids; nothing is written outside it"
+    )
+    dagster_home: Path = Field(
+        Path(),
+        validation_alias=AliasChoices(DAGSTER_HOME_ENV, "dagster_home"),
+        description="the Dagster instance (SQLite unless its `dagster.yaml` says otherwise)",
+    )
+    # --- models ---
+    base_model: str | None = Field(
+        None, description="a diffusers folder, a single-file `.safetensors` checkpoint, or a hub "
+        "id on an online machine (`demo` sets the tiny model)"
+    )
+    device: str = Field("auto", description="`auto` (cuda when available), `cpu`, `cuda[:n]`")
+    tokenizer_dir: Path | None = Field(
+        None, description="a CLIP tokenizer folder (vocab.json + merges.txt) so single-file "
+        "checkpoints load offline; also kohya's `--tokenizer_cache_dir`"
+    )
+    # --- ComfyUI ---
+    comfyui_url: str | None = Field(
+        None, description="ComfyUI server: generation, clips and eval grids go through it; its "
+        "VRAM is freed before training"
+    )
+    comfyui_checkpoint: str | None = Field(
+        None, description="the checkpoint as ComfyUI lists it (default: the base model's file name)"
+    )
+    comfyui_timeout: float = Field(
+        600.0, gt=0, allow_inf_nan=False,
+        description="seconds one ComfyUI prompt may take, queueing included",
+    )
+    comfyui_loras_dir: Path | None = Field(
+        None, description="trained LoRAs are copied here (ComfyUI's `models/loras`)"
+    )
+    comfyui_output_dir: Path | None = Field(
+        None, description="ComfyUI output folder scanned by `comfyui_output_sensor`"
+    )
+    comfyui_project: str | None = Field(
+        None, description="project of ComfyUI output files whose name matches no character"
+    )
+    # --- ingest ---
+    identifier: str | None = Field(
+        None, description="`llava:<path or hub id>`, `ollama:<url>#<model>` or `reference:<clip "
+        "path>`: who is in a frame"
+    )
+    project_identifiers: Annotated[tuple[tuple[str, str], ...], NoDecode] = Field(
+        (), description='per-project identifiers, JSON: `{"project-slug": "spec"}`'
+    )
+    reference_threshold: float = Field(
+        0.85, ge=-1, le=1, description="cosine similarity a frame needs for reference matching"
+    )
+    near_duplicate_distance: int = Field(
+        8, ge=-1, le=64, description="perceptual-hash bits that make a near-duplicate (-1: off)"
+    )
+    static_threshold: float = Field(
+        0.01, ge=-1, description="frame difference below which a shot is static (-1: off)"
+    )
+    min_sharpness: float | None = Field(
+        None, ge=0, description="smallest variance of the Laplacian of a kept frame (unset: off)"
+    )
+    min_side: int = Field(128, ge=1, description="smallest frame side kept at ingest, in pixels")
+    # --- dataset ---
+    face_detector: str | None = Field(
+        None, description="`face.onnx` (YOLO-style) or `insightface:<root>[#pack]` for "
+        "close/mid/far shots"
+    )
+    face_threshold: float = Field(0.5, ge=0, le=1, description="face detector score threshold")
+    tagger: str | None = Field(None, description="WD14-style ONNX tagger model")
+    tagger_tags: str | None = Field(
+        None, description="the tagger's `selected_tags.csv` (default: beside the model)"
+    )
+    caption_strategy: str = Field(
+        "auto", description="`auto`, `design`, `tags`, `vlm` or combinations like `design+tags`"
+    )
+    captioner: str | None = Field(
+        None, description="the vlm strategy's captioner, `package.module:factory` (default: the "
+        "identifier's VLM)"
+    )
+    taxonomy: str | None = Field(
+        None, description="concept taxonomy: a JSON file or a folder of `<project>.json` "
+        "(default: packaged)"
+    )
+    tag_blacklist: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        None, description="tags left out of captions, comma-separated (default: built-in list)"
+    )
+    min_short_side: int = Field(512, ge=1, description="quality gate: smallest short image side")
+    resolution_gate: Literal["warn", "block"] = Field(
+        "warn", description="whether a smaller image blocks training or only warns"
+    )
+    # --- training ---
+    kohya_scripts_dir: Path | None = Field(
+        None, description="train with kohya sd-scripts (this checkout) instead of the built-in "
+        "trainer"
+    )
+    kohya_python: str | None = Field(
+        None, description="the Python that runs sd-scripts (default: its `venv/` or `.venv/`, "
+        "else this one)"
+    )
+    # --- evaluation ---
+    identity_model: str | None = Field(
+        None, description="CLIP vision model for the eval's identity score (default: the "
+        "`reference:` identifier's model)"
+    )
+    clip_model: str | None = Field(
+        None, description="full CLIP model (path or hub id) for the eval's CLIP score"
+    )
+    # --- feedback and review ---
+    negative_terms: str | None = Field(
+        None, description="rejection category → negative terms: a JSON file or inline JSON "
+        "(default: `$HOME/negative_terms.json`, else built-in)"
+    )
+    echo_brain_url: str | None = Field(
+        None, description="Echo Brain prompt advisor service (default: the built-in advisor)"
+    )
+    review_token: str | None = Field(
+        None, description="the review app's login token (needed for a non-loopback `--host`)"
+    )
+    # Names of the values passed in code, for `describe()`.
+    _overridden: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    # --- test hooks ---
+    training_kill_after_epoch: int | None = Field(
+        None, ge=0, description="tests only: the trainer child kills itself after this epoch"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        home = getattr(init_settings, "init_kwargs", {}).get("home")
+        return init_settings, env_settings, _SettingsFileSource(settings_cls, home)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_under_home(cls, values: Any) -> Any:
+        # The registry, data root and Dagster instance default to folders of the home.
+        if not isinstance(values, dict):
+            return values
+        home = Path(values.get("home") or DEFAULT_HOME).expanduser().resolve()
+        derived = {
+            "database_url": f"sqlite:///{home / 'registry.db'}",
+            "data_root": home / "data",
+            "dagster_home": home / "dagster_home",
+        }
+        filled = {k: v for k, v in values.items() if v not in (None, "")}
+        return {**derived, **filled, "home": home}
+
+    @field_validator("data_root", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator(
+        "dagster_home", "tokenizer_dir", "comfyui_loras_dir", "comfyui_output_dir",
+        "kohya_scripts_dir", mode="before",
+    )
+    @classmethod
+    def _expand_user(cls, value: object) -> object:
+        return _path_or_none(value)
+
+    @field_validator("project_identifiers", mode="before")
+    @classmethod
+    def _identifier_pairs(cls, value: object) -> object:
+        # A JSON object in the environment or the file; pairs keep Settings hashable.
+        if isinstance(value, str):
+            try:
+                value = json.loads(value or "{}")
+            except ValueError as error:
+                raise ValueError(f"not a JSON object: {error}") from None
+        if isinstance(value, Mapping):
+            return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+        return value
+
+    @field_validator("tag_blacklist", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip()) or None
+        return value
+
+    @field_validator("resolution_gate", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        head, _, index = value.partition(":")
+        if head not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
+            raise ValueError("must be auto, cpu, cuda, cuda:<n> or mps")
+        return value
+
+    # --- reading ---
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Read the settings now (environment, settings file, defaults), with `overrides` on
+        top; a bad value is one line naming its variable."""
+        try:
+            settings = cls(**overrides)
+        except ValidationError as error:
+            raise SettingsError(_one_line(error)) from None
+        settings._overridden = frozenset(overrides)
+        return settings
+
+    @classmethod
+    def current(cls) -> Settings:
+        """The settings of this process, read once and re-read only when the environment or
+        the settings file changes (tests change both between cases)."""
+        key = _inputs_key()
+        with _CURRENT_LOCK:
+            cached = _CURRENT.get("settings")
+            if cached is None or cached[0] != key:
+                cached = (key, cls.from_env())
+                _CURRENT["settings"] = cached
+            return cached[1]
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """These settings with some values replaced (validated like any other value)."""
+        try:
+            changed = type(self).model_validate({**self.model_dump(), **changes})
+        except ValidationError as error:
+            raise SettingsError(_one_line(error)) from None
+        changed._overridden = self._overridden | frozenset(changes)
+        return changed
+
+    # --- derived values ---
 
     def identity_model_id(self) -> str | None:
         """The embedder of identity similarity: the configured one, else the model of a
@@ -132,55 +350,128 @@ class Settings:
         """The identifier spec of a project: its own, else the default one."""
         return dict(self.project_identifiers).get(project_slug) or self.identifier
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        home = _home()
-        saved = _saved(home)
-
-        def get(name: str, default: str | None = None) -> str | None:
-            return _env(name, saved.get(name, default))
-
-        data_root = Path(get("DATA_ROOT", str(home / "data"))).expanduser().resolve()
-        loras_dir = get("COMFYUI_LORAS_DIR")
-        return cls(
-            home=home,
-            database_url=get("DATABASE_URL", f"sqlite:///{home / 'registry.db'}"),
-            data_root=data_root,
-            base_model=get("BASE_MODEL"),
-            comfyui_url=get("COMFYUI_URL"),
-            comfyui_loras_dir=Path(loras_dir).expanduser() if loras_dir else None,
-            comfyui_checkpoint=get("COMFYUI_CHECKPOINT"),
-            identity_model=get("IDENTITY_MODEL"),
-            clip_model=get("CLIP_MODEL"),
-            comfyui_timeout=_positive_float(get("COMFYUI_TIMEOUT"), "COMFYUI_TIMEOUT", 600.0),
-            device=get("DEVICE", "auto") or "auto",
-            **_ingest_settings(get),
-            **_training_settings(get),
-            **_dataset_settings(get),
-        )
-
-    @property
-    def dagster_home(self) -> Path:
-        return Path(os.environ.get("DAGSTER_HOME") or self.home / "dagster_home")
-
-    def with_overrides(self, **changes: object) -> Settings:
-        return replace(self, **changes)
-
     def ensure_dirs(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(parents=True, exist_ok=True)
 
+    # --- explaining ---
 
-def _positive_float(text: str | None, name: str, default: float) -> float:
-    if not text:
-        return default
+    def describe(self) -> list[SettingValue]:
+        """Every setting with its value and where the value came from."""
+        saved = _read_settings_file(self.home)
+        return [
+            SettingValue(name, env_name(name), getattr(self, name), _origin(name, saved, self))
+            for name in type(self).model_fields
+        ]
+
+    def check(self) -> list[str]:
+        """One line per problem with a path or URL setting (empty: all fine)."""
+        problems: list[str] = []
+        for name, value in self:
+            if value is None:
+                continue
+            problem = _check_value(name, value)
+            if problem:
+                problems.append(f"{env_name(name)}: {problem}")
+        return problems
+
+
+@dataclass(frozen=True)
+class SettingValue:
+    name: str
+    variable: str
+    value: Any
+    origin: str  # default, file, environment or override
+
+    def shown(self) -> str:
+        """The value as it may be printed: secrets hidden, passwords taken out of URLs."""
+        if self.value is None or self.value == ():
+            return "unset"
+        if self.name in _SECRETS:
+            return "(set, hidden)"
+        if isinstance(self.value, tuple):
+            return ", ".join(":".join(v) if isinstance(v, tuple) else str(v) for v in self.value)
+        return _without_password(str(self.value))
+
+
+_CURRENT: dict[str, tuple[tuple, Settings]] = {}
+_CURRENT_LOCK = threading.Lock()
+
+# Settings never printed, and settings whose value is a path that must exist, or a URL.
+_SECRETS = frozenset({"review_token"})
+_EXISTING_PATHS = ("tokenizer_dir", "kohya_scripts_dir", "comfyui_output_dir", "comfyui_loras_dir")
+_URLS = ("comfyui_url", "echo_brain_url")
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a setting."""
+    return DAGSTER_HOME_ENV if field_name == "dagster_home" else ENV_PREFIX + field_name.upper()
+
+
+def _inputs_key() -> tuple:
+    environment = tuple(sorted(_our_environment().items()))
+    path = _home_from_environment() / SETTINGS_FILE
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"{ENV_PREFIX}{name} must be a positive number of seconds, not {text!r}")
-    return value
+        stat = path.stat()
+        file_key: tuple = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        file_key = ()
+    return environment, file_key
+
+
+def _our_environment() -> dict[str, str]:
+    return {
+        k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) or k == DAGSTER_HOME_ENV
+    }
+
+
+def _origin(name: str, saved: Mapping[str, Any], settings: Settings) -> str:
+    if os.environ.get(env_name(name)):
+        return "environment"
+    if name in saved:
+        return "file"
+    return "override" if name in settings._overridden else "default"
+
+
+def _check_value(name: str, value: Any) -> str | None:
+    if name in _EXISTING_PATHS and not Path(value).exists():
+        return f"{value} does not exist"
+    if name in _URLS:
+        parts = urlsplit(str(value))
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            return f"{value!r} is not an http(s) URL"
+    if name == "base_model" and _looks_like_path(str(value)) and not Path(value).exists():
+        return f"{value} does not exist (a hub id has no slash at the start and no suffix)"
+    return None
+
+
+def _without_password(text: str) -> str:
+    parts = urlsplit(text)
+    if not parts.password:
+        return text
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "~", ".")) or value.lower().endswith((".safetensors", ".ckpt"))
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "settings"
+    value = first.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{env_name(field)}: {message}{shown}"
+
+
+def save_settings(home: Path, **values: str | None) -> Path:
+    """Merge values into the home's settings file (environment variables still win)."""
+    path = home / SETTINGS_FILE
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update({k.lower(): v for k, v in values.items() if v is not None})
+    return atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 def torch_device(preference: str = "auto") -> str:
@@ -192,60 +483,64 @@ def torch_device(preference: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _ingest_settings(get: Callable[..., str | None]) -> dict[str, Any]:
-    """The ingest fields of Settings from LORA_PIPELINE_* variables (see Settings)."""
-    output_dir = get("COMFYUI_OUTPUT_DIR")
-    sharpness = get("MIN_SHARPNESS")
-    try:
-        project_identifiers = json.loads(get("PROJECT_IDENTIFIERS") or "{}")
-        values: dict[str, Any] = {
-            "identifier": get("IDENTIFIER"),
-            "project_identifiers": tuple(
-                sorted((str(k), str(v)) for k, v in project_identifiers.items())
-            ),
-            "reference_threshold": float(get("REFERENCE_THRESHOLD", "0.85") or 0.85),
-            "comfyui_output_dir": Path(output_dir).expanduser() if output_dir else None,
-            "comfyui_project": get("COMFYUI_PROJECT"),
-            "near_duplicate_distance": int(get("NEAR_DUPLICATE_DISTANCE", "8") or 8),
-            "static_threshold": float(get("STATIC_THRESHOLD", "0.01") or 0.01),
-            "min_sharpness": float(sharpness) if sharpness else None,
-            "min_side": int(get("MIN_SIDE", "128") or 128),
-        }
-    except (ValueError, AttributeError) as exc:
-        raise ValueError(f"invalid ingest setting in {ENV_PREFIX}* variables: {exc}") from exc
-    return values
+# --- the environment of child processes and libraries ---
 
 
-def _training_settings(get: Callable[..., str | None]) -> dict[str, Any]:
-    """The training fields of Settings from LORA_PIPELINE_* variables (see Settings)."""
-    kohya_dir, tokenizer_dir = get("KOHYA_SCRIPTS_DIR"), get("TOKENIZER_DIR")
-    return {
-        "kohya_scripts_dir": Path(kohya_dir).expanduser() if kohya_dir else None,
-        "kohya_python": get("KOHYA_PYTHON"),
-        "tokenizer_dir": Path(tokenizer_dir).expanduser() if tokenizer_dir else None,
-    }
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment for a child process: this one's, plus `extra`."""
+    return {**os.environ, **extra}
 
 
-def _dataset_settings(get: Callable[..., str | None]) -> dict[str, Any]:
-    """The dataset fields of Settings from LORA_PIPELINE_* variables (see Settings)."""
-    blacklist = get("TAG_BLACKLIST")
-    gate = (get("RESOLUTION_GATE", "warn") or "warn").strip().lower()
-    if gate not in ("warn", "block"):
-        raise ValueError(f"{ENV_PREFIX}RESOLUTION_GATE must be 'warn' or 'block', got {gate!r}")
-    try:
-        return {
-            "face_detector": get("FACE_DETECTOR"),
-            "face_threshold": float(get("FACE_THRESHOLD", "0.5") or 0.5),
-            "tagger": get("TAGGER"),
-            "tagger_tags": get("TAGGER_TAGS"),
-            "caption_strategy": get("CAPTION_STRATEGY", "auto") or "auto",
-            "captioner": get("CAPTIONER"),
-            "taxonomy": get("TAXONOMY"),
-            "tag_blacklist": (
-                tuple(t.strip() for t in blacklist.split(",") if t.strip()) if blacklist else None
-            ),
-            "min_short_side": int(get("MIN_SHORT_SIDE", "512") or 512),
-            "resolution_gate": gate,
-        }
-    except ValueError as exc:
-        raise ValueError(f"invalid dataset setting in {ENV_PREFIX}* variables: {exc}") from exc
+def export_dagster_home(path: Path) -> None:
+    """Make Dagster (which reads only the environment) use the instance at `path`."""
+    os.environ[DAGSTER_HOME_ENV] = str(path)
+
+
+def quiet_library_defaults() -> None:
+    """Turn off the progress bars and chatter of the model libraries unless the user set them."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+# --- documentation ---
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the declarations."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `{env_name(name)}` | {_shown_default(name, field)} | {field.description} |")
+    return "\n".join(rows)
+
+
+# Defaults that follow the home, as the table shows them.
+_DERIVED_DEFAULTS = {
+    "home": f"`{DEFAULT_HOME}`",
+    "database_url": "`sqlite:///$HOME/registry.db`",
+    "data_root": "`$HOME/data`",
+    "dagster_home": "`$HOME/dagster_home`",
+}
+
+
+def _shown_default(name: str, field: FieldInfo) -> str:
+    if name in _DERIVED_DEFAULTS:
+        return _DERIVED_DEFAULTS[name]
+    return "unset" if field.default in (None, ()) else f"`{field.default}`"
+
+
+TABLE_START = "<!-- settings table: generated by `lora-pipeline config --readme README.md` -->"
+TABLE_END = "<!-- end of settings table -->"
+
+
+def readme_with_table(readme: str) -> str:
+    """The README text with its settings table replaced by the generated one."""
+    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+    if start < 0 or end < start:
+        raise SettingsError(f"the README has no settings table markers ({TABLE_START})")
+    return readme[: start + len(TABLE_START)] + "\n" + markdown_table() + "\n" + readme[end:]
+
+
+def iter_variables() -> Iterator[str]:
+    """Every environment variable a setting is read from."""
+    return (env_name(name) for name in Settings.model_fields)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
+from lora_pipeline.config import quiet_library_defaults
 
 
 def quiet_ml_libraries() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    quiet_library_defaults()
     import diffusers
     import transformers
 

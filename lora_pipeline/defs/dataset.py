@@ -110,7 +110,7 @@ def approved_dataset(
 ) -> Iterator[Output | AssetCheckResult]:
     """An immutable dataset version of the approved images (optionally filtered by tags):
     manifest with sha256 and provenance, named by its hash."""
-    settings = Settings.from_env()
+    settings = Settings.current()
     root = data_root.get()
     provenance = {
         "source": config.provenance_source,
@@ -168,7 +168,8 @@ def captions(
 ) -> Iterator[Output | AssetCheckResult]:
     """One caption per image: the trigger word, then the strategy's parts (design prompt,
     tagger tags, VLM caption); concepts from the project's taxonomy."""
-    settings = Settings.from_env()
+    runtime = models.runtime()
+    settings = runtime.settings
     root = data_root.get()
     strategy = config.strategy or settings.caption_strategy
     info = character_info(registry.get(), approved_dataset.character)
@@ -178,8 +179,8 @@ def captions(
         root,
         approved_dataset,
         strategy=strategy,
-        tagger=models.tagger_model() if "tags" in wants or "auto" in wants else None,
-        captioner=models.captioner_model(info.project) if "vlm" in wants else None,
+        tagger=runtime.tagger() if "tags" in wants or "auto" in wants else None,
+        captioner=runtime.captioner(info.project) if "vlm" in wants else None,
         taxonomy=taxonomy_for_project(config.taxonomy or settings.taxonomy, info.project),
         blacklist=_first_set(config.tag_blacklist, settings.tag_blacklist, DEFAULT_TAG_BLACKLIST),
         include_character_tags=config.include_character_tags,
@@ -223,10 +224,10 @@ def shot_splits(
         root,
         dataset,
         captions["captions"],
-        models.face_detector_model(),
+        models.runtime().face_detector(),
         caption_set=captions.get("caption_set"),
         person=character_info(registry.get(), dataset.character).name,
-        base_model=models.configured_base_model(),
+        base_model=models.settings().base_model,
     )
     for warning in split.warnings:
         context.log.warning(warning)

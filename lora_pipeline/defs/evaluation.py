@@ -44,15 +44,15 @@ def eval_grid(
 ) -> Iterator[Output[EvalRef] | AssetCheckResult]:
     """Canonical prompts × fixed seeds, with a no-LoRA column, rendered with the release's best
     epoch; identity, CLIP, quality and LoRA-effect scores decide the gate."""
-    root = data_root.get()
-    renderer = models.backends(context.partition_key).image
-    loras_dir = models.loras_dir() if models.comfyui_client() else None
+    root, runtime = data_root.get(), models.runtime()
+    renderer = runtime.backends(context.partition_key).image
+    loras_dir = runtime.loras_dir() if runtime.comfyui_client() else None
     ref, result = evaluate_release(
         registry.get(),
         root,
         renderer,
         trained_lora.release_id,
-        models.eval_scorers(),
+        runtime.eval_scorers(),
         log=context.log.info,
         stage_lora=(lambda path: copy_to_comfyui(path, loras_dir)) if loras_dir else None,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Sequence
 from importlib import resources
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance, materialize
 
+from lora_pipeline.config import export_dagster_home
 from lora_pipeline.defs.partitions import CHARACTER_PARTITIONS_NAME, GPU_POOL
 
 INSTANCE_FILES = resources.files("lora_pipeline") / "instance"
@@ -30,7 +30,7 @@ def prepare_dagster_home(home: Path, postgres: bool = False) -> Path:
 
 def open_instance(home: Path) -> DagsterInstance:
     # DagsterInstance.get() reads DAGSTER_HOME; set it so child processes agree.
-    os.environ["DAGSTER_HOME"] = str(home)
+    export_dagster_home(home)
     return DagsterInstance.get()
 
 

@@ -28,7 +28,7 @@ def sweep_stuck_generation_jobs(
 ) -> None:
     """Generation jobs pending or running for over 30 minutes are marked failed; those sent
     to ComfyUI are stopped there too."""
-    client = models.comfyui_client()
+    client = models.runtime().comfyui_client()
     cleared = clear_stuck_jobs(registry.get(), STUCK_AFTER, client.cancel if client else None)
     context.log.info(f"marked {len(cleared.failed)} stuck generation jobs failed: {cleared.failed}")
     if cleared.cancelled or cleared.cancel_errors:
@@ -75,13 +75,16 @@ def dataset_quality_job() -> None:
     check_dataset_versions()
 
 
+# Named as the README and the UI list them (unnamed, Dagster would call it "<job>_schedule").
 stuck_jobs_schedule = ScheduleDefinition(
+    name="stuck_jobs_schedule",
     job=sweep_stuck_jobs_job,
     cron_schedule="*/10 * * * *",
     default_status=DefaultScheduleStatus.RUNNING,
 )
 
 nightly_quality_schedule = ScheduleDefinition(
+    name="nightly_quality_schedule",
     job=dataset_quality_job,
     cron_schedule="0 3 * * *",
     default_status=DefaultScheduleStatus.RUNNING,

@@ -12,7 +12,6 @@ with one click; nothing changes the design prompt without a person.
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -21,11 +20,11 @@ from typing import Any, Protocol
 
 import httpx
 
-from lora_pipeline.config import ENV_PREFIX
+from lora_pipeline.config import Settings, env_name
 from lora_pipeline.registry import commands, suggestions
 from lora_pipeline.registry.db import Registry
 
-ECHO_BRAIN_URL_ENV = ENV_PREFIX + "ECHO_BRAIN_URL"
+ECHO_BRAIN_URL_ENV = env_name("echo_brain_url")
 ECHO_BRAIN_ENHANCE_PATH = "/api/echo/enhance"
 MIN_STRUCTURED_REJECTIONS = 3
 # A note phrase said in this many rejections becomes part of the prompt.
@@ -294,10 +293,11 @@ def _context(request: AdviceRequest) -> dict[str, Any]:
     }
 
 
-def configured_advisors() -> list[PromptAdvisor]:
-    """Echo Brain first when configured, then the built-in advisor as the fallback."""
+def configured_advisors(url: str | None = None) -> list[PromptAdvisor]:
+    """Echo Brain first when configured (`url`, else LORA_PIPELINE_ECHO_BRAIN_URL), then the
+    built-in advisor as the fallback."""
     advisors: list[PromptAdvisor] = []
-    url = os.environ.get(ECHO_BRAIN_URL_ENV, "").strip()
+    url = (url or Settings.current().echo_brain_url or "").strip()
     if url:
         advisors.append(EchoBrainAdvisor(url))
     advisors.append(BuiltinAdvisor())

@@ -9,11 +9,10 @@ object `{"category": ["term", ...]}`, given in the environment variable
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from lora_pipeline.config import ENV_PREFIX
+from lora_pipeline.config import Settings, env_name
 from lora_pipeline.registry.commands import REJECTION_CATEGORIES
 
 DEFAULT_NEGATIVE_TERMS: Mapping[str, tuple[str, ...]] = {
@@ -24,7 +23,7 @@ DEFAULT_NEGATIVE_TERMS: Mapping[str, tuple[str, ...]] = {
     "wrong_pose": ("awkward pose", "unnatural pose"),
     "wrong_expression": ("wrong expression",),
 }
-NEGATIVE_TERMS_ENV = ENV_PREFIX + "NEGATIVE_TERMS"
+NEGATIVE_TERMS_ENV = env_name("negative_terms")
 NEGATIVE_TERMS_FILE = "negative_terms.json"
 
 NegativeTable = Mapping[str, Sequence[str]]
@@ -66,17 +65,15 @@ def load_negative_table(path: Path) -> dict[str, tuple[str, ...]]:
 
 
 def configured_negative_table(home: Path | None = None) -> Mapping[str, Sequence[str]]:
-    """The table in force: the environment's, else the project home's file, else the default."""
-    configured = os.environ.get(NEGATIVE_TERMS_ENV, "").strip()
+    """The table in force: the configured one (LORA_PIPELINE_NEGATIVE_TERMS), else the project
+    home's file, else the default."""
+    settings = Settings.current()
+    configured = (settings.negative_terms or "").strip()
     if configured.startswith("{"):
         return parse_negative_table(configured, NEGATIVE_TERMS_ENV)
     if configured:
         return load_negative_table(Path(configured).expanduser())
-    if home is None:
-        from lora_pipeline.config import Settings
-
-        home = Settings.from_env().home
-    path = Path(home) / NEGATIVE_TERMS_FILE
+    path = Path(home or settings.home) / NEGATIVE_TERMS_FILE
     return load_negative_table(path) if path.is_file() else DEFAULT_NEGATIVE_TERMS
 
 

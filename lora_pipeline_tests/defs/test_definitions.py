@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus, Definitions
@@ -73,6 +74,13 @@ def test_sensors_and_schedules_are_on_by_default() -> None:
     }
     assert all(s.default_status == DefaultSensorStatus.RUNNING for s in sensors.values())
     assert all(s.default_status == DefaultScheduleStatus.RUNNING for s in defs.schedules)
+
+
+def test_readme_lists_every_sensor_and_schedule_by_its_name() -> None:
+    readme = (Path(lora_pipeline.__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Sensors and schedules", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
+    assert listed == {s.name for s in defs.sensors} | {s.name for s in defs.schedules}
 
 
 def test_domain_packages_never_import_dagster() -> None:
