@@ -130,13 +130,7 @@ def ingested_frames(
             "sources": len(outcomes),
             "sources_already_done": sum(o.already_done for o in outcomes),
             "sources_failed": MetadataValue.json(failed),
-            "frames_seen": total.seen,
-            "frames_kept": total.kept,
-            "duplicates_dropped": total.duplicates,
-            "static_dropped": total.static,
-            "near_duplicates_dropped": total.near_duplicates,
-            "blurry_dropped": total.blurry,
-            "too_small_dropped": total.too_small,
+            **total.metadata(),
             **_sheet_metadata(root, kept_paths, "kept frames"),
         }
     )

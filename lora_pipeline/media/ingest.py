@@ -110,7 +110,7 @@ def ingest_source(
             outcome.state,
             error=outcome.error,
             video_id=outcome.video_id,
-            stats=vars(outcome.stats).copy(),
+            stats=outcome.stats.as_dict(),
             processed_at=utcnow(),
         )
     _log_summary(source_id, outcome, log)
@@ -220,9 +220,7 @@ def _log_summary(source_id: int, outcome: SourceOutcome, log: Log) -> None:
     if outcome.state != "done":
         return
     stats = outcome.stats
-    dropped = {
-        name: value for name, value in vars(stats).items() if name not in ("seen", "kept") and value
-    }
+    dropped = {name: value for name, value in stats.dropped().items() if value}
     detail = ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in dropped.items())
     log(
         f"source {source_id}: {stats.seen} frames seen, {stats.kept} kept"

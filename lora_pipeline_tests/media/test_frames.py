@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from lora_pipeline.media import frames as frames_module
 from lora_pipeline.media.frames import (
+    FRAME_FILTERS,
+    Candidate,
+    FrameFilter,
     FrameFilters,
     FrameStats,
     IngestedFrame,
+    build_filters,
     store_unique_frames,
 )
 from lora_pipeline.media.images import image_sha256, load_image
@@ -185,3 +190,57 @@ def test_static_scenes_of_a_video_give_one_frame_each(tmp_path: Path) -> None:
     assert stats.seen == 24
     assert stats.static + stats.duplicates >= 6
     assert stats.kept == len(kept) == 24 - stats.static - stats.duplicates - stats.near_duplicates
+
+
+class EvenIndexOnly(FrameFilter):
+    """A filter the pipeline does not have: drops every frame with an odd index."""
+
+    name = "odd_index"
+
+    @classmethod
+    def from_settings(cls, settings: FrameFilters, known: HashIndex) -> FrameFilter | None:
+        return cls()
+
+    def keeps(self, frame: Candidate) -> bool:
+        return frame.frame.index % 2 == 0
+
+
+def register_even_index_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a filter: the class above, plus its line in the registry."""
+    monkeypatch.setattr(frames_module, "FRAME_FILTERS", [*FRAME_FILTERS, EvenIndexOnly])
+
+
+def test_a_registered_filter_runs_with_its_counters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_even_index_only(monkeypatch)
+    root = DataRoot(tmp_path / "data")
+    frames = [_pattern(index, seed=index) for index in range(6)]
+    stats = FrameStats()
+    kept = list(store_unique_frames(frames, root, stats))
+    assert [f.index for f in kept] == [0, 2, 4]
+    assert stats.odd_index == 3 and stats.counts("odd_index").kept == 3
+    metadata = stats.metadata()
+    assert metadata["odd_index_dropped"] == 3
+    assert metadata["frame_filters"]["odd_index"] == {"kept": 3, "dropped": 3}
+    # The filters before it saw all six frames and let them through.
+    assert metadata["frame_filters"]["too_small"] == {"kept": 6, "dropped": 0}
+    assert stats.as_dict()["odd_index"] == 3
+
+
+def test_filters_follow_the_settings_in_judging_order() -> None:
+    names = [f.name for f in build_filters(FrameFilters(min_sharpness=10.0), HashIndex())]
+    assert names == ["too_small", "duplicates", "static", "near_duplicates", "blurry"]
+    assert [f.name for f in build_filters(EXACT, HashIndex())] == ["too_small", "duplicates"]
+    # Filters turned off still report zeros, so the metadata keys do not change with settings.
+    assert set(FrameStats().dropped()) == {cls.name for cls in FRAME_FILTERS}
+
+
+def test_each_frame_is_counted_once_and_stats_add_up() -> None:
+    first, second = FrameStats(seen=3, kept=1), FrameStats(seen=2, kept=2)
+    first.counts("static").dropped, first.counts("static").kept = 2, 1
+    second.counts("odd_index").dropped = 1
+    first.add(second)
+    assert (first.seen, first.kept, first.static, first.odd_index) == (5, 3, 2, 1)
+    with pytest.raises(AttributeError):
+        _ = first.no_such_filter

@@ -18,6 +18,7 @@ from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import Source
 from lora_pipeline_tests.media.conftest import LocalServer, demo_registry
 from lora_pipeline_tests.media.test_comfyui_outputs import _graph, write_output
+from lora_pipeline_tests.media.test_frames import register_even_index_only
 
 SMALL_FRAMES = IngestOptions(filters=FrameFilters(min_side=64))
 
@@ -132,6 +133,25 @@ def test_small_frames_are_dropped_but_a_chosen_small_image_is_kept(
     image_source = _source(registry, upload.kind, upload.relpath)
     outcome = ingest_source(registry, root, image_source, logs.append)
     assert outcome.state == "done" and outcome.stats.kept == 1
+
+
+def test_a_registered_filter_is_recorded_and_reported(
+    registry: Registry,
+    root: DataRoot,
+    synthetic_video: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    register_even_index_only(monkeypatch)
+    video = store_upload(synthetic_video, root)
+    source_id = _source(registry, video.kind, video.relpath, fps=2.0, max_frames=8)
+    logs: list[str] = []
+    outcome = ingest_source(registry, root, source_id, logs.append, SMALL_FRAMES)
+    # Eight frames, four with an odd index; the filters before it may drop some first.
+    dropped = outcome.stats.odd_index
+    assert 1 <= dropped <= 4 and outcome.stats.kept <= 4
+    assert _state(registry, source_id).stats["odd_index"] == dropped
+    assert f"{dropped} odd index" in logs[-1]
+    assert outcome.stats.metadata()["odd_index_dropped"] == dropped
 
 
 def test_comfyui_file_keeps_its_generation_settings(
