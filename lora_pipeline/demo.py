@@ -17,6 +17,7 @@ from lora_pipeline.defs.instance import (
     open_instance,
     prepare_dagster_home,
 )
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.evaluation.service import model_card_path
 from lora_pipeline.generation.negatives import negative_terms_for
 from lora_pipeline.media.store import DataRoot
@@ -37,8 +38,8 @@ DEMO_CHARACTER = "aiko"
 DEMO_TRAINING = {"epochs": 2, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3}
 
 
-class DemoFailed(RuntimeError):
-    pass
+class DemoFailed(PipelineError, RuntimeError):
+    """A demo step did not finish; the message says which and where its logs are."""
 
 
 def run_demo(settings: Settings, say: Say) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lora_pipeline.dataset.schema import check_schema
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.media.store import DataRoot, sha256_file
 
 SCHEMA_VERSION = 1
@@ -34,7 +35,7 @@ _FILE_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 
 
-class DatasetError(ValueError):
+class DatasetError(PipelineError, ValueError):
     """Base class of the dataset package: `str(error)` is one line fit to show to a user."""
 
 

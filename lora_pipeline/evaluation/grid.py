@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.generation.local import GenerationRequest, Loras, LoraSpec
 
 BACKGROUND = "white"
@@ -22,7 +23,7 @@ TEXT_COLOUR = "black"
 ELLIPSIS = "..."
 
 
-class EvalGridError(ValueError):
+class EvalGridError(PipelineError, ValueError):
     """A grid that cannot be drawn or scored from what it was given."""
 
 

@@ -23,13 +23,13 @@ import numpy as np
 from PIL import Image
 
 from lora_pipeline.config import torch_device
-from lora_pipeline.errors import first_line
+from lora_pipeline.errors import PipelineError, first_line
 from lora_pipeline.media.phash import sharpness
 from lora_pipeline.registry.commands import PROJECT_SETTINGS
 from lora_pipeline.vision.model_cache import ModelCache
 
 
-class ScoreError(ValueError):
+class ScoreError(PipelineError, ValueError):
     """Scores asked of inputs they cannot be computed from, or invalid gate settings."""
 
 

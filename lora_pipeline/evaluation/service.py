@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 from sqlalchemy import func, select
 
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.evaluation.grid import (
     EvalGridResult,
     EvalGridSpec,
@@ -62,7 +63,7 @@ MODEL_CARD_SUFFIX = ".model-card.md"
 Log = Callable[[str], None]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(PipelineError, ValueError):
     """A release that cannot be evaluated as asked (one line for the user)."""
 
 

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import yt_dlp
 from yt_dlp.utils import DownloadError, YoutubeDLError
 
+from lora_pipeline.errors import PipelineError
+
 # yt-dlp's own temporary names next to the finished file.
 _PARTIAL_SUFFIXES = (".part", ".ytdl", ".temp", ".tmp", ".json")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -55,7 +57,7 @@ _REASONS: tuple[tuple[str, str], ...] = (
 )
 
 
-class DownloadFailed(RuntimeError):
+class DownloadFailed(PipelineError, RuntimeError):
     """A video could not be downloaded; the message is one line meant for people."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lora_pipeline.errors import PipelineError
+
 MAX_IMAGE_PIXELS = 64_000_000
 # Larger than any sane reference image; stops a huge file being read into memory at all.
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
@@ -26,7 +28,7 @@ PNG_COMPRESS_LEVEL = 6
 _PNG_END = b"IEND\xaeB`\x82"
 
 
-class InvalidImageError(ValueError):
+class InvalidImageError(PipelineError, ValueError):
     """An image file that cannot be used: corrupt, truncated, empty, too large or not an image."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.media.comfyui_outputs import output_path, read_generation_params
 from lora_pipeline.media.download import DownloadFailed, download_video
 from lora_pipeline.media.frames import FrameFilters, FrameStats, IngestedFrame, store_unique_frames
@@ -61,7 +62,7 @@ class SourceOutcome:
     frame_ids: list[int] = field(default_factory=list)
 
 
-class SourceError(RuntimeError):
+class SourceError(PipelineError, RuntimeError):
     """A source that cannot be ingested; the message is the one line the user sees."""
 
 

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
+from lora_pipeline.errors import PipelineError
+
 HASH_SIZE = 8
 _DCT_SIZE = HASH_SIZE * 4
 DEFAULT_NEAR_DUPLICATE_DISTANCE = 8
@@ -29,7 +31,7 @@ SHARPNESS_SIDE = 512
 _HEX_HASH = re.compile(r"[0-9a-f]{16}")
 
 
-class InvalidHashError(ValueError):
+class InvalidHashError(PipelineError, ValueError):
     """A stored perceptual hash that is not 16 hexadecimal digits."""
 
 

@@ -16,12 +16,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image
 
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.media.images import encode_png
 
 IMAGES_DIR = "images"
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(PipelineError, ValueError):
     """A path that would reach outside the data root (absolute, '..', or an escaping symlink)."""
 
 

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.media.images import InvalidImageError, load_image, sniff_image_format
 from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.media.video import VideoError, verify_video
@@ -22,7 +23,7 @@ MAX_UPLOAD_BYTES = 4 * 1024**3
 UPLOADS_DIR = "uploads"
 
 
-class UploadError(ValueError):
+class UploadError(PipelineError, ValueError):
     """An upload that cannot be used; the message names the file and the reason."""
 
 

@@ -22,6 +22,8 @@ from typing import IO
 import imageio_ffmpeg
 from PIL import Image
 
+from lora_pipeline.errors import PipelineError
+
 # Demuxers that turn non-videos into frames: still images (image2, png_pipe, ...) and text
 # rendered as ANSI art (tty, bin, ...), which ffmpeg happily "plays".
 _NOT_VIDEO_FORMATS = re.compile(r"^(image2|\w+_pipe|tty|bin|xbin|adf|idf)$")
@@ -39,7 +41,7 @@ MAX_FRAME_PIXELS = 64_000_000
 _PIPE_SIZE = 1 << 20
 
 
-class VideoError(RuntimeError):
+class VideoError(PipelineError, RuntimeError):
     """A video cannot be read: missing, empty, corrupt, truncated or not a video at all."""
 
 

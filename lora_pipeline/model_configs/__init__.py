@@ -19,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.training.checkpoint import replaced_atomically
 from lora_pipeline.training.defaults import detect_base_model_version
 
@@ -29,7 +30,7 @@ TOKENIZER_MAX_LENGTH = 77
 PAD_TOKENS = {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(PipelineError, ValueError):
     """A tokenizer folder or base model version that cannot make a config folder."""
 
 

@@ -18,6 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
+from lora_pipeline.errors import PipelineError
+
 # What the built-in VLM captioners ask: the words a LoRA caption needs, not a story.
 CAPTION_PROMPT = (
     "Describe this image for a LoRA training caption, as one short comma-separated list of "
@@ -39,7 +41,7 @@ _BULLET = re.compile(r"^(?:\d+[.)]|[-*•])\s+")
 _REPEATED_WORD = re.compile(r"\b(\w+)(?:\s+\1\b)+", re.IGNORECASE)
 
 
-class CaptionerError(ValueError):
+class CaptionerError(PipelineError, ValueError):
     """A captioner cannot be loaded, or it returned something that is not a caption."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.media.images import load_image
 from lora_pipeline.media.ingest import dataset_hash_index, frame_provenance
 from lora_pipeline.media.phash import DEFAULT_NEAR_DUPLICATE_DISTANCE, HashIndex, hash_from_hex
@@ -43,7 +44,7 @@ _ORIGINS = {
 _REASON_CHARS = 300
 
 
-class IdentifierUnavailable(RuntimeError):
+class IdentifierUnavailable(PipelineError, RuntimeError):
     """Project-mode sources need a vision model to sort frames; none is configured."""
 
 

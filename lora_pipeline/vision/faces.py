@@ -15,8 +15,10 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+from lora_pipeline.errors import PipelineError
 
-class FaceDetectionError(ValueError):
+
+class FaceDetectionError(PipelineError, ValueError):
     """A detector returned something that is not a usable face box."""
 
 

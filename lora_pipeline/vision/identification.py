@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
+from lora_pipeline.errors import PipelineError
+
 
 @dataclass(frozen=True)
 class CharacterProfile:
@@ -48,7 +50,7 @@ class Identifier(Protocol):
     ) -> list[Identification]: ...
 
 
-class IdentifierError(RuntimeError):
+class IdentifierError(PipelineError, RuntimeError):
     """An identification backend failed; the message is one line naming it and the reason."""
 
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lora_pipeline.errors import first_line
+from lora_pipeline.errors import PipelineError, first_line
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(PipelineError, ValueError):
     """A model file is missing, unreadable, or does not have the expected inputs and outputs."""
 
 
