@@ -44,7 +44,7 @@ def generated_images(
         feedback_ids=tuple(config.feedback_ids),
         job_ids=tuple(config.job_ids),
     )
-    backends = models.backends(context.partition_key)
+    backends = models.runtime().backends(context.partition_key)
     context.log.info(f"drawing with {backends.image.name} on checkpoint {backends.checkpoint}")
     outcome = generate_for_character(
         registry.get(),
