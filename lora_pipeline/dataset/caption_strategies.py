@@ -36,7 +36,6 @@ from lora_pipeline.dataset.captions import (
     load_captions,
     starts_with_word,
     write_captions,
-    write_text_atomic,
 )
 from lora_pipeline.dataset.concepts import (
     TOP_CONCEPTS,
@@ -46,6 +45,7 @@ from lora_pipeline.dataset.concepts import (
     top_concepts,
 )
 from lora_pipeline.dataset.versions import IMAGES_DIRNAME, validate_manifest
+from lora_pipeline.files import atomic_write_text
 from lora_pipeline.media.images import InvalidImageError, load_image
 from lora_pipeline.registry.commands import validate_trigger_word
 from lora_pipeline.registry.errors import InvalidInputError
@@ -193,7 +193,7 @@ def caption_dataset(version_dir: Path, manifest: dict[str, Any], plan: CaptionPl
         ),
         images=images,
     )
-    write_text_atomic(version_dir / CAPTIONS_DIRNAME / CAPTIONS_JSON, caption_set.to_json())
+    atomic_write_text(version_dir / CAPTIONS_DIRNAME / CAPTIONS_JSON, caption_set.to_json())
     return caption_set
 
 

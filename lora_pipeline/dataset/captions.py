@@ -6,14 +6,13 @@ to that token. kohya reads only the first line of a caption file, hence the sing
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lora_pipeline.dataset.versions import IMAGES_DIRNAME, DatasetError, validate_manifest
+from lora_pipeline.files import atomic_write_text
 
 CAPTIONS_DIRNAME = "captions"
 CAPTION_SUFFIX = ".txt"
@@ -62,7 +61,7 @@ def write_captions(
     captions_dir = version_dir / CAPTIONS_DIRNAME
     captions_dir.mkdir(exist_ok=True)
     for image_file, caption in written.items():
-        write_text_atomic(captions_dir / caption_file_name(image_file), caption)
+        atomic_write_text(captions_dir / caption_file_name(image_file), caption)
     return written
 
 
@@ -124,12 +123,3 @@ def distinct_parts(prompt: str, skip: str) -> list[str]:
 def starts_with_word(text: str, word: str) -> bool:
     # A word boundary after the trigger: "emma" opens "emma, ..." but not "emmanuel ...".
     return re.match(re.escape(word) + r"(?![\w])", text, flags=re.IGNORECASE) is not None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -46,6 +46,7 @@ from lora_pipeline.evaluation.scores import (
     identity_similarity,
     quality_score,
 )
+from lora_pipeline.files import atomic_path
 from lora_pipeline.generation.local import GenerationRequest, Loras, LoraSpec, lora_stack
 from lora_pipeline.generation.service import baseline_lora, request_settings
 from lora_pipeline.media.images import load_image
@@ -382,9 +383,9 @@ def _new_eval_dir(registry: Registry, root: DataRoot, context: _Context) -> Path
 
 
 def _save_png(image: Image.Image, path: Path) -> Path:
-    tmp = path.with_suffix(".tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
+    # The temporary name ends in .tmp: PIL is told the format.
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
     return path
 
 

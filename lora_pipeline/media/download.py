@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import yt_dlp
 from yt_dlp.utils import DownloadError, YoutubeDLError
 
 from lora_pipeline.errors import PipelineError
+from lora_pipeline.files import atomic_write_text
 
 # yt-dlp's own temporary names next to the finished file.
 _PARTIAL_SUFFIXES = (".part", ".ytdl", ".temp", ".tmp", ".json")
@@ -243,12 +242,7 @@ def _remember(dest_dir: Path, video: DownloadedVideo) -> None:
         "title": video.title,
         "url": video.url,
     }
-    index = _index_path(dest_dir, video.url)
-    index.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=index.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(entry, handle)
-    os.replace(tmp, index)
+    atomic_write_text(_index_path(dest_dir, video.url), json.dumps(entry))
 
 
 def _single_video(info: dict[str, Any] | None, url: str) -> dict[str, Any]:

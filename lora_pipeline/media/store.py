@@ -2,21 +2,19 @@
 
 Images are content-addressed (`images/ab/<sha256>.png`) so the same picture arriving from two
 sources is stored once and its hash is its identity in the registry. All writes go through a
-temporary file and os.replace, so a reader never sees half a file.
+temporary file renamed into place (lora_pipeline.files), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image
 
 from lora_pipeline.errors import PipelineError
+from lora_pipeline.files import atomic_write_bytes
 from lora_pipeline.media.images import encode_png
 
 IMAGES_DIR = "images"
@@ -49,21 +47,6 @@ def _looks_absolute(text: str) -> bool:
         or bool(PureWindowsPath(text).drive)
         or text.startswith("\\")
     )
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # mkstemp creates 0600; stored files should be as readable as any other output.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
 
 
 class DataRoot:
@@ -120,7 +103,7 @@ class DataRoot:
         target = self.path(relpath)
         if target == self.root or target.is_dir():
             raise UnsafePathError(f"not a file path: {str(relpath)!r}")
-        _atomic_write(target, data)
+        atomic_write_bytes(target, data)
         return target
 
     def write_text_atomic(self, relpath: str | Path, text: str) -> Path:
@@ -136,5 +119,5 @@ class DataRoot:
         # A file of the wrong size is a leftover of a crash mid-write; replace it.
         if target.is_file() and target.stat().st_size == len(data):
             return StoredImage(sha, relpath, width, height, created=False)
-        _atomic_write(target, data)
+        atomic_write_bytes(target, data)
         return StoredImage(sha, relpath, width, height, created=True)

@@ -7,14 +7,13 @@ from the first packet to the last. Anything else is refused with the reason.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from lora_pipeline.errors import PipelineError
+from lora_pipeline.files import atomic_path
 from lora_pipeline.media.images import InvalidImageError, load_image, sniff_image_format
 from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.media.video import VideoError, verify_video
@@ -67,13 +66,6 @@ def _store_video(path: Path, root: DataRoot) -> StoredUpload:
     relpath = f"{UPLOADS_DIR}/{sha256_file(path)}{suffix}"
     target = root.path(relpath)
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as temporary:
+            shutil.copyfile(path, temporary)
     return StoredUpload("video_upload", relpath)

@@ -23,6 +23,7 @@ import imageio_ffmpeg
 from PIL import Image
 
 from lora_pipeline.errors import PipelineError
+from lora_pipeline.files import atomic_path
 
 # Demuxers that turn non-videos into frames: still images (image2, png_pipe, ...) and text
 # rendered as ANSI art (tty, bin, ...), which ffmpeg happily "plays".
@@ -394,14 +395,12 @@ def make_synthetic_video(
     graph += f";{labels}concat=n={scenes}:v=1:a=0,format=yuv420p[out]"
     codec = ["-c:v", "libx264", "-preset", "veryfast"] if _has_encoder("libx264") else []
     codec = codec or ["-c:v", "mpeg4", "-q:v", "4"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *inputs]
     command += ["-filter_complex", graph, "-map", "[out]", "-r", str(fps), *codec]
-    command += ["-movflags", "+faststart", "-f", "mp4", str(tmp)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise VideoError(f"could not make a synthetic video: {_error_reason(result.stderr)}")
-    tmp.replace(path)
+    with atomic_path(path) as temporary:
+        # -f mp4: the temporary name does not end in .mp4, so ffmpeg is told the format.
+        command += ["-movflags", "+faststart", "-f", "mp4", str(temporary)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise VideoError(f"could not make a synthetic video: {_error_reason(result.stderr)}")
     return path

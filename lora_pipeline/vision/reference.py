@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from PIL import Image
 
 from lora_pipeline.config import torch_device
 from lora_pipeline.errors import first_line
+from lora_pipeline.files import atomic_write_bytes
 from lora_pipeline.media.images import InvalidImageError, load_image
 from lora_pipeline.vision.identification import (
     CharacterProfile,
@@ -188,11 +187,7 @@ class ReferenceIdentifier:
             return
         buffer = io.BytesIO()
         np.save(buffer, vector.astype(np.float32), allow_pickle=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def _model_key(model_id: str) -> str:

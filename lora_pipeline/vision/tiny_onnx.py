@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lora_pipeline.files import atomic_path
+
 IR_VERSION = 8
 OPSET = 17
 CELL = 16
@@ -195,6 +197,6 @@ def _save(graph, path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    with atomic_path(path) as temporary:
+        onnx.save(model, str(temporary))
     return path
