@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from lora_pipeline.errors import PipelineError
+from lora_pipeline.errors import PipelineError, first_line
 from lora_pipeline.media.comfyui_outputs import output_path, read_generation_params
 from lora_pipeline.media.download import DownloadFailed, download_video
 from lora_pipeline.media.frames import FrameFilters, FrameStats, IngestedFrame, store_unique_frames
@@ -102,7 +102,7 @@ def ingest_source(
         frames = store_unique_frames(opened.frames, root, outcome.stats, filters, known)
         _record_frames(registry, source_id, frames, opened, outcome, log)
     except (SourceError, DownloadFailed, VideoError, InvalidImageError, UnsafePathError) as exc:
-        outcome.state, outcome.error = "failed", str(exc).splitlines()[0]
+        outcome.state, outcome.error = "failed", first_line(exc)
         log(f"source {source_id} failed: {outcome.error}")
     with registry.session() as session:
         commands.set_source_state(

@@ -151,6 +151,7 @@ def _server_error(response: httpx.Response) -> str:
         data = response.json()
     except ValueError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"].splitlines()[0][:200]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, str) and error.strip():
+        return error.strip().splitlines()[0][:200]
     return " ".join(response.text.split())[:200] or "no details"

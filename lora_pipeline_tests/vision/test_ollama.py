@@ -65,6 +65,14 @@ def test_server_errors_are_retried_then_reported() -> None:
     assert len(server.requests) == 2  # one retry
 
 
+def test_an_empty_error_text_falls_back_to_the_body() -> None:
+    with fake_ollama() as server:
+        server.fail_with = (500, '{"error": ""}')
+        identifier = OllamaIdentifier(server.url, "llava:13b")
+        with pytest.raises(IdentifierError, match='HTTP 500: {"error": ""}'):
+            identifier.identify([two_tone(RED, RED)], CAST)
+
+
 def test_answer_without_response_text() -> None:
     with fake_ollama() as server:
         server.fail_with = (200, '{"model": "llava:13b", "done": true}')
