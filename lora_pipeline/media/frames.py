@@ -9,7 +9,8 @@ are judged before they are encoded: a dropped frame costs a 32x32 thumbnail, not
 The judging is a chain of filters in the style of waifuc's actions: each `FrameFilter` is a
 small object over the stream, with a name and its own counters of what it kept and dropped,
 and `FRAME_FILTERS` lists them in the order they judge. Adding a filter is one subclass and
-one line in that list; its counters reach the ingest stats and metadata by its name.
+one line in that list (plus a `FrameFilters` field when it has a threshold of its own); its
+counters reach the source's stats and the ingest metadata under its name.
 """
 
 from __future__ import annotations
