@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lora_pipeline.errors import PipelineError
 
-class TrainingDataError(ValueError):
+
+class TrainingDataError(PipelineError, ValueError):
     """An image or caption that cannot be used for training."""
 
 

@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from lora_pipeline.errors import PipelineError
+
 BASE_MODEL_VERSIONS = ("sd15", "sdxl")
 NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024}
 LEARNING_RATE = 1e-4
@@ -36,7 +38,7 @@ _SDXL_HUB_ID = re.compile(r"(?:^|[^a-z])xl(?:[^a-z]|$)|sdxl", re.IGNORECASE)
 _SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 
 
-class SmartDefaultsError(ValueError):
+class SmartDefaultsError(PipelineError, ValueError):
     """An image count or base model version that the defaults table cannot handle."""
 
 

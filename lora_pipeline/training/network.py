@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lora_pipeline.errors import PipelineError
+
 UNET_LORA_CONTAINERS = ("Transformer2DModel",)
 UNET_CONV_CONTAINERS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TEXT_ENCODER_CONTAINERS = ("CLIPAttention", "CLIPMLP")
@@ -30,7 +32,7 @@ ADAPTER_NAME = "default"
 _SHOWN = 2
 
 
-class LoraMismatchError(ValueError):
+class LoraMismatchError(PipelineError, ValueError):
     """A kohya LoRA file whose modules or shapes are not those of the network."""
 
 
