@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -20,6 +18,10 @@ from io import BytesIO
 from pathlib import Path
 
 import torch
+
+from lora_pipeline.errors import PipelineError
+from lora_pipeline.files import atomic_path
+from lora_pipeline.media.store import sha256_file
 
 UNET_PREFIX = "lora_unet_"
 UNET_TARGET_MODULES = [
@@ -37,7 +39,7 @@ _PEFT_DOWN = ".lora_A.weight"
 _PEFT_UP = ".lora_B.weight"
 
 
-class LoraFormatError(ValueError):
+class LoraFormatError(PipelineError, ValueError):
     """A LoRA file or state dict that is not in the kohya format."""
 
 
@@ -307,14 +309,6 @@ def kohya_metadata(
     return {key: str(value) for key, value in values.items()}
 
 
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_kohya_lora(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
 ) -> str:
@@ -330,16 +324,9 @@ def save_kohya_lora(
     tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
     model_hash, legacy_hash = safetensors_hashes(tensors, metadata)
     header = {**metadata, "sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=header)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return _sha256_of_file(path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=header)
+    return sha256_file(path)
 
 
 def read_kohya_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
