@@ -1,9 +1,10 @@
-"""A training job: everything the training process needs, as plain JSON, and how to run it.
+"""A training job: everything the training process needs, as plain JSON, and how it reports.
 
 The Dagster asset builds a `TrainingJob` and hands it to a child process (`pipes_entry`), which
-runs it with the built-in trainer or kohya sd-scripts and reports through a `TrainingReporter`.
-Keeping the job plain data is what lets the child be a separate process that a crash, an
-out-of-memory kill or a cancel can end without touching the run worker.
+runs it (`backends.run_job`) with the built-in trainer or kohya sd-scripts and reports through a
+`TrainingReporter`. Keeping the job plain data is what lets the child be a separate process
+that a crash, an out-of-memory kill or a cancel can end without touching the run worker. This
+module imports neither backend, so that both can import it.
 """
 
 from __future__ import annotations
@@ -13,17 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lora_pipeline.training.trainer import (
-    EpochReport,
-    TrainingConfig,
-    TrainingError,
-    TrainingExample,
-    TrainingProgress,
-    TrainingResult,
-    train_lora,
-)
+from lora_pipeline.training.data import TrainingExample
+from lora_pipeline.training.errors import TrainingError
+from lora_pipeline.training.options import BACKENDS, TrainingConfig
+from lora_pipeline.training.reports import EpochReport, TrainingProgress
 
-BACKENDS = ("builtin", "kohya")
 # Log a progress line at most this often, and at least every this many steps of a run's total.
 PROGRESS_LOG_SECONDS = 10.0
 PROGRESS_LOG_LINES = 20
@@ -131,20 +126,3 @@ class ProgressThrottle:
         if due:
             self._last_logged = now
         return due
-
-
-def run_job(job: TrainingJob, reporter: TrainingReporter) -> TrainingResult:
-    """Run `job` with its backend, reporting as it goes."""
-    if job.backend == "kohya":
-        from lora_pipeline.training.kohya_backend import train_with_kohya
-
-        return train_with_kohya(job, reporter)
-    return train_lora(
-        job.config,
-        job.examples,
-        job.output_file,
-        reporter.progress,
-        on_epoch=reporter.epoch,
-        should_stop=reporter.should_stop,
-        log=reporter.log,
-    )

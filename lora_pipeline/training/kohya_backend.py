@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import re
 import signal
@@ -35,9 +34,12 @@ from typing import BinaryIO
 
 import torch
 
+from lora_pipeline.config import child_environment
 from lora_pipeline.model_configs import ModelConfigError, write_tokenizer
+from lora_pipeline.training.base_model import sha256_and_legacy_hash, unet_weights_file_of
 from lora_pipeline.training.data import tag_frequency
 from lora_pipeline.training.defaults import detect_base_model_version
+from lora_pipeline.training.errors import TrainingError, TrainingInterrupted
 from lora_pipeline.training.job import TrainingJob, TrainingReporter
 from lora_pipeline.training.kohya_format import (
     LoraFormatError,
@@ -45,18 +47,8 @@ from lora_pipeline.training.kohya_format import (
     read_kohya_lora,
     save_kohya_lora,
 )
-from lora_pipeline.training.trainer import (
-    EpochReport,
-    TrainingConfig,
-    TrainingError,
-    TrainingInterrupted,
-    TrainingProgress,
-    TrainingResult,
-    _sha256_and_legacy_hash,
-    _unet_weights_file,
-    auto_save_every,
-    resolve_config,
-)
+from lora_pipeline.training.options import TrainingConfig, auto_save_every, resolve_config
+from lora_pipeline.training.reports import EpochReport, TrainingProgress, TrainingResult
 
 SCRIPTS = {"sd15": "train_network.py", "sdxl": "sdxl_train_network.py"}
 # kohya looks for its tokenizers in --tokenizer_cache_dir under these hub ids ("/" → "_"); the
@@ -341,7 +333,7 @@ class _KohyaProcess:
     """train_network.py running, its output read on a thread so that a stop request is seen."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = child_environment(PYTHONUNBUFFERED="1")
         try:
             self.process = subprocess.Popen(
                 args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -521,8 +513,8 @@ class _KohyaTraining:
             tensors, metadata = read_kohya_lora(produced)
         except LoraFormatError as error:
             raise KohyaError(f"kohya finished without a readable LoRA: {error}") from error
-        weights = _unet_weights_file_of(self.config.base_model)
-        base_hash = _sha256_and_legacy_hash(weights)[0] if weights else ""
+        weights = unet_weights_file_of(self.config.base_model)
+        base_hash = sha256_and_legacy_hash(weights)[0] if weights else ""
         metadata = {k: v for k, v in metadata.items() if not k.startswith("sshs_")}
         metadata.update(self._our_metadata(base_hash))
         sha256 = save_kohya_lora(self.job.output_file, tensors, metadata)
@@ -561,15 +553,6 @@ class _KohyaTraining:
             if self.init_lora_hash:
                 values["lora_pipeline.init_lora_model_hash"] = self.init_lora_hash
         return values
-
-
-def _unet_weights_file_of(base_model: str) -> Path | None:
-    from lora_pipeline.generation.local import GenerationError, resolve_model_source
-
-    try:
-        return _unet_weights_file(resolve_model_source(base_model))
-    except GenerationError:
-        return None
 
 
 def train_with_kohya(job: TrainingJob, reporter: TrainingReporter) -> TrainingResult:

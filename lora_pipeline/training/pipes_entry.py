@@ -31,18 +31,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lora_pipeline.training.job import ProgressThrottle, TrainingJob, progress_line, run_job
-from lora_pipeline.training.trainer import (
-    EpochReport,
-    TrainingError,
-    TrainingInterrupted,
-    TrainingProgress,
-    TrainingResult,
-)
+from lora_pipeline.config import Settings, env_name
+from lora_pipeline.training.backends import run_job
+from lora_pipeline.training.errors import TrainingError, TrainingInterrupted
+from lora_pipeline.training.job import ProgressThrottle, TrainingJob, progress_line
+from lora_pipeline.training.reports import EpochReport, TrainingProgress, TrainingResult
 
 EXIT_FAILED = 2
 EXIT_INTERRUPTED = 130
-KILL_AFTER_EPOCH_ENV = "LORA_PIPELINE_TRAINING_KILL_AFTER_EPOCH"
+KILL_AFTER_EPOCH_ENV = env_name("training_kill_after_epoch")
 PARENT_POLL_SECONDS = 2.0
 
 
@@ -90,8 +87,7 @@ class ChildReporter:
         self._stop = stop
         self._throttle = ProgressThrottle()
         self._epochs: int | None = None
-        kill_after = os.environ.get(KILL_AFTER_EPOCH_ENV, "")
-        self._kill_after_epoch = int(kill_after) if kill_after.isdigit() else None
+        self._kill_after_epoch = Settings.current().training_kill_after_epoch
 
     def log(self, message: str, level: str = "info") -> None:
         if self._pipes is None:

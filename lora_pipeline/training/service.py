@@ -28,8 +28,10 @@ from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import LoraRelease
+from lora_pipeline.training.data import TrainingExample
 from lora_pipeline.training.job import TrainingJob
-from lora_pipeline.training.trainer import TrainingConfig, TrainingExample, TrainingResult
+from lora_pipeline.training.options import TrainingConfig
+from lora_pipeline.training.reports import TrainingResult
 
 Log = Callable[[str], None]
 # Settings that shape the network: a run that asks for other values than the failed release's

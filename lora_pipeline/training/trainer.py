@@ -19,14 +19,13 @@ continues from it. A saved state of the run wins over it (the state holds the ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,18 @@ import torch
 import torch.nn.functional as F
 
 from lora_pipeline.config import torch_device
+from lora_pipeline.files import atomic_path
 from lora_pipeline.generation.local import (
     GenerationError,
-    ModelSource,
     SourceKind,
     load_pipeline,
     resolve_model_source,
+)
+from lora_pipeline.training.base_model import (
+    base_model_identity,
+    base_model_name,
+    sha256_and_legacy_hash,
+    unet_weights_file,
 )
 from lora_pipeline.training.checkpoint import (
     TrainingState,
@@ -59,7 +64,7 @@ from lora_pipeline.training.data import (
     shuffle_caption,
     tag_frequency,
 )
-from lora_pipeline.training.defaults import smart_defaults
+from lora_pipeline.training.errors import OOM_ADVICE, TrainingError, TrainingInterrupted
 from lora_pipeline.training.kohya_format import (
     LoraFormatError,
     kohya_metadata,
@@ -77,7 +82,18 @@ from lora_pipeline.training.network import (
     text_encoder_targets,
     unet_targets,
 )
+from lora_pipeline.training.options import (
+    TrainingConfig,
+    auto_mixed_precision,
+    auto_save_every,
+    check_config,
+    fingerprinted,
+    resolve_config,
+)
+from lora_pipeline.training.reports import EpochReport, TrainingProgress, TrainingResult
 
+# The config, reports and errors live in their own modules, so that the job and the kohya backend
+# need not import the built-in trainer; they stay importable from here, where callers know them.
 __all__ = [
     "EpochReport",
     "TrainingConfig",
@@ -91,157 +107,8 @@ __all__ = [
     "train_lora",
 ]
 
-MIXED_PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-OPTIMIZERS = ("adamw", "adamw8bit")
-LR_SCHEDULERS = ("constant", "cosine")
+PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_GRAD_NORM = 1.0
-# Epoch files (with their samples and resumable states) saved over a run when the run config
-# does not say how often: a crash loses at most a fifth of the run.
-SAVES_PER_RUN = 5
-# Settings that smart defaults fill when the run config leaves them unset (seed 002's table).
-SMART_FIELDS = ("epochs", "batch_size", "learning_rate", "rank", "alpha", "resolution")
-# Settings that do not change what is trained: a state saved under other values still resumes.
-_NOT_IN_FINGERPRINT = {
-    "device",
-    "title",
-    "state_dir",
-    "save_every_n_epochs",
-    "keep_last_n_epochs",
-    "sample_prompts",
-    "sample_negative_prompt",
-    "sample_steps",
-    "sample_cfg",
-    "sample_seed",
-    "single_file_config",
-}
-OOM_ADVICE = (
-    "lower batch_size (1 is enough for a character LoRA), enable gradient_checkpointing, "
-    "lower the resolution, use mixed_precision bf16/fp16, or the adamw8bit optimizer; "
-    "the run resumes from its last saved epoch"
-)
-
-
-class TrainingError(ValueError):
-    """Training settings or data that cannot produce a LoRA, or a run that diverged."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """The run was asked to stop; its state was saved so that the next run resumes it."""
-
-    def __init__(self, step: int, state_path: Path | None) -> None:
-        where = f" (state saved in {state_path})" if state_path else ""
-        super().__init__(f"training stopped at step {step}{where}")
-        self.step = step
-        self.state_path = state_path
-
-
-@dataclass
-class TrainingConfig:
-    base_model: str
-    # None: the smart default for the image count and base model (seed 002's table); the
-    # resolution default is the model's native one (512 for SD1.5, 1024 for SDXL).
-    rank: int | None = None
-    alpha: float | None = None
-    learning_rate: float | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    resolution: int | None = None
-    max_steps: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: str = "auto"  # auto: bf16 (or fp16) on CUDA, none on the CPU
-    gradient_checkpointing: bool = False
-    train_text_encoder: bool = False
-    text_encoder_lr: float | None = None  # None: the learning rate
-    conv_rank: int = 0  # LoCon: LoRA on the 3×3 convolutions too (kohya's conv_dim)
-    conv_alpha: float | None = None  # None: 1, kohya's default
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    enable_bucket: bool = True
-    shuffle_caption: bool = False
-    keep_tokens: int = 1  # the trigger word stays first when captions are shuffled
-    noise_offset: float = 0.0
-    min_snr_gamma: float | None = None
-    cache_latents: bool = True
-    save_every_n_epochs: int | None = None  # None: about SAVES_PER_RUN saves over the run
-    keep_last_n_epochs: int = 2
-    sample_prompts: tuple[str, ...] = ()
-    sample_negative_prompt: str = ""
-    sample_steps: int = 20
-    sample_cfg: float = 7.0
-    sample_seed: int = 0
-    trigger_word: str = ""
-    dataset_hash: str = ""
-    title: str = ""
-    state_dir: str | None = None  # where resumable states go; None: no resume
-    single_file_config: str | None = None  # diffusers config folder for a single-file checkpoint
-    # A kohya LoRA file whose weights the adapters start from instead of fresh ones (same rank,
-    # base model and adapted modules); None: fresh adapters.
-    init_lora: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["sample_prompts"] = list(self.sample_prompts)
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TrainingError(f"unknown training settings: {', '.join(unknown)}")
-        values = dict(values)
-        values["sample_prompts"] = tuple(values.get("sample_prompts") or ())
-        return cls(**values)
-
-
-@dataclass
-class TrainingProgress:
-    step: int
-    total_steps: int
-    epoch: int
-    loss: float
-    it_per_s: float
-    eta_s: float
-    lr: float = 0.0
-
-
-@dataclass
-class EpochReport:
-    epoch: int
-    epochs: int
-    step: int
-    total_steps: int
-    mean_loss: float
-    seconds: float
-    lora_path: str | None = None
-    sample_paths: list[str] = field(default_factory=list)
-    state_path: str | None = None
-
-
-@dataclass
-class TrainingResult:
-    path: Path
-    sha256: str
-    steps: int
-    epochs: int
-    losses: list[float]
-    final_loss: float
-    seconds: float
-    metadata: dict[str, str]
-    config: dict[str, Any] = field(default_factory=dict)  # every hyperparameter, resolved
-    history: list[int] = field(default_factory=list)  # the global step of every trained step
-    resumed_from_step: int = 0
-    epoch_files: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"path": str(self.path)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainingResult:
-        return cls(**(dict(values) | {"path": Path(values["path"])}))
 
 
 ProgressHook = Callable[[TrainingProgress], None]
@@ -250,92 +117,7 @@ StopHook = Callable[[], bool]
 LogHook = Callable[[str], None]
 
 
-# --- settings ------------------------------------------------------------------------------------
-
-
-def auto_mixed_precision(device: str) -> str:
-    if not device.startswith("cuda"):
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def auto_save_every(epochs: int) -> int:
-    return max(1, math.ceil(epochs / SAVES_PER_RUN))
-
-
-def resolve_config(
-    config: TrainingConfig,
-    image_count: int,
-    base_model_version: str,
-    native_resolution: int | None,
-    device: str,
-) -> TrainingConfig:
-    """`config` with every unset value filled: smart defaults, precision, LoCon and TE settings."""
-    defaults = smart_defaults(image_count, base_model_version)
-    if native_resolution:
-        # seed 002's 512 / 1024 are SD1.5's and SDXL's native sizes; a model trains best at its
-        # own (SD2-768 at 768, a tiny test model at its few pixels).
-        defaults["resolution"] = native_resolution
-    filled: dict[str, Any] = {
-        name: defaults[name] for name in SMART_FIELDS if getattr(config, name) is None
-    }
-    if config.mixed_precision == "auto":
-        filled["mixed_precision"] = auto_mixed_precision(device)
-    if config.conv_alpha is None:
-        filled["conv_alpha"] = 1.0
-    learning_rate = filled.get("learning_rate", config.learning_rate)
-    if config.text_encoder_lr is None:
-        filled["text_encoder_lr"] = learning_rate
-    return replace(config, device=device, **filled)
-
-
-def _problems(config: TrainingConfig, device: str) -> list[str]:
-    checks = [
-        (config.rank >= 1, f"rank must be at least 1 (got {config.rank})"),
-        (config.alpha > 0, f"alpha must be positive (got {config.alpha})"),
-        (config.learning_rate > 0, f"learning_rate must be positive (got {config.learning_rate})"),
-        (config.text_encoder_lr > 0, "text_encoder_lr must be positive"),
-        (config.batch_size >= 1, f"batch_size must be at least 1 (got {config.batch_size})"),
-        (config.epochs >= 1, f"epochs must be at least 1 (got {config.epochs})"),
-        (
-            config.max_steps is None or config.max_steps >= 1,
-            f"max_steps must be at least 1 (got {config.max_steps})",
-        ),
-        (
-            config.resolution >= 8 and config.resolution % 8 == 0,
-            f"resolution must be a multiple of 8 (got {config.resolution})",
-        ),
-        (config.conv_rank >= 0, f"conv_rank must not be negative (got {config.conv_rank})"),
-        (config.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
-        (
-            config.lr_scheduler in LR_SCHEDULERS,
-            f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}",
-        ),
-        (config.lr_warmup_steps >= 0, "lr_warmup_steps must not be negative"),
-        (config.keep_tokens >= 0, "keep_tokens must not be negative"),
-        (config.noise_offset >= 0, "noise_offset must not be negative"),
-        (
-            config.min_snr_gamma is None or config.min_snr_gamma > 0,
-            "min_snr_gamma must be positive",
-        ),
-        (
-            config.save_every_n_epochs is None or config.save_every_n_epochs >= 1,
-            "save_every_n_epochs must be at least 1",
-        ),
-        (config.keep_last_n_epochs >= 1, "keep_last_n_epochs must be at least 1"),
-        (config.sample_steps >= 1, "sample_steps must be at least 1"),
-    ]
-    return [message for ok, message in checks if not ok] + _precision_problems(
-        config.mixed_precision, device
-    )
-
-
-def _precision_problems(precision: str, device: str) -> list[str]:
-    if precision not in MIXED_PRECISIONS:
-        return [f"mixed_precision must be auto or one of {sorted(MIXED_PRECISIONS)}"]
-    if precision == "fp16" and not device.startswith("cuda"):
-        return ["fp16 mixed precision needs a CUDA device; use 'no' or 'bf16'"]
-    return []
+# --- checks and helpers --------------------------------------------------------------------------
 
 
 def _check_examples(examples: Sequence[TrainingExample]) -> None:
@@ -344,52 +126,6 @@ def _check_examples(examples: Sequence[TrainingExample]) -> None:
     missing = [str(e.image_path) for e in examples if not Path(e.image_path).is_file()]
     if missing:
         raise TrainingError(f"cannot train: {len(missing)} image(s) not found, e.g. {missing[0]}")
-
-
-def _check_settings(config: TrainingConfig, device: str) -> None:
-    problems = _problems(config, device)
-    if problems:
-        raise TrainingError("cannot train: " + "; ".join(problems))
-
-
-# --- base model ----------------------------------------------------------------------------------
-
-
-def _sha256_and_legacy_hash(path: Path) -> tuple[str, str]:
-    """sha256 of the whole file, and the webui's old 8-digit hash (64 KiB at offset 1 MiB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-        stream.seek(0x100000)
-        legacy = hashlib.sha256(stream.read(0x10000)).hexdigest()[:8]
-    return digest.hexdigest(), legacy
-
-
-def _unet_weights_file(source: ModelSource) -> Path | None:
-    """The file that identifies the base model: the checkpoint, or the UNet weights of a folder."""
-    if source.kind is SourceKind.SINGLE_FILE:
-        return Path(source.location)
-    if source.kind is SourceKind.FOLDER:
-        candidates = sorted((Path(source.location) / "unet").glob("diffusion_pytorch_model*"))
-        return candidates[0] if candidates else None
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(source.location, "unet/diffusion_pytorch_model.safetensors")
-    return Path(cached) if isinstance(cached, str) else None
-
-
-def _base_model_identity(source: ModelSource) -> dict[str, Any]:
-    """Cheap identity of the base weights (no hashing of gigabytes) for resume fingerprints."""
-    weights = _unet_weights_file(source)
-    if weights is None or not weights.is_file():
-        return {"model": source.location}
-    stat = weights.stat()
-    return {"model": source.location, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _base_model_name(source: ModelSource) -> str:
-    return source.location if source.kind is SourceKind.HUB else Path(source.location).name
 
 
 def _cuda_indices(device: str) -> list[int]:
@@ -446,13 +182,12 @@ class _TrainingRun:
     def load_models(self) -> None:
         from diffusers import DDPMScheduler
 
+        # The precision decides how the model is loaded: check the options before loading
+        # gigabytes (the unset ones after, once the smart defaults filled them).
+        check_config(self.config, self.device)
         requested = self.config.mixed_precision
         precision = auto_mixed_precision(self.device) if requested == "auto" else requested
-        # The precision decides how the model is loaded: check it before loading gigabytes.
-        problems = _precision_problems(precision, self.device)
-        if problems:
-            raise TrainingError("cannot train: " + "; ".join(problems))
-        self.weight_dtype = MIXED_PRECISIONS[precision]
+        self.weight_dtype = PRECISION_DTYPES[precision]
         try:
             pipe = load_pipeline(
                 self.config.base_model, self.weight_dtype, self.config.single_file_config
@@ -479,7 +214,7 @@ class _TrainingRun:
             _native_resolution(pipe),
             self.device,
         )
-        _check_settings(self.config, self.device)
+        check_config(self.config, self.device)
         # The noise scheduler is DDPM with the model's own betas and prediction type, as in
         # diffusers' and kohya's training scripts.
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -619,10 +354,13 @@ class _TrainingRun:
         return distribution.mean.float().cpu(), distribution.std.float().cpu()
 
     def fingerprint(self) -> str:
-        settings = {k: v for k, v in self.config.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
         data = [(Path(e.image_path).name, e.caption) for e in self.examples]
         return fingerprint(
-            {"settings": settings, "data": data, "base": _base_model_identity(self.source)}
+            {
+                "settings": fingerprinted(self.config),
+                "data": data,
+                "base": base_model_identity(self.source),
+            }
         )
 
     # 5. Resume: the newest state of this very run, if a previous one stopped.
@@ -808,7 +546,7 @@ class _TrainingRun:
             else None
         )
         return kohya_metadata(
-            base_model_name=_base_model_name(self.source),
+            base_model_name=base_model_name(self.source),
             rank=config.rank,
             alpha=config.alpha,
             learning_rate=config.learning_rate,
@@ -899,16 +637,18 @@ class _TrainingRun:
                         generator=torch.Generator("cpu").manual_seed(config.sample_seed + index),
                     ).images[0]
                     path = folder / f"{self.output_file.stem}-{epoch:06d}-{index}.png"
-                    image.save(path)
+                    # The UI shows a sample as soon as the epoch is reported: never half of one.
+                    with atomic_path(path) as temporary:
+                        image.save(temporary, format="PNG")
                     paths.append(str(path))
         finally:
             self.unet.train()
         return paths
 
     def save_final(self) -> tuple[str, dict[str, str]]:
-        weights_file = _unet_weights_file(self.source)
+        weights_file = unet_weights_file(self.source)
         base_hash, base_legacy_hash = (
-            _sha256_and_legacy_hash(weights_file) if weights_file else ("", "None")
+            sha256_and_legacy_hash(weights_file) if weights_file else ("", "None")
         )
         metadata = self.metadata(self.epochs, base_hash, base_legacy_hash)
         sha256 = save_kohya_lora(self.output_file, self.lora_tensors(), metadata)

@@ -15,7 +15,8 @@ from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import LoraRelease
-from lora_pipeline.training.job import TrainingJob, run_job
+from lora_pipeline.training.backends import run_job
+from lora_pipeline.training.job import TrainingJob
 from lora_pipeline.training.kohya_format import read_kohya_lora
 from lora_pipeline.training.service import (
     KohyaSetup,

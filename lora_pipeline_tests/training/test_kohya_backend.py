@@ -16,7 +16,8 @@ from lora_pipeline.dataset.service import DatasetRef
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import LoraRelease
-from lora_pipeline.training.job import TrainingJob, run_job
+from lora_pipeline.training.backends import run_job
+from lora_pipeline.training.job import TrainingJob
 from lora_pipeline.training.kohya_backend import (
     KohyaError,
     parse_epoch,
