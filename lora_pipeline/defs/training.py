@@ -26,67 +26,62 @@ from dagster import (
     asset,
 )
 from dagster._core.errors import DagsterPipesExecutionError
+from pydantic import Field, create_model
 
 from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
-from lora_pipeline.registry.models import RELEASE_SCOPES
+from lora_pipeline.training.errors import OOM_ADVICE
 from lora_pipeline.training.job import TrainingJob
+from lora_pipeline.training.options import (
+    RunOptions,
+    TrainingConfig,
+    launchpad_options,
+    option_problems,
+    split_launchpad,
+)
+from lora_pipeline.training.reports import TrainingResult
 from lora_pipeline.training.service import (
     ReleaseRef,
     plan_character_training,
     register_trained_lora,
 )
-from lora_pipeline.training.trainer import OOM_ADVICE, TrainingConfig, TrainingResult
 
 CHILD_MODULE = "lora_pipeline.training.pipes_entry"
 
 
-class TrainingRunConfig(Config):
-    """Overrides from the launchpad. Unset values take the smart defaults for the dataset size
-    (epochs, batch size, learning rate 1e-4, rank 32, alpha 16, the model's native resolution)."""
-
-    epochs: int | None = None
-    learning_rate: float | None = None
-    resolution: int | None = None
-    rank: int | None = None
-    alpha: float | None = None
-    batch_size: int | None = None
-    max_steps: int | None = None
-    seed: int = 0
-    train_text_encoder: bool = False
-    text_encoder_lr: float | None = None
-    conv_rank: int = 0
-    conv_alpha: float | None = None
-    optimizer: str = "adamw"
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    mixed_precision: str = "auto"
-    gradient_checkpointing: bool = False
-    enable_bucket: bool = True
-    shuffle_caption: bool = False
-    keep_tokens: int = 1
-    noise_offset: float = 0.0
-    min_snr_gamma: float | None = None
-    save_every_n_epochs: int | None = None  # None: about 5 saves per run
-    keep_last_n_epochs: int = 2
-    samples: bool = True
-    backend: str = "auto"  # auto: kohya when a kohya sd-scripts folder is configured
-    # When the character's latest release failed its gate, start from its weights.
-    continue_from_failed: bool = True
-    # "baseline": a shared LoRA (a style, a category) that, once active, goes under every
-    # character's LoRA on the same checkpoint (seed 003); "project": the character's own.
-    scope: str = "project"
+def _run_config_class() -> type[Config]:
+    """The launchpad's config, built from the declared options (`training/options.py`): each
+    one a field with its default and help, so the two cannot drift apart."""
+    fields: dict[str, Any] = {
+        spec.name: (spec.annotation, Field(spec.default, description=spec.description))
+        for spec in launchpad_options()
+    }
+    return create_model(
+        "TrainingRunConfig",
+        __base__=Config,
+        __module__=__name__,
+        __doc__="Overrides from the launchpad. Unset values take the smart defaults for the "
+        "dataset size (epochs, batch size, learning rate 1e-4, rank 32, alpha 16, the model's "
+        "native resolution).",
+        **fields,
+    )
 
 
-def training_config(run: TrainingRunConfig, models: ModelsResource) -> TrainingConfig:
-    settings = run.model_dump(exclude={"samples", "backend", "continue_from_failed", "scope"})
-    return TrainingConfig(
-        base_model=models.base_model_id(),
-        device=models.device_name(),
-        single_file_config=models.single_file_config(),
+TrainingRunConfig = _run_config_class()
+
+
+def training_options(run: Config, models: ModelsResource) -> tuple[TrainingConfig, RunOptions]:
+    """The launchpad's values as what the run trains with and how the pipeline runs it."""
+    settings, options = split_launchpad(run.model_dump())
+    runtime = models.runtime()
+    config = TrainingConfig(
+        base_model=runtime.base_model_id(),
+        device=runtime.device_name(),
+        single_file_config=runtime.single_file_config(),
         **settings,
     )
+    return config, options
 
 
 class TrainingMessages(PipesTempFileMessageReader):
@@ -223,29 +218,32 @@ def trained_lora(
 ) -> Output[ReleaseRef]:
     """A kohya-format LoRA trained on the shot splits (built-in trainer or kohya sd-scripts),
     copied to the ComfyUI loras folder when one is set, registered as a candidate release."""
-    models.free_gpu()
-    context.log.info(models.free_comfyui_vram())
-    kohya = models.kohya_setup() if config.backend in ("auto", "kohya") else None
-    if config.backend == "kohya" and kohya is None:
+    settings, options = training_options(config, models)
+    # Checked before the GPU is freed and the child started (and the scope before training,
+    # not when registering its result).
+    problems = option_problems(settings, settings.device) + option_problems(options)
+    if problems:
+        raise Failure(description="invalid training options: " + "; ".join(problems))
+    runtime = models.runtime()
+    context.log.info(runtime.release_gpu())
+    kohya = runtime.kohya_setup() if options.backend in ("auto", "kohya") else None
+    if options.backend == "kohya" and kohya is None:
         raise Failure(description="backend kohya asked for, but no kohya scripts folder is set")
-    if config.scope not in RELEASE_SCOPES:
-        # Checked before training, not when registering its result.
-        raise Failure(description=f"scope must be one of {', '.join(RELEASE_SCOPES)}")
     root = data_root.get()
     job = plan_character_training(
         registry.get(),
         root,
         shot_splits["dataset"],
         shot_splits["split_relpath"],
-        training_config(config, models),
+        settings,
         kohya=kohya,
-        samples=config.samples,
-        continue_from_failed=config.continue_from_failed,
+        samples=options.samples,
+        continue_from_failed=options.continue_from_failed,
         log=context.log.info,
-        scope=config.scope,
+        scope=options.scope,
     )
     result, reported = run_training_process(context, job)
-    loras_dir = models.loras_dir()
+    loras_dir = runtime.loras_dir()
     release = register_trained_lora(
         registry.get(),
         root,
@@ -253,7 +251,7 @@ def trained_lora(
         job,
         result,
         comfyui_loras_dir=Path(loras_dir) if loras_dir else None,
-        scope=config.scope,
+        scope=options.scope,
     )
     return Output(
         release,

@@ -114,26 +114,27 @@ def test_the_models_resource_gives_the_trainer_its_config_folder_and_kohya(
     single_file: Path, tiny_sd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lora_pipeline.defs.resources import ModelsResource
+    from lora_pipeline.model_runtime import ModelRuntime
 
     monkeypatch.setenv("LORA_PIPELINE_HOME", str(tmp_path / "home"))
     for name in ("TOKENIZER_DIR", "KOHYA_SCRIPTS_DIR", "KOHYA_PYTHON"):
         monkeypatch.delenv(f"LORA_PIPELINE_{name}", raising=False)
     tokenizer = str(tiny_sd / "tokenizer")
-    folder = ModelsResource(base_model=str(single_file), tokenizer_dir=tokenizer)
-    config = Path(folder.single_file_config())
-    assert config.parent == tmp_path / "home" / "model_configs" and config.name.startswith("sd15-")
-    assert (
-        ModelsResource(base_model=str(tiny_sd), tokenizer_dir=tokenizer).single_file_config()
-        is None
-    )
-    assert ModelsResource(base_model=str(single_file)).single_file_config() is None
 
-    assert ModelsResource(base_model=str(tiny_sd)).kohya_setup() is None
+    def runtime(base_model: Path, **fields: str) -> ModelRuntime:
+        return ModelsResource(base_model=str(base_model), **fields).runtime()
+
+    config = Path(runtime(single_file, tokenizer_dir=tokenizer).single_file_config())
+    assert config.parent == tmp_path / "home" / "model_configs" and config.name.startswith("sd15-")
+    assert runtime(tiny_sd, tokenizer_dir=tokenizer).single_file_config() is None
+    assert runtime(single_file).single_file_config() is None
+
+    assert runtime(tiny_sd).kohya_setup() is None
     scripts = tmp_path / "sd-scripts"
     (scripts / "venv" / "bin").mkdir(parents=True)
     (scripts / "venv" / "bin" / "python").write_text("")
     monkeypatch.setenv("LORA_PIPELINE_KOHYA_SCRIPTS_DIR", str(scripts))
-    setup = ModelsResource(base_model=str(tiny_sd), tokenizer_dir=tokenizer).kohya_setup()
+    setup = runtime(tiny_sd, tokenizer_dir=tokenizer).kohya_setup()
     assert setup is not None and setup.scripts_dir == scripts
     assert setup.python == str(scripts / "venv" / "bin" / "python")
     assert setup.tokenizer_dir == Path(tokenizer)
