@@ -5,9 +5,10 @@ backend, sample images, continuing a failed release, the release's scope). The o
 sets per run are RunOptions and the TrainingConfig fields marked `launchpad`: `defs/training.py`
 builds the Dagster run config from `launchpad_options()`, so adding an option is one edit here.
 
-Limits are checked in one place, `option_problems`: when a run starts (after the smart defaults
-filled the unset values) and before the Dagster asset spends time on the GPU. A config is not
-checked when it is built, so that a run can report every problem at once, in one line.
+Limits are checked in one place, `option_problems`: by the Dagster asset before it spends time on
+the GPU (for either backend), and by the built-in trainer before it loads the model and again once
+the smart defaults filled the unset values. A config is not checked when it is built, so that a
+run can report every problem at once, in one line.
 """
 
 from __future__ import annotations
