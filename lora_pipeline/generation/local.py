@@ -23,7 +23,9 @@ import torch
 from PIL import Image
 
 from lora_pipeline.config import torch_device
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.generation.samplers import scheduler_for
+from lora_pipeline.generation_settings import check_settings
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -39,7 +41,11 @@ _DTYPES = {
 MAX_CACHED_LORAS = 4
 
 
-class GenerationError(Exception):
+# The fields of a request that are generation settings (see lora_pipeline.generation_settings).
+REQUEST_SETTINGS = ("seed", "steps", "cfg", "sampler", "scheduler", "width", "height")
+
+
+class GenerationError(PipelineError):
     """A model, LoRA or request that cannot be used to generate an image."""
 
 
@@ -56,13 +62,11 @@ class GenerationRequest:
     height: int = 512
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise GenerationError(f"steps must be at least 1, not {self.steps}")
-        if self.cfg < 0:
-            raise GenerationError(f"cfg must not be negative, not {self.cfg}")
-        for name, size in (("width", self.width), ("height", self.height)):
-            if size <= 0 or size % 8:
-                raise GenerationError(f"{name} must be a positive multiple of 8, not {size}")
+        # The limits every generation path shares; a request always has its own seed.
+        if self.seed is None:
+            raise GenerationError("a generation request needs a seed")
+        values = {name: getattr(self, name) for name in REQUEST_SETTINGS}
+        check_settings(values, error=GenerationError)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+
+from lora_pipeline.errors import PipelineError
+from lora_pipeline.generation_settings import LIMITS, InvalidSettingError, check_settings
 
 Workflow = dict[str, dict[str, Any]]
 
@@ -37,17 +39,11 @@ OUTPUT_NODES = ("SaveImage", VIDEO_COMBINE)
 # and time without making the short review clips better.
 VIDEO_MAX_SIZE = 512
 VIDEO_MAX_FRAMES = 16
-# Ranges of ComfyUI's own node inputs (nodes.py), so a bad value fails here with a clear message.
-MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
-MAX_STEPS = 10_000
-MAX_CFG = 100.0
-MAX_RESOLUTION = 16_384
-MAX_LORA_STRENGTH = 100.0
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _FILE_NAME_LIMIT = 255
 
 
-class WorkflowError(ValueError):
+class WorkflowError(PipelineError, ValueError):
     """A template or setting that cannot make a valid ComfyUI workflow; one readable line."""
 
 
@@ -80,38 +76,36 @@ class WorkflowSettings:
                 raise WorkflowError(f"the {label} must be text, not {type(text).__name__}")
         if not self.prompt.strip():
             raise WorkflowError("the prompt is empty")
-        _check_int(self.seed, "seed", 0, MAX_SEED)
-        _check_int(self.steps, "steps", 1, MAX_STEPS)
-        _check_number(self.cfg, "cfg", 0.0, MAX_CFG)
-        for label, size in (("width", self.width), ("height", self.height)):
-            _check_int(size, label, 16, MAX_RESOLUTION)
-            if size % 8:
-                raise WorkflowError(f"{label} must be a multiple of 8, not {size}")
-        _check_name(self.sampler_name, "sampler")
-        _check_name(self.scheduler, "scheduler")
+        # The limits of ComfyUI's own node inputs, as every generation path checks them.
+        _check_limit(self.seed, "seed")
+        check_settings(
+            {
+                "steps": self.steps,
+                "cfg": self.cfg,
+                "sampler": self.sampler_name,
+                "scheduler": self.scheduler,
+                "width": self.width,
+                "height": self.height,
+                "frames": self.frames,
+                "frame_rate": self.frame_rate,
+            },
+            error=WorkflowError,
+        )
         if not isinstance(self.filename_prefix, str) or not _PREFIX.fullmatch(self.filename_prefix):
             raise WorkflowError(
                 f"invalid filename prefix {self.filename_prefix!r}: use up to 100 letters, "
                 "digits, '_', '-' or '.', starting with a letter or a digit"
             )
-        _check_int(self.frames, "frames", 1, 10_000)
-        _check_number(self.frame_rate, "frame rate", 0.01, 240.0)
         if self.motion_model is not None:
             _check_name(self.motion_model, "motion model")
 
 
-def _check_int(value: object, label: str, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise WorkflowError(f"{label} must be a whole number, not {value!r}")
-    if not low <= value <= high:
-        raise WorkflowError(f"{label} must be between {low} and {high}, not {value}")
-
-
-def _check_number(value: object, label: str, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise WorkflowError(f"{label} must be a number, not {value!r}")
-    if not low <= value <= high:
-        raise WorkflowError(f"{label} must be between {low:g} and {high:g}, not {value:g}")
+def _check_limit(value: object, name: str, label: str | None = None) -> None:
+    """`value` within the limit of the generation setting `name` (see generation_settings)."""
+    try:
+        LIMITS[name].check(value, label or name)
+    except InvalidSettingError as error:
+        raise WorkflowError(str(error)) from None
 
 
 def _check_name(value: object, label: str) -> None:
@@ -248,8 +242,8 @@ def inject_lora(
 ) -> Workflow:
     """A copy with every LoraLoader loading `lora_name` (its name in ComfyUI's loras folder)."""
     _check_name(lora_name, "LoRA")
-    _check_number(strength_model, "LoRA model strength", -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
-    _check_number(strength_clip, "LoRA clip strength", -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
+    _check_limit(strength_model, "lora_strength", "LoRA model strength")
+    _check_limit(strength_clip, "lora_strength", "LoRA clip strength")
     result = copy.deepcopy(validate_workflow(workflow))
     loaders = _nodes_of(result, LORA_LOADER)
     if not loaders:
@@ -299,7 +293,7 @@ def stack_lora_loaders(workflow: Workflow, below: Sequence[tuple[str, float]]) -
         model, clip = loader["inputs"].get("model"), loader["inputs"].get("clip")
         for name, strength in below:
             _check_name(name, "LoRA")
-            _check_number(strength, "LoRA strength", -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
+            _check_limit(strength, "lora_strength", "LoRA strength")
             node_id = str(next_id)
             next_id += 1
             result[node_id] = {

@@ -161,9 +161,9 @@ def test_video_template_is_capped_at_512_and_16_frames() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"width": 500}, "width must be a multiple of 8, not 500"),
+        ({"width": 500}, "width must be a multiple of 8, got 500"),
         ({"seed": -1}, "seed must be between 0 and"),
-        ({"steps": 0}, "steps must be between 1 and 10000, not 0"),
+        ({"steps": 0}, "steps must be between 1 and 10000, got 0"),
         ({"cfg": float("nan")}, "cfg must be a number"),
         ({"prompt": "  "}, "the prompt is empty"),
         ({"checkpoint": ""}, "the checkpoint name is empty"),

@@ -114,7 +114,7 @@ def test_add_character_errors(session: Session) -> None:
         commands.add_character(session, "show", "ren", "Ren", colour="red")
     with pytest.raises(InvalidInputError, match="width must be a multiple of 8, got 500"):
         commands.add_character(session, "show", "ren", "Ren", width=500)
-    with pytest.raises(InvalidInputError, match="steps must be between 1 and 1000"):
+    with pytest.raises(InvalidInputError, match="steps must be between 1 and 10000, got 0"):
         commands.add_character(session, "show", "ren", "Ren", steps=0)
     with pytest.raises(InvalidInputError, match="seed must be a whole number"):
         commands.add_character(session, "show", "ren", "Ren", seed=1.5)

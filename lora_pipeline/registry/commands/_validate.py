@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ from os import PathLike
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
+from lora_pipeline.generation_settings import LIMITS, InvalidSettingError, as_real, as_whole
 from lora_pipeline.registry.errors import InvalidInputError
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -20,7 +20,7 @@ _TRIGGER_WORD = re.compile(r"[a-z0-9_]{2,32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PHASH = re.compile(r"[0-9a-f]{16}")
 _VERSION_HASH = re.compile(r"[0-9a-f]{8,64}")
-_MAX_SEED = 2**63 - 1  # BIGINT
+_MAX_BIGINT = 2**63 - 1
 _MAX_INT = 2**31 - 1  # INTEGER on PostgreSQL
 
 
@@ -69,19 +69,9 @@ def _optional_text(value: object, what: str, max_length: int | None = None) -> s
     return _text(value, what, max_length=max_length) or None
 
 
-def _whole(value: object) -> int | None:
-    """`value` as an int if it is one (numpy integers included, booleans not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        return None
-    return int(value)
-
-
-def _real(value: object) -> float | None:
-    """`value` as a finite float if it is a number (numpy included, booleans not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+# One notion of "a number" for the registry and the generation settings.
+_whole = as_whole
+_real = as_real
 
 
 def _int(value: object, what: str, *, minimum: int = 0, maximum: int = _MAX_INT) -> int:
@@ -91,6 +81,14 @@ def _int(value: object, what: str, *, minimum: int = 0, maximum: int = _MAX_INT)
     if not minimum <= number <= maximum:
         raise InvalidInputError(f"{what} must be between {minimum} and {maximum}, got {number}")
     return number
+
+
+def _setting(value: object, what: str, name: str) -> Any:
+    """A generation setting (seed, steps, cfg, ...) within the pipeline's one set of limits."""
+    try:
+        return LIMITS[name].check(value, what)
+    except InvalidSettingError as error:
+        raise InvalidInputError(str(error)) from None
 
 
 def _id(value: object, what: str) -> int:

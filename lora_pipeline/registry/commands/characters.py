@@ -7,11 +7,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lora_pipeline.generation_settings import check_settings
 from lora_pipeline.registry.commands._rows import _try_insert
 from lora_pipeline.registry.commands._validate import (
-    _MAX_SEED,
-    _float,
-    _int,
     _text,
     validate_slug,
     validate_trigger_word,
@@ -37,22 +35,8 @@ def _character_settings(settings: dict[str, Any]) -> dict[str, Any]:
             f"unknown character setting {', '.join(unknown)}: valid are "
             f"{', '.join(CHARACTER_SETTINGS)}"
         )
-    checked: dict[str, Any] = {}
-    for name, value in settings.items():
-        if name == "seed":
-            checked[name] = None if value is None else _int(value, "seed", maximum=_MAX_SEED)
-        elif name == "cfg":
-            checked[name] = _float(value, "cfg", minimum=0.0, maximum=30.0)
-        elif name == "steps":
-            checked[name] = _int(value, "steps", minimum=1, maximum=1000)
-        elif name in ("sampler", "scheduler"):
-            checked[name] = _text(value, name, required=True, max_length=64)
-        else:
-            size = _int(value, name, minimum=64, maximum=4096)
-            if size % 8:
-                raise InvalidInputError(f"{name} must be a multiple of 8, got {size}")
-            checked[name] = size
-    return checked
+    # The limits every generation path shares (a seed of None: a fresh one per run).
+    return check_settings(settings, error=InvalidInputError)
 
 
 def _trigger_word_for(slug: str, trigger_word: str | None) -> str:

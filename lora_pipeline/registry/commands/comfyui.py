@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from lora_pipeline.registry.commands._rows import _existing_after_race, _get, _try_insert
 from lora_pipeline.registry.commands._validate import (
-    _MAX_SEED,
+    _MAX_BIGINT,
     _int,
     _optional_text,
     _relative_path,
@@ -30,8 +30,8 @@ def record_comfyui_output(
     relpath = _relative_path(relpath, "ComfyUI output path")
     row = ComfyuiOutputFile(
         relpath=relpath,
-        size=_int(size, "size", maximum=_MAX_SEED),
-        mtime_ns=_int(mtime_ns, "mtime_ns", maximum=_MAX_SEED),
+        size=_int(size, "size", maximum=_MAX_BIGINT),
+        mtime_ns=_int(mtime_ns, "mtime_ns", maximum=_MAX_BIGINT),
         source_id=source_id,
         note=_optional_text(note, "note"),
     )

@@ -9,15 +9,15 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from lora_pipeline.generation_settings import SETTING_NAMES, check_settings
 from lora_pipeline.registry.commands._rows import _get, _reload, _updated_rows
 from lora_pipeline.registry.commands._validate import (
-    _MAX_SEED,
     _id,
-    _int,
     _json,
     _naive_utc,
     _optional_text,
     _relative_path,
+    _setting,
     _text,
 )
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
@@ -64,14 +64,21 @@ def create_generation_job(
         backend=_text(backend, "backend", required=True, max_length=32),
         prompt=_text(prompt, "prompt", required=True),
         negative_prompt=_text(negative_prompt, "negative prompt"),
-        seed=_int(seed, "seed", maximum=_MAX_SEED),
-        params=_json(params, "params", dict),
+        seed=_setting(seed, "seed", "seed"),
+        params=_job_params(params),
         feedback_ids=ids,
         run_id=_optional_text(run_id, "run id", max_length=64),
     )
     session.add(job)
     session.flush()
     return job
+
+
+def _job_params(params: object) -> dict[str, Any]:
+    """A job's parameters; the generation settings among them within the one set of limits."""
+    checked = _json(params, "params", dict)
+    settings = {k: v for k, v in checked.items() if k in SETTING_NAMES and v is not None}
+    return checked | check_settings(settings, error=InvalidInputError)
 
 
 def mark_job(

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.registry.commands._rows import _try_insert
-from lora_pipeline.registry.commands._validate import _MAX_SEED, _int, _real, _text, validate_slug
+from lora_pipeline.registry.commands._validate import _real, _setting, _text, validate_slug
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.registry.models import Project
 
@@ -63,7 +63,7 @@ def _project_setting(key: str, value: object) -> Any:
     if key == "eval_seeds":
         if isinstance(value, str) or not isinstance(value, Sequence):
             raise InvalidInputError("eval_seeds must be a list of seeds")
-        seeds = [_int(v, "eval seed", maximum=_MAX_SEED) for v in value]
+        seeds = [_setting(v, "eval seed", "seed") for v in value]
         if not 1 <= len(seeds) <= _MAX_EVAL_ROWS:
             raise InvalidInputError(f"give 1 to {_MAX_EVAL_ROWS} eval seeds")
         return seeds
