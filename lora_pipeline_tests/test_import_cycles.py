@@ -1,9 +1,10 @@
 """No import cycles among lora_pipeline's modules, counting imports inside functions too.
 
-import-linter's contracts only see module-level imports, and a cycle hidden in a function
-(`from x import y` inside a factory) still ties two modules together: neither can be read,
-tested or moved without the other. This walks the source with `ast`, so it sees every import
-statement wherever it stands (TYPE_CHECKING blocks included).
+A cycle hidden in a function (`from x import y` inside a factory) still ties two modules
+together: neither can be read, tested or moved without the other. The import-linter contracts
+in pyproject.toml check which way packages may depend, not cycles between any two modules, so
+this walks the source with `ast` and sees every import statement wherever it stands
+(TYPE_CHECKING blocks included).
 """
 
 from __future__ import annotations
@@ -15,16 +16,6 @@ from pathlib import Path
 import lora_pipeline
 
 PACKAGE_ROOT = Path(lora_pipeline.__file__).parent
-
-# Edges (importer, imported) tolerated for now, each with the reason it is still there.
-KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
-    {
-        # training.job imports the kohya backend inside a function, and the backend imports the
-        # job's types: being cut by the training owner (issue 11, point 6). Delete this line
-        # when that lands; test_known_cycle_edges_still_exist says when.
-        ("lora_pipeline.training.job", "lora_pipeline.training.kohya_backend"),
-    }
-)
 
 Graph = dict[str, set[str]]
 
@@ -120,31 +111,17 @@ def cycles(graph: Graph) -> list[list[str]]:
     return found
 
 
-def _without(graph: Graph, edges: frozenset[tuple[str, str]]) -> Graph:
-    return {
-        module: {t for t in targets if (module, t) not in edges}
-        for module, targets in graph.items()
-    }
-
-
 def _describe(graph: Graph, component: list[str]) -> str:
     members = set(component)
     return "\n".join(f"  {m} -> {', '.join(sorted(graph[m] & members))}" for m in component)
 
 
 def test_no_import_cycles() -> None:
-    graph = _without(import_graph(PACKAGE_ROOT), KNOWN_CYCLE_EDGES)
+    graph = import_graph(PACKAGE_ROOT)
     found = cycles(graph)
     assert not found, "import cycles (move the shared part or the factory to its own module):\n" + (
         "\n".join(_describe(graph, component) for component in found)
     )
-
-
-def test_known_cycle_edges_still_exist() -> None:
-    # A tolerated edge that is gone would silently allow a new cycle through the same modules.
-    graph = import_graph(PACKAGE_ROOT)
-    stale = sorted(edge for edge in KNOWN_CYCLE_EDGES if edge[1] not in graph.get(edge[0], ()))
-    assert not stale, f"these imports are gone, remove them from KNOWN_CYCLE_EDGES: {stale}"
 
 
 def test_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
