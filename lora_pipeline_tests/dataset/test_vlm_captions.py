@@ -169,19 +169,19 @@ def test_captioner_selection_from_the_environment(
     monkeypatch.setenv("LORA_PIPELINE_DEVICE", "cpu")
     for name in ("CAPTIONER", "IDENTIFIER", "PROJECT_IDENTIFIERS"):
         monkeypatch.delenv(f"LORA_PIPELINE_{name}", raising=False)
-    assert ModelsResource().captioner_model("demo") is None
+    assert ModelsResource().runtime().captioner("demo") is None
     monkeypatch.setenv("LORA_PIPELINE_IDENTIFIER", "ollama:http://127.0.0.1:1#llava:13b")
-    assert isinstance(ModelsResource().captioner_model("demo"), OllamaCaptioner)
+    assert isinstance(ModelsResource().runtime().captioner("demo"), OllamaCaptioner)
     # The project's own LLaVA comes before the default Ollama model.
     projects = json.dumps({"demo": f"llava:{tiny_llava}", "other": "reference:/models/clip"})
     monkeypatch.setenv("LORA_PIPELINE_PROJECT_IDENTIFIERS", projects)
-    chosen = ModelsResource().captioner_model("demo")
+    chosen = ModelsResource().runtime().captioner("demo")
     assert isinstance(chosen, LlavaCaptioner) and chosen.device == "cpu"
-    assert ModelsResource().captioner_model("demo") is chosen  # made once per process
-    assert isinstance(ModelsResource().captioner_model("other"), OllamaCaptioner)
+    assert ModelsResource().runtime().captioner("demo") is chosen  # made once per process
+    assert isinstance(ModelsResource().runtime().captioner("other"), OllamaCaptioner)
     # The captioner setting comes first of all.
     monkeypatch.setenv("LORA_PIPELINE_CAPTIONER", f"{__name__}:make_captioner")
-    assert ModelsResource().captioner_model("demo").name == "fixed"
+    assert ModelsResource().runtime().captioner("demo").name == "fixed"
 
 
 def test_captions_asset_uses_the_identifiers_llava(
