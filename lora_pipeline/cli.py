@@ -7,21 +7,28 @@ line on stderr and exits with status 2; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lora_pipeline.config import Settings, save_settings
+from lora_pipeline.errors import PipelineError, user_message
+from lora_pipeline.generation_settings import (
+    ANY_NUMBER,
+    LIMITS,
+    POSITIVE_WHOLE,
+    InvalidSettingError,
+    Limit,
+    parse_number,
+)
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.errors import RegistryError
 
 
-class CliError(Exception):
+class CliError(PipelineError):
     """An expected failure: its message is printed as is."""
 
 
@@ -83,20 +90,16 @@ def _option(key: str) -> str:
     return "--" + SETTING_ALIASES.get(key, key).replace("_", "-")
 
 
-def _number(text: str, option: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise CliError(f"{option} must be a number, got {text!r}") from None
-    if not math.isfinite(number):
-        raise CliError(f"{option} must be a finite number, got {text!r}")
-    return number
+def _typed(label: str, limit: Limit) -> Callable[[str], int | float]:
+    """An argparse type that parses a typed number with the shared parser (its message)."""
 
+    def parse(text: str) -> int | float:
+        try:
+            return parse_number(text, label, limit)
+        except InvalidSettingError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-def _whole_number(text: str, option: str) -> int:
-    if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
-        raise CliError(f"{option} must be a whole number, got {text!r}")
-    return int(text)
+    return parse
 
 
 def _setting_key(name: str) -> str:
@@ -114,11 +117,12 @@ def _project_settings_from(args: argparse.Namespace) -> dict[str, object]:
     if args.eval_prompts:
         values["eval_prompts"] = list(args.eval_prompts)
     if args.eval_seeds:
-        values["eval_seeds"] = [_whole_number(t, "--eval-seed") for t in args.eval_seeds]
+        seed = LIMITS["seed"]
+        values["eval_seeds"] = [parse_number(t, "--eval-seed", seed) for t in args.eval_seeds]
     for key in THRESHOLD_SETTINGS:
         text = getattr(args, key)
         if text is not None:
-            values[key] = _number(text, _option(key))
+            values[key] = parse_number(text, _option(key), ANY_NUMBER)
     for key in TEXT_SETTINGS:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
@@ -167,12 +171,18 @@ def _print_project_settings(settings: dict[str, object]) -> None:
             print(f"  {key:<16} {value}")
 
 
+# Generation settings `character add` takes; the numbers are parsed with their shared limits.
+CHARACTER_NUMBERS = ("seed", "cfg", "steps", "width", "height")
+
+
 def cmd_character_add(args: argparse.Namespace) -> None:
-    settings = {
-        k: getattr(args, k)
-        for k in ("seed", "cfg", "steps", "sampler", "width", "height")
+    settings: dict[str, object] = {
+        k: parse_number(getattr(args, k), f"--{k}", LIMITS[k])
+        for k in CHARACTER_NUMBERS
         if getattr(args, k) is not None
     }
+    if args.sampler is not None:
+        settings["sampler"] = args.sampler
     with _registry(_settings()).session() as session:
         character = commands.add_character(
             session,
@@ -191,7 +201,8 @@ def cmd_character_add(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from lora_pipeline.media.uploads import store_upload
+    from lora_pipeline import actions
+    from lora_pipeline.media.store import DataRoot
 
     if args.comfyui_output:
         _ingest_comfyui_output(args)
@@ -200,34 +211,20 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         raise CliError("give a URL or file and --character or --project (or --comfyui-output)")
     settings = _settings()
     registry = _registry(settings)
-    with registry.session() as session:
-        if args.character:
-            character = commands.get_character(session, args.character)
-            project_slug, mode = character.project.slug, "single"
-        else:
-            project_slug, mode = commands.get_project(session, args.project).slug, "project"
-    if args.source.startswith(("http://", "https://")):
-        kind, uri = "url", args.source
-    else:
-        from lora_pipeline.media.store import DataRoot
-
-        upload = store_upload(Path(args.source), DataRoot(settings.data_root))
-        kind, uri = upload.kind, upload.relpath
-    with registry.session() as session:
-        source = commands.create_source(
-            session,
-            project_slug,
-            kind,
-            uri,
-            character_slug=args.character,
-            mode=mode,
-            fps=args.fps,
-            max_frames=args.max_frames,
-        )
-        source_id = source.id
-    print(f"ingest request {source_id} created ({kind}, {mode} mode)")
+    target = actions.ingest_target(registry, args.character, args.project)
+    url = args.source if actions.is_url(args.source) else None
+    created = actions.request_ingest(
+        registry,
+        DataRoot(settings.data_root),
+        target,
+        url=url,
+        file=None if url else Path(args.source),
+        fps=args.fps,
+        max_frames=args.max_frames,
+    )
+    print(f"ingest request {created.source_id} created ({created.kind}, {created.mode} mode)")
     if args.now:
-        _ingest_now(settings, registry, source_id)
+        _ingest_now(settings, registry, created.source_id)
     else:
         print("the ingest sensor starts it under `lora-pipeline ui`; or pass --now")
 
@@ -294,9 +291,7 @@ def _ingest_now(
 
 
 def _source_partition(session, source) -> str:
-    from lora_pipeline.defs.sensors import partition_for_source
-
-    slug = partition_for_source(session, source)
+    slug = queries.ingest_partition(session, source)
     if slug is None:
         raise CliError("the project has no character to ingest for")
     return slug
@@ -329,28 +324,25 @@ def cmd_review_list(args: argparse.Namespace) -> None:
 
 
 def cmd_review_approve(args: argparse.Namespace) -> None:
-    with _registry(_settings()).session() as session:
-        for image_id in args.image_ids:
-            commands.approve_image(session, image_id, reviewer=args.reviewer)
+    from lora_pipeline import actions
+
+    actions.approve_images(_registry(_settings()), args.image_ids, reviewer=args.reviewer)
     print(f"approved {', '.join(map(str, args.image_ids))}")
 
 
 def cmd_review_reject(args: argparse.Namespace) -> None:
-    from lora_pipeline.generation.negatives import negative_terms_for
+    from lora_pipeline import actions
 
-    categories = [c.replace("-", "_") for c in args.category]
-    with _registry(_settings()).session() as session:
-        feedback = commands.reject_image(
-            session,
-            args.image_id,
-            categories,
-            notes=args.notes,
-            prompt_edit=args.prompt_edit,
-            reviewer=args.reviewer,
-            negative_terms=negative_terms_for(categories),
-        )
-        terms = ", ".join(feedback.negative_terms) or "none"
-    print(f"rejected {args.image_id}; negative terms for the regeneration: {terms}")
+    terms = actions.reject_image(
+        _registry(_settings()),
+        args.image_id,
+        [c.replace("-", "_") for c in args.category],
+        notes=args.notes,
+        prompt_edit=args.prompt_edit,
+        reviewer=args.reviewer,
+    )
+    avoided = ", ".join(terms) or "none"
+    print(f"rejected {args.image_id}; negative terms for the regeneration: {avoided}")
 
 
 # --- releases -----------------------------------------------------------------------------------
@@ -525,12 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     cadd.add_argument("--design-prompt", default="")
     cadd.add_argument("--trigger-word")
     cadd.add_argument("--negative-prompt", default="")
-    cadd.add_argument("--seed", type=int)
-    cadd.add_argument("--cfg", type=float)
-    cadd.add_argument("--steps", type=int)
+    for name in CHARACTER_NUMBERS:
+        cadd.add_argument(f"--{name}", metavar="N")
     cadd.add_argument("--sampler")
-    cadd.add_argument("--width", type=int)
-    cadd.add_argument("--height", type=int)
     cadd.set_defaults(func=cmd_character_add)
 
     ingest = sub.add_parser(
@@ -576,11 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     rlist.add_argument("--limit", type=int, default=50)
     rlist.set_defaults(func=cmd_review_list)
     rapprove = review.add_parser("approve", help="approve images")
-    rapprove.add_argument("image_ids", type=int, nargs="+")
+    rapprove.add_argument("image_ids", type=_typed("image id", POSITIVE_WHOLE), nargs="+")
     rapprove.add_argument("--reviewer", default=os.environ.get("USER", ""))
     rapprove.set_defaults(func=cmd_review_approve)
     rreject = review.add_parser("reject", help="reject an image with feedback")
-    rreject.add_argument("image_id", type=int)
+    rreject.add_argument("image_id", type=_typed("image id", POSITIVE_WHOLE))
     rreject.add_argument(
         "--category",
         action="append",
@@ -607,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("deactivate", "take the active release out of production (back to approved)"),
     ):
         change = release.add_parser(name, help=text)
-        change.add_argument("release_id", type=int)
+        change.add_argument("release_id", type=_typed("release id", POSITIVE_WHOLE))
         change.set_defaults(func=cmd_release_change)
 
     status = sub.add_parser("status", help="characters, counts, datasets and releases")
@@ -636,7 +625,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from lora_pipeline.media.video import VideoError
     from lora_pipeline.review.app import ReviewAppError
 
+    # Every PipelineError is expected: its message is one line fit for the user.
     return EXPECTED_ERRORS + (
+        PipelineError,
         ReviewAppError,
         DemoFailed,
         DownloadFailed,
@@ -653,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         func(args)
     except _expected_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     return 0
 

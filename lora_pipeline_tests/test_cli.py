@@ -12,6 +12,7 @@ from PIL import Image
 
 from lora_pipeline.cli import main
 from lora_pipeline.config import Settings
+from lora_pipeline.generation_settings import MAX_SEED
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import LoraRelease
@@ -297,8 +298,8 @@ def test_project_set_show_and_unset(cast: Path, capsys) -> None:
         (["--min-identity", "high"], "--min-identity must be a number, got 'high'"),
         (["--min-identity", "1.5"], "min_identity must be a number from -1 to 1, got 1.5"),
         (["--min-quality", "nan"], "--min-quality must be a finite number"),
-        (["--eval-seed", "1.5"], "--eval-seed must be a whole number, got '1.5'"),
-        (["--eval-seed", "-3"], "eval seed must be between 0"),
+        (["--eval-seed", "1.5"], "--eval-seed must be a whole number between 0 and"),
+        (["--eval-seed", "-3"], "--eval-seed must be between 0 and"),
         (["--unset", "colour"], "unknown project setting 'colour'"),
         (["--licence", "MIT", "--unset", "licence"], "--licence and --unset licence contradict"),
         ([], "nothing to change"),
@@ -310,6 +311,31 @@ def test_project_set_refuses_bad_values_with_one_line(
     code, _, err = run(capsys, "project", "set", "demo", *argv)
     assert code == 2 and message in one_error_line(err)
     assert run(capsys, "project", "show", "demo")[1].count("(default)") == 10
+
+
+@pytest.mark.parametrize(
+    ("option", "accepted", "refused"),
+    [
+        ("--seed", str(MAX_SEED), str(MAX_SEED + 1)),
+        ("--seed", "0", "-1"),
+        ("--steps", "10000", "10001"),
+        ("--cfg", "100", "100.5"),
+        ("--width", "16384", "16392"),
+        ("--height", "16", "8"),
+    ],
+)
+def test_character_settings_typed_on_the_command_line_have_the_shared_limits(
+    cast: Path, capsys, option: str, accepted: str, refused: str
+) -> None:
+    code, _, err = run(capsys, "character", "add", "mio", "--project", "demo", option, refused)
+    assert code == 2 and f"{option} must be between" in one_error_line(err)
+    assert run(capsys, "character", "add", "mio", "--project", "demo", option, accepted)[0] == 0
+
+
+def test_ids_typed_on_the_command_line_use_the_shared_parser(cast: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["review", "approve", "0"])
+    assert "image id must be between 1 and" in capsys.readouterr().err
 
 
 def test_project_show_of_an_unknown_project(cast: Path, capsys) -> None:

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
-from sqlalchemy import or_, select
 
 from lora_pipeline.config import Settings
 from lora_pipeline.defs.metadata import image_markdown
@@ -14,9 +13,8 @@ from lora_pipeline.media.frames import FrameFilters, FrameStats
 from lora_pipeline.media.images import InvalidImageError, load_image
 from lora_pipeline.media.ingest import IngestOptions, ingest_source
 from lora_pipeline.media.store import DataRoot
-from lora_pipeline.registry import commands
+from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
-from lora_pipeline.registry.models import Frame, Source
 from lora_pipeline.vision.classify import (
     ClassifyOptions,
     classify_character_sources,
@@ -68,15 +66,7 @@ def frame_filters(settings: Settings, config: IngestConfig) -> FrameFilters:
 
 def _pending_source_ids(registry: Registry, slug: str) -> list[int]:
     with registry.session(readonly=True) as session:
-        character = commands.get_character(session, slug)
-        query = select(Source.id).where(
-            Source.state == "pending",
-            or_(
-                Source.character_id == character.id,
-                (Source.mode == "project") & (Source.project_id == character.project_id),
-            ),
-        )
-        return list(session.scalars(query.order_by(Source.id)))
+        return queries.pending_source_ids(session, slug)
 
 
 def _sheet_metadata(root: DataRoot, paths: list[str], title: str) -> dict:
@@ -90,11 +80,8 @@ def _sheet_metadata(root: DataRoot, paths: list[str], title: str) -> dict:
 
 
 def _frame_paths(registry: Registry, frame_ids: list[int]) -> list[str]:
-    if not frame_ids:
-        return []
     with registry.session(readonly=True) as session:
-        query = select(Frame.path).where(Frame.id.in_(frame_ids[: CONTACT_SHEET_IMAGES * 4]))
-        return list(session.scalars(query.order_by(Frame.id)))
+        return queries.frame_paths(session, frame_ids[: CONTACT_SHEET_IMAGES * 4])
 
 
 @asset(

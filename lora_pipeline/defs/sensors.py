@@ -25,7 +25,7 @@ from lora_pipeline.defs.resources import RegistryResource
 from lora_pipeline.generation.service import pending_requests
 from lora_pipeline.media.comfyui_scan import register_new_outputs
 from lora_pipeline.registry import queries
-from lora_pipeline.registry.models import Character, Source
+from lora_pipeline.registry.models import Character
 
 RUNNING = DefaultSensorStatus.RUNNING
 
@@ -71,7 +71,7 @@ def ingest_sensor(context: SensorEvaluationContext, registry: RegistryResource) 
     with registry.get().session() as session:
         sources = [s for s in queries.sources_after(session, last_id) if s.kind != "comfyui_output"]
         for source in sources:
-            slug = partition_for_source(session, source)
+            slug = queries.ingest_partition(session, source)
             if slug is None:
                 context.log.warning(f"source {source.id}: its project has no character yet")
                 continue
@@ -87,16 +87,6 @@ def ingest_sensor(context: SensorEvaluationContext, registry: RegistryResource) 
             )
     cursor = str(max([last_id] + [s.id for s in sources]))
     return _result(context, runs, cursor, "no new ingest requests")
-
-
-def partition_for_source(session, source: Source) -> str | None:
-    """Single mode: the source's character. Project mode: the run of the project's first
-    character ingests and classifies the frames once, sorting them into every character."""
-    if source.character_id is not None:
-        return session.get(Character, source.character_id).slug
-    characters = queries.list_characters(session, project_slug=None)
-    slugs = sorted(c.slug for c in characters if c.project_id == source.project_id)
-    return slugs[0] if slugs else None
 
 
 @sensor(job=ingest_job, minimum_interval_seconds=30, default_status=RUNNING)
@@ -122,7 +112,7 @@ def comfyui_output_sensor(
         sources = [s for s in queries.sources_after(session, last_id) if s.kind == "comfyui_output"]
         cursor = str(max([last_id] + [s.id for s in sources]))
         for source in sources:
-            slug = partition_for_source(session, source)
+            slug = queries.ingest_partition(session, source)
             if slug is None:
                 context.log.warning(f"source {source.id}: its project has no character yet")
                 continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.registry.commands import checkpoint_key, get_character, get_project
@@ -119,6 +119,41 @@ def sources_after(
 def frames_of_source(session: Session, source_id: int) -> list[Frame]:
     query = select(Frame).where(Frame.source_id == source_id).order_by(Frame.frame_index, Frame.id)
     return list(session.scalars(query))
+
+
+def ingest_partition(session: Session, source: Source) -> str | None:
+    """The character partition whose run ingests a source. Single mode: the source's character.
+    Project mode: the project's first character by slug, whose run ingests and classifies the
+    frames once, sorting them into every character. None: the project has no character yet."""
+    if source.character_id is not None:
+        return session.scalar(select(Character.slug).where(Character.id == source.character_id))
+    return session.scalar(
+        select(Character.slug)
+        .where(Character.project_id == source.project_id)
+        .order_by(Character.slug)
+        .limit(1)
+    )
+
+
+def pending_source_ids(session: Session, character_slug: str) -> list[int]:
+    """Sources still to ingest for a character: its own, and its project's project-mode ones."""
+    character = get_character(session, character_slug)
+    query = select(Source.id).where(
+        Source.state == "pending",
+        or_(
+            Source.character_id == character.id,
+            (Source.mode == "project") & (Source.project_id == character.project_id),
+        ),
+    )
+    return list(session.scalars(query.order_by(Source.id)))
+
+
+def frame_paths(session: Session, frame_ids: Sequence[int]) -> list[str]:
+    """The files of these frames, in frame id order."""
+    if not frame_ids:
+        return []
+    query = select(Frame.path).where(Frame.id.in_(list(frame_ids)))
+    return list(session.scalars(query.order_by(Frame.id)))
 
 
 def latest_dataset_version(session: Session, character_id: int) -> DatasetVersion | None:

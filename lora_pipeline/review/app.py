@@ -25,7 +25,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from lora_pipeline.config import Settings
+from lora_pipeline.errors import PipelineError, user_message
 from lora_pipeline.generation.negatives import NegativeTableError
+from lora_pipeline.generation_settings import InvalidSettingError
 from lora_pipeline.media.store import DataRoot, UnsafePathError
 from lora_pipeline.media.uploads import UploadError
 from lora_pipeline.registry.db import Registry, migrate
@@ -53,10 +55,11 @@ ERROR_STATUS = {
     UploadError: 400,
     UnsafePathError: 400,
     NegativeTableError: 500,
+    InvalidSettingError: 400,
 }
 
 
-class ReviewAppError(Exception):
+class ReviewAppError(PipelineError):
     """The app cannot start as asked (e.g. a public address without an access token)."""
 
 
@@ -139,7 +142,7 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 def _domain_error(status: int) -> Callable[[Request, Exception], Response]:
     def handler(request: Request, error: Exception) -> Response:
-        return _error_response(request, status, str(error))
+        return _error_response(request, status, user_message(error))
 
     return handler
 

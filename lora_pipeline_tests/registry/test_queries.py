@@ -141,3 +141,36 @@ def test_generation_jobs_newest_first(session: Session) -> None:
     assert queries.generation_jobs(session, limit=None) == jobs[::-1]
     with pytest.raises(InvalidInputError, match="unknown job status 'stuck'"):
         queries.generation_jobs(session, status="stuck")
+
+
+def test_the_partition_and_pending_sources_of_an_ingest(session: Session) -> None:
+    _, aiko, kenji = make_cast(session)
+    single = commands.create_source(session, "show", "url", "https://v/1", character_slug="kenji")
+    project = commands.create_source(session, "show", "url", "https://v/2", mode="project")
+    commands.add_project(session, "empty", "Empty")
+    lonely = commands.create_source(session, "empty", "url", "https://v/3", mode="project")
+    # Project mode runs in the project's first character's partition, once for all of them.
+    assert queries.ingest_partition(session, single) == "kenji"
+    assert queries.ingest_partition(session, project) == "aiko"
+    assert queries.ingest_partition(session, lonely) is None
+    assert queries.pending_source_ids(session, "aiko") == [project.id]
+    assert queries.pending_source_ids(session, "kenji") == [single.id, project.id]
+    commands.set_source_state(session, project.id, "done")
+    assert queries.pending_source_ids(session, "aiko") == []
+    with pytest.raises(NotFoundError, match="unknown character 'nobody'"):
+        queries.pending_source_ids(session, "nobody")
+
+
+def test_frame_paths_in_frame_order(session: Session) -> None:
+    make_cast(session)
+    source = commands.create_source(session, "show", "url", "https://v/1", character_slug="aiko")
+    frames = [
+        commands.add_frame(session, source.id, sha(n), f"frames/{n}.png", n, 0.0, 8, 8)[0]
+        for n in (3, 1, 2)
+    ]
+    assert queries.frame_paths(session, [f.id for f in reversed(frames)]) == [
+        "frames/3.png",
+        "frames/1.png",
+        "frames/2.png",
+    ]
+    assert queries.frame_paths(session, []) == []

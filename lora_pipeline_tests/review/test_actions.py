@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from lora_pipeline.generation_settings import MAX_SEED
 from lora_pipeline.media.video import make_synthetic_video
 from lora_pipeline.registry import commands, suggestions
 from lora_pipeline.registry.models import (
@@ -224,6 +225,21 @@ def test_invalid_generation_requests_are_refused(
     response = post(studio, "/generate", data, headers=JSON)
     assert response.status_code == status and message in response.json()["error"]
     assert jobs(studio) == []
+
+
+@pytest.mark.parametrize(
+    ("seed", "status"),
+    [("0", 200), (str(MAX_SEED), 200), ("-1", 400), (str(MAX_SEED + 1), 400)],
+)
+def test_the_generate_form_takes_seeds_within_the_shared_limits(
+    studio: Studio, seed: str, status: int
+) -> None:
+    response = post(studio, "/generate", {"character": "aiko", "seed": seed}, headers=JSON)
+    assert response.status_code == status
+    if status == 400:
+        assert response.json()["error"].startswith("seed must be between 0 and")
+    else:
+        assert [job.seed for job in jobs(studio)] == [int(seed)]
 
 
 def test_clear_stuck_jobs_fails_old_jobs_and_stops_them_in_comfyui(studio: Studio) -> None:

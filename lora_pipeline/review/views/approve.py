@@ -11,8 +11,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from lora_pipeline.generation.negatives import configured_negative_table, negative_terms_for
-from lora_pipeline.registry import commands, suggestions
+from lora_pipeline import actions
+from lora_pipeline.errors import user_message
+from lora_pipeline.registry import suggestions
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected, page_url
@@ -96,8 +97,7 @@ async def approve_image(request: Request, form: FormData) -> Response:
     reviewer = _text(form, "reviewer")
 
     def work() -> str:
-        with ctx.registry.session() as session:
-            commands.approve_image(session, image_id, reviewer=reviewer)
+        actions.approve_images(ctx.registry, [image_id], reviewer)
         return f"Image {image_id} approved."
 
     return await _decide(request, form, image_id, "approved", work)
@@ -112,21 +112,17 @@ async def reject_image(request: Request, form: FormData) -> Response:
     reviewer = _text(form, "reviewer")
 
     def work() -> str:
-        table = configured_negative_table(ctx.settings.home)
-        with ctx.registry.session() as session:
-            current = commands.get_image(session, image_id).character.design_prompt
-            feedback = commands.reject_image(
-                session,
-                image_id,
-                categories,
-                notes=notes,
-                # The edit box starts with the current prompt: unchanged means no edit.
-                prompt_edit=edit if edit and edit != current.strip() else None,
-                reviewer=reviewer,
-                negative_terms=negative_terms_for(categories, table),
-            )
-            terms = ", ".join(feedback.negative_terms) or "none"
-        return f"Image {image_id} rejected; the regeneration avoids: {terms}."
+        # The edit box starts with the current prompt: unchanged means no edit (actions says so).
+        terms = actions.reject_image(
+            ctx.registry,
+            image_id,
+            categories,
+            notes=notes,
+            prompt_edit=edit,
+            reviewer=reviewer,
+            home=ctx.settings.home,
+        )
+        return f"Image {image_id} rejected; the regeneration avoids: {', '.join(terms) or 'none'}."
 
     return await _decide(request, form, image_id, "rejected", work)
 
@@ -138,9 +134,9 @@ async def _decide(
     try:
         message = await run_in_threadpool(work)
     except ConflictError as error:
-        return _decision_failed(request, form, 409, str(error))
+        return _decision_failed(request, form, 409, user_message(error))
     except InvalidInputError as error:
-        return _decision_failed(request, form, 400, str(error))
+        return _decision_failed(request, form, 400, user_message(error))
     if wants_json(request):
         return JSONResponse(
             {"ok": True, "image_id": image_id, "status": outcome, "message": message}

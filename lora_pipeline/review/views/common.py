@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,7 +14,6 @@ from starlette.templating import Jinja2Templates
 from lora_pipeline.config import Settings
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry.db import Registry
-from lora_pipeline.registry.errors import InvalidInputError
 
 Found = TypeVar("Found")
 
@@ -61,27 +58,6 @@ def render(request: Request, name: str, status: int = 200, **values: Any) -> Res
 def _text(form: FormData, name: str, default: str = "") -> str:
     value = form.get(name, default)
     return value.strip() if isinstance(value, str) else default
-
-
-def _optional_int(value: str, what: str, minimum: int = 0, maximum: int = 2**63 - 1) -> int | None:
-    if not value:
-        return None
-    if not re.fullmatch(r"[+-]?\d+", value):
-        raise InvalidInputError(f"{what} must be a whole number, got {value!r}")
-    number = int(value)
-    if not minimum <= number <= maximum:
-        raise InvalidInputError(f"{what} must be between {minimum} and {maximum}, got {number}")
-    return number
-
-
-def _float(value: str, what: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInputError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise InvalidInputError(f"{what} must be a finite number, got {value!r}")
-    return number
 
 
 def _local_target(target: str, default: str = "/") -> str:

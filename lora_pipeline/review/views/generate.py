@@ -10,13 +10,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from lora_pipeline.generation.service import clear_stuck_jobs, request_generation
+from lora_pipeline import actions
+from lora_pipeline.generation.service import clear_stuck_jobs
+from lora_pipeline.generation_settings import LIMITS, Limit, parse_optional_number
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected, page_url
 from lora_pipeline.review.views.common import (
     _context,
     _find_file,
-    _optional_int,
     _text,
     render,
     wants_json,
@@ -24,6 +25,7 @@ from lora_pipeline.review.views.common import (
 
 DEFAULT_STUCK_MINUTES = 10
 MAX_STUCK_MINUTES = 7 * 24 * 60
+STUCK_MINUTES = Limit(1, MAX_STUCK_MINUTES, whole=True)
 
 
 def generate_page(request: Request) -> Response:
@@ -74,23 +76,18 @@ def job_output(request: Request) -> Response:
 async def request_generation_action(request: Request, form: FormData) -> Response:
     ctx = _context(request)
     slug, kind = _text(form, "character"), _text(form, "kind", "image")
-    seed = _optional_int(_text(form, "seed"), "seed")
-    backend = "comfyui" if ctx.settings.comfyui_url else "diffusers"
-
-    def work() -> int:
-        with ctx.registry.session() as session:
-            job = request_generation(
-                session,
-                slug,
-                kind=kind,
-                prompt_override=_text(form, "prompt") or None,
-                negative_prompt=_text(form, "negative_prompt"),
-                seed=seed,
-                backend=backend,
-            )
-            return job.id
-
-    job_id = await run_in_threadpool(work)
+    seed = parse_optional_number(_text(form, "seed"), "seed", LIMITS["seed"])
+    job_id = await run_in_threadpool(
+        lambda: actions.request_generation(
+            ctx.registry,
+            slug,
+            comfyui=bool(ctx.settings.comfyui_url),
+            kind=kind,
+            prompt=_text(form, "prompt") or None,
+            negative_prompt=_text(form, "negative_prompt"),
+            seed=seed,
+        )
+    )
     if wants_json(request):
         return JSONResponse({"ok": True, "job_id": job_id, "status": "pending"})
     return RedirectResponse(page_url("/generate", requested=job_id), status_code=303)
@@ -99,7 +96,7 @@ async def request_generation_action(request: Request, form: FormData) -> Respons
 @csrf_protected
 async def clear_stuck(request: Request, form: FormData) -> Response:
     ctx = _context(request)
-    minutes = _optional_int(_text(form, "minutes"), "minutes", minimum=1, maximum=MAX_STUCK_MINUTES)
+    minutes = parse_optional_number(_text(form, "minutes"), "minutes", STUCK_MINUTES)
     older_than = timedelta(minutes=minutes or DEFAULT_STUCK_MINUTES)
     cleared = await run_in_threadpool(clear_stuck_jobs, ctx.registry, older_than, ctx.cancel_prompt)
     if wants_json(request):

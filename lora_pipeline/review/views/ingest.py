@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
@@ -13,16 +12,19 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from lora_pipeline.media.uploads import store_upload
-from lora_pipeline.registry import commands
+from lora_pipeline import actions
+from lora_pipeline.generation_settings import (
+    ANY_NUMBER,
+    POSITIVE_WHOLE,
+    parse_number,
+    parse_optional_number,
+)
 from lora_pipeline.registry.errors import InvalidInputError
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected, page_url
 from lora_pipeline.review.views.common import (
     ReviewContext,
     _context,
-    _float,
-    _optional_int,
     _text,
     render,
     wants_json,
@@ -47,60 +49,39 @@ def ingest_page(request: Request) -> Response:
     )
 
 
-@dataclass(frozen=True)
-class _IngestTarget:
-    project: str
-    character: str | None
-    mode: str
-
-
-def _ingest_target(ctx: ReviewContext, form: FormData) -> _IngestTarget:
+def _ingest_target(ctx: ReviewContext, form: FormData) -> actions.IngestTarget:
     mode = _text(form, "mode", "single")
-    with ctx.registry.session(readonly=True) as session:
-        if mode == "single":
-            slug = _text(form, "character")
-            if not slug:
-                raise InvalidInputError("single-character mode needs a character")
-            character = commands.get_character(session, slug)
-            return _IngestTarget(character.project.slug, character.slug, mode)
-        if mode == "project":
-            project = commands.get_project(session, _text(form, "project"))
-            return _IngestTarget(project.slug, None, mode)
+    if mode == "single":
+        slug = _text(form, "character")
+        if not slug:
+            raise InvalidInputError("single-character mode needs a character")
+        return actions.ingest_target(ctx.registry, slug, None)
+    if mode == "project":
+        return actions.ingest_target(ctx.registry, None, _text(form, "project"))
     raise InvalidInputError(f"invalid ingest mode {mode!r}: use single or project")
 
 
 @csrf_protected
 async def ingest_action(request: Request, form: FormData) -> Response:
     ctx = _context(request)
-    fps = _float(_text(form, "fps", "1") or "1", "fps")
-    max_frames = _optional_int(_text(form, "max_frames"), "max frames", minimum=1) or 100
+    fps = parse_number(_text(form, "fps", "1") or "1", "fps", ANY_NUMBER)
+    max_frames = (
+        parse_optional_number(_text(form, "max_frames"), "max frames", POSITIVE_WHOLE) or 100
+    )
     target = await run_in_threadpool(_ingest_target, ctx, form)
     upload = form.get("file")
     if isinstance(upload, UploadFile) and upload.filename:
-        kind, uri = await run_in_threadpool(_store_upload, ctx, upload)
+        created = await run_in_threadpool(_request_upload, ctx, target, upload, fps, max_frames)
     else:
-        kind, uri = "url", _text(form, "url")
-        if not uri:
-            raise InvalidInputError("give a video URL or choose a file to upload")
-
-    def work() -> int:
-        with ctx.registry.session() as session:
-            source = commands.create_source(
-                session,
-                target.project,
-                kind,
-                uri,
-                character_slug=target.character,
-                mode=target.mode,
-                fps=fps,
-                max_frames=max_frames,
+        url = _text(form, "url")
+        created = await run_in_threadpool(
+            lambda: actions.request_ingest(
+                ctx.registry, ctx.root, target, url=url, fps=fps, max_frames=max_frames
             )
-            return source.id
-
-    source_id = await run_in_threadpool(work)
+        )
     if wants_json(request):
-        return JSONResponse({"ok": True, "source_id": source_id, "kind": kind})
-    return RedirectResponse(page_url("/ingest", created=source_id), status_code=303)
+        return JSONResponse({"ok": True, "source_id": created.source_id, "kind": created.kind})
+    return RedirectResponse(page_url("/ingest", created=created.source_id), status_code=303)
 
 
 def _safe_name(filename: str) -> str:
@@ -108,8 +89,15 @@ def _safe_name(filename: str) -> str:
     return name.lstrip(".")[:100] or "upload"
 
 
-def _store_upload(ctx: ReviewContext, upload: UploadFile) -> tuple[str, str]:
-    """Copy the (already size-checked) upload into the data root through `store_upload`."""
+def _request_upload(
+    ctx: ReviewContext,
+    target: actions.IngestTarget,
+    upload: UploadFile,
+    fps: float,
+    max_frames: int,
+) -> actions.IngestRequest:
+    """Copy the (already size-checked) upload to a private folder of the data root, and
+    request its ingest (which stores it through `store_upload`)."""
     incoming = ctx.root.dir("uploads", "incoming")
     folder = Path(tempfile.mkdtemp(dir=incoming))
     try:
@@ -117,7 +105,14 @@ def _store_upload(ctx: ReviewContext, upload: UploadFile) -> tuple[str, str]:
         upload.file.seek(0)
         with path.open("wb") as handle:
             shutil.copyfileobj(upload.file, handle, length=1024 * 1024)
-        stored = store_upload(path, ctx.root, max_bytes=ctx.max_upload_bytes)
+        return actions.request_ingest(
+            ctx.registry,
+            ctx.root,
+            target,
+            file=path,
+            fps=fps,
+            max_frames=max_frames,
+            max_upload_bytes=ctx.max_upload_bytes,
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return stored.kind, stored.relpath

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
+from lora_pipeline.errors import user_message
 from lora_pipeline.evaluation import releases
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError
 from lora_pipeline.registry.models import RELEASE_STATUSES
@@ -96,9 +97,9 @@ async def release_action(request: Request, form: FormData) -> Response:
             ctx.settings.comfyui_loras_dir,
         )
     except ConflictError as error:
-        return _release_failed(request, character, 409, str(error))
+        return _release_failed(request, character, 409, user_message(error))
     except InvalidInputError as error:
-        return _release_failed(request, character, 400, str(error))
+        return _release_failed(request, character, 400, user_message(error))
     if wants_json(request):
         return JSONResponse(
             {

@@ -1,0 +1,151 @@
+"""The use cases people start from the CLI and the review app, one function each.
+
+Requesting an ingest, requesting a generation, and deciding an image (approve or reject) are
+done here once, so the terminal, the browser and the sensors that pick the requests up agree on
+what each one means. Deciding a release is `evaluation.releases.change_release`, already shared
+the same way. No Dagster here: the sensors run what these functions record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_pipeline.generation.negatives import configured_negative_table, negative_terms_for
+from lora_pipeline.generation.service import request_generation as record_generation_request
+from lora_pipeline.media.store import DataRoot
+from lora_pipeline.media.uploads import MAX_UPLOAD_BYTES, store_upload
+from lora_pipeline.registry import commands
+from lora_pipeline.registry.db import Registry
+from lora_pipeline.registry.errors import InvalidInputError
+
+URL_SCHEMES = ("http://", "https://")
+
+
+@dataclass(frozen=True)
+class IngestTarget:
+    """Whose frames an ingest makes: one character (single mode) or a whole project."""
+
+    project: str
+    character: str | None
+    mode: str
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    source_id: int
+    kind: str
+    mode: str
+
+
+def is_url(text: str) -> bool:
+    return text.lower().startswith(URL_SCHEMES)
+
+
+def ingest_target(registry: Registry, character: str | None, project: str | None) -> IngestTarget:
+    """Single mode for a character (its project implied), project mode for a project."""
+    if (character is None) == (project is None):
+        raise InvalidInputError("give a character (single mode) or a project (project mode)")
+    with registry.session(readonly=True) as session:
+        if character is not None:
+            row = commands.get_character(session, character)
+            return IngestTarget(row.project.slug, row.slug, "single")
+        return IngestTarget(commands.get_project(session, project or "").slug, None, "project")
+
+
+def request_ingest(
+    registry: Registry,
+    root: DataRoot,
+    target: IngestTarget,
+    *,
+    url: str | None = None,
+    file: Path | None = None,
+    fps: float = 1.0,
+    max_frames: int = 100,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> IngestRequest:
+    """Record an ingest request of a URL or of a local file (stored in the data root first);
+    the ingest sensor runs it."""
+    if file is not None:
+        stored = store_upload(file, root, max_bytes=max_upload_bytes)
+        kind, uri = stored.kind, stored.relpath
+    elif url:
+        kind, uri = "url", url
+    else:
+        raise InvalidInputError("give a video URL or choose a file to upload")
+    with registry.session() as session:
+        source = commands.create_source(
+            session,
+            target.project,
+            kind,
+            uri,
+            character_slug=target.character,
+            mode=target.mode,
+            fps=fps,
+            max_frames=max_frames,
+        )
+        return IngestRequest(source.id, kind, target.mode)
+
+
+def request_generation(
+    registry: Registry,
+    character: str,
+    *,
+    comfyui: bool,
+    kind: str = "image",
+    prompt: str | None = None,
+    negative_prompt: str = "",
+    seed: int | None = None,
+    requested_by: str = "review",
+) -> int:
+    """Record a pending generation job (the generation request sensor runs it); drawn by
+    ComfyUI when one is configured. Returns the job id."""
+    with registry.session() as session:
+        job = record_generation_request(
+            session,
+            character,
+            kind=kind,
+            prompt_override=prompt or None,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            backend="comfyui" if comfyui else "diffusers",
+            requested_by=requested_by,
+        )
+        return job.id
+
+
+def approve_images(registry: Registry, image_ids: Sequence[int], reviewer: str = "") -> None:
+    """Approve pending images, all or none (one transaction): a refused one stops them all."""
+    with registry.session() as session:
+        for image_id in image_ids:
+            commands.approve_image(session, image_id, reviewer=reviewer)
+
+
+def reject_image(
+    registry: Registry,
+    image_id: int,
+    categories: Sequence[str],
+    *,
+    notes: str = "",
+    prompt_edit: str | None = None,
+    reviewer: str = "",
+    home: Path | None = None,
+) -> list[str]:
+    """Reject a pending image; its categories become the negative terms of the regeneration
+    the rejection sensor starts (the configured table's). A prompt edit equal to the current
+    design prompt is no edit. Returns the negative terms."""
+    table = configured_negative_table(home)
+    with registry.session() as session:
+        current = commands.get_image(session, image_id).character.design_prompt
+        edit = (prompt_edit or "").strip()
+        feedback = commands.reject_image(
+            session,
+            image_id,
+            categories,
+            notes=notes,
+            prompt_edit=edit if edit and edit != current.strip() else None,
+            reviewer=reviewer,
+            negative_terms=negative_terms_for(categories, table),
+        )
+        return list(feedback.negative_terms)
