@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import httpx
 
 from lora_pipeline.config import Settings, env_name
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.registry import commands, suggestions
 from lora_pipeline.registry.db import Registry
 
@@ -58,7 +59,7 @@ _PHRASE_SPLIT = re.compile(r"[.;!?\n]+")
 Log = Callable[[str], None]
 
 
-class AdvisorError(RuntimeError):
+class AdvisorError(PipelineError, RuntimeError):
     """An advisor that could not answer; the message says which and why."""
 
 

@@ -34,6 +34,9 @@ import httpx
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
+from lora_pipeline.errors import PipelineError
+from lora_pipeline.files import atomic_path
+
 log = logging.getLogger(__name__)
 
 Workflow = dict[str, dict[str, Any]]
@@ -50,7 +53,7 @@ _DETAIL_LIMIT = 300
 _POLLS_PER_QUEUE_CHECK = 5
 
 
-class ComfyUIError(Exception):
+class ComfyUIError(PipelineError):
     """Base class: `str(error)` is one readable line for the job's error column and the UI."""
 
 
@@ -678,10 +681,8 @@ def copy_to_comfyui(lora: Path, loras_dir: Path | str | None) -> Path | None:
     file name (the name the workflows give it). None when no folder is configured."""
     if loras_dir is None:
         return None
-    folder = Path(loras_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / lora.name
-    tmp = target.with_suffix(".tmp")
-    shutil.copyfile(lora, tmp)
-    tmp.replace(target)
+    target = Path(loras_dir) / lora.name
+    # A unique temporary name: two activations copying at once never share one.
+    with atomic_path(target) as temporary:
+        shutil.copyfile(lora, temporary)
     return target

@@ -45,7 +45,7 @@ MAX_CACHED_LORAS = 4
 REQUEST_SETTINGS = ("seed", "steps", "cfg", "sampler", "scheduler", "width", "height")
 
 
-class GenerationError(PipelineError):
+class GenerationError(PipelineError, RuntimeError):
     """A model, LoRA or request that cannot be used to generate an image."""
 
 

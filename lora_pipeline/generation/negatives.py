@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from lora_pipeline.config import Settings, env_name
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.registry.commands import REJECTION_CATEGORIES
 
 DEFAULT_NEGATIVE_TERMS: Mapping[str, tuple[str, ...]] = {
@@ -29,7 +30,7 @@ NEGATIVE_TERMS_FILE = "negative_terms.json"
 NegativeTable = Mapping[str, Sequence[str]]
 
 
-class NegativeTableError(ValueError):
+class NegativeTableError(PipelineError, ValueError):
     """A custom negative-term table that cannot be used; the message says where and why."""
 
 

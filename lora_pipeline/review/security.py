@@ -30,6 +30,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lora_pipeline.errors import PipelineError
+
 ACCESS_COOKIE = "lp_access"
 CSRF_COOKIE = "lp_csrf"
 CSRF_FIELD = "csrf_token"
@@ -192,7 +194,7 @@ def csrf_protected(handler: FormEndpoint) -> Endpoint:
     return endpoint
 
 
-class BodyTooLarge(HTTPException):
+class BodyTooLarge(PipelineError, HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request is over the {_size(limit)} limit")
 

@@ -10,6 +10,7 @@ import io
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from lora_pipeline.generation.comfyui import (
     ComfyUIValidationError,
     OutputFile,
     QueueState,
+    copy_to_comfyui,
 )
 from lora_pipeline_tests.generation.fake_comfyui import FakeComfyUI, sample
 
@@ -376,3 +378,16 @@ def test_unreachable_or_invalid_server_is_one_clear_line() -> None:
     for url in ("ftp://host:8188", "127.0.0.1:8188", "http://host:8188/?token=1"):
         with pytest.raises(ComfyUIConnectionError, match="invalid ComfyUI URL"):
             ComfyUIClient(url)
+
+
+def test_a_lora_is_copied_to_comfyui_whole_under_its_name(tmp_path: Path) -> None:
+    lora = tmp_path / "aiko-v1.safetensors"
+    lora.write_bytes(b"weights" * 1000)
+    folder = tmp_path / "comfyui" / "loras"
+    assert copy_to_comfyui(lora, None) is None
+    assert copy_to_comfyui(lora, folder) == folder / lora.name
+    lora.write_bytes(b"newer weights")
+    copy_to_comfyui(lora, str(folder))  # again, over the first copy
+    # Published through a unique temporary name: only the LoRA itself is left in the folder.
+    assert [p.name for p in folder.iterdir()] == [lora.name]
+    assert (folder / lora.name).read_bytes() == b"newer weights"
