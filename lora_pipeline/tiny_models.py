@@ -9,12 +9,13 @@ scratch, a 2-layer CLIP text encoder, a 2-block UNet and VAE, and the SD1.5 Eule
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from lora_pipeline.files import atomic_folder
 
 TOKENIZER_MAX_LENGTH = 77
 
@@ -117,26 +118,15 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Built in a sibling folder and renamed into place, so a crash or a concurrent build never
+    # Built beside the folder and renamed into place, so a crash or a concurrent build never
     # leaves a half-written pipeline that a later call would take for a finished one.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with tempfile.TemporaryDirectory() as work, atomic_folder(folder, replace=False) as staging:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            pipeline = _build_pipeline(scratch)
-        pipeline.save_pretrained(scratch / "pipeline", safe_serialization=True)
+            pipeline = _build_pipeline(Path(work))
+        pipeline.save_pretrained(staging, safe_serialization=True)
         # transformers 5 saves only tokenizer.json; older tools (kohya's tokenizer cache) read the
         # slow files, so they go beside it.
         for name in ("vocab.json", "merges.txt"):
-            shutil.copyfile(scratch / name, scratch / "pipeline" / "tokenizer" / name)
-        if folder.exists() and not any(folder.iterdir()):
-            folder.rmdir()
-        try:
-            os.replace(scratch / "pipeline", folder)
-        except OSError:
-            if not (folder / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            shutil.copyfile(Path(work) / name, staging / "tokenizer" / name)
     return folder

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -58,6 +57,7 @@ from lora_pipeline.dataset.versions import (
     ManifestError,
     validate_manifest,
 )
+from lora_pipeline.files import atomic_folder
 from lora_pipeline.media.images import InvalidImageError, load_image
 from lora_pipeline.training.defaults import SmartDefaultsError, normalize_base_model_version
 from lora_pipeline.vision.faces import FaceBox, FaceDetector
@@ -161,9 +161,7 @@ def build_shot_splits(
             [subset.record() for subset in plan.subsets],
         ),
     }
-    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
-    try:
+    with atomic_folder(out_dir) as staging:
         for placement in placements:
             _place(version_dir, staging, placement)
         for name, value in files.items():
@@ -176,9 +174,6 @@ def build_shot_splits(
             warnings,
             [(p.relpath, p.caption) for p in placements],
         )
-        _publish(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return ShotSplit(
         directory=out_dir,
         shots=shots,
@@ -363,18 +358,3 @@ def _place(version_dir: Path, staging: Path, placement: Placement) -> None:
     except OSError:
         shutil.copyfile(source, target)
     target.with_suffix(".txt").write_text(placement.caption, encoding="utf-8")
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
-    # A folder cannot replace a non-empty folder in one call: move the old one aside first.
-    retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex}"
-    os.replace(out_dir, retired)
-    try:
-        os.replace(staging, out_dir)
-    except OSError:
-        os.replace(retired, out_dir)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -21,6 +20,7 @@ from typing import Any
 
 from lora_pipeline.dataset.schema import check_schema
 from lora_pipeline.errors import PipelineError
+from lora_pipeline.files import atomic_folder
 from lora_pipeline.media.store import DataRoot, sha256_file
 
 SCHEMA_VERSION = 1
@@ -225,19 +225,10 @@ def write_dataset_version(root: DataRoot, manifest: dict[str, Any]) -> Path:
     if final_dir.exists():
         verify_dataset_version(final_dir, _published_manifest(final_dir, manifest))
         return final_dir
-    parent = root.dir(DATASETS_DIRNAME, manifest["character"])
-    staging = parent / f".{manifest['version_hash']}.tmp-{uuid.uuid4().hex}"
-    try:
+    with atomic_folder(final_dir, replace=False) as staging:
         _fill_version_dir(root, manifest, staging)
-        try:
-            os.replace(staging, final_dir)
-        except OSError:
-            # Another writer published the same version first; theirs must equal ours.
-            if not final_dir.exists():
-                raise
-            verify_dataset_version(final_dir, _published_manifest(final_dir, manifest))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Another writer may have published the same version first; theirs must equal ours.
+    verify_dataset_version(final_dir, _published_manifest(final_dir, manifest))
     return final_dir
 
 

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from lora_pipeline.errors import PipelineError
-from lora_pipeline.training.checkpoint import replaced_atomically
+from lora_pipeline.files import atomic_folder
 from lora_pipeline.training.defaults import detect_base_model_version
 
 SHIPPED = Path(__file__).resolve().parent
@@ -81,7 +81,7 @@ def build_config_folder(template: Path, tokenizer_dir: Path, target: Path) -> Pa
     model_index.json into `target` (built beside it and renamed into place)."""
     _check_tokenizer_dir(tokenizer_dir)
     index = json.loads((template / "model_index.json").read_text("utf-8"))
-    with replaced_atomically(target) as scratch:
+    with atomic_folder(target) as scratch:
         for config in template.rglob("*.json"):
             relative = config.relative_to(template)
             if relative.parts[0] in PAD_TOKENS:

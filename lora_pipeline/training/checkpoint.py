@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lora_pipeline.files import atomic_folder
 
 STATE_PREFIX = "step-"
 PROGRESS_FILE = "progress.json"
@@ -43,22 +42,6 @@ class TrainingState:
     rng: torch.Tensor | None = None
 
 
-@contextmanager
-def replaced_atomically(target: Path) -> Iterator[Path]:
-    """A scratch folder beside `target` that replaces it whole when the block succeeds, so a
-    reader never sees a half-written folder and a crash leaves the old one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield scratch
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(scratch, target)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-
-
 def fingerprint(values: Mapping[str, Any]) -> str:
     """A stable hash of the settings and data a state belongs to."""
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
@@ -76,7 +59,7 @@ def save_state(folder: Path, state: TrainingState, keep_last: int) -> Path:
     from safetensors.torch import save_file
 
     target = folder / f"{STATE_PREFIX}{state.global_step:08d}"
-    with replaced_atomically(target) as scratch:
+    with atomic_folder(target) as scratch:
         weights = {name: t.detach().cpu().contiguous() for name, t in state.weights.items()}
         save_file(weights, scratch / WEIGHTS_FILE)
         torch.save(

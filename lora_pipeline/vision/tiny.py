@@ -7,10 +7,11 @@ shared/reference/tiny-models.md. Their answers are noise; their shapes and plumb
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from lora_pipeline.files import atomic_folder
 
 # A plain USER/ASSISTANT template, the shape llava-1.5 checkpoints use.
 LLAVA_CHAT_TEMPLATE = (
@@ -63,14 +64,8 @@ def _save_atomically(folder: Path, save) -> Path:  # save: Callable[[Path], None
     folder = Path(folder)
     if (folder / "config.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder, replace=False) as scratch:
         save(scratch)
-        os.replace(scratch, folder)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     return folder
 
 
