@@ -7,13 +7,20 @@ line on stderr and exits with status 2; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lora_pipeline.config import Settings, save_settings
+from lora_pipeline.config import (
+    Settings,
+    SettingsError,
+    child_environment,
+    readme_with_table,
+    save_settings,
+)
 from lora_pipeline.errors import PipelineError, user_message
 from lora_pipeline.generation_settings import (
     ANY_NUMBER,
@@ -33,7 +40,15 @@ class CliError(PipelineError):
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    return Settings.current()
+
+
+def _login_name() -> str:
+    # The reviewer a terminal decision is recorded under, unless --reviewer says otherwise.
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return ""
 
 
 def _registry(settings: Settings) -> Registry:
@@ -62,6 +77,26 @@ def _display_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    """The effective settings and where each came from; --check validates paths and URLs."""
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(readme_with_table(readme.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"settings table written to {readme}")
+        return
+    settings = _settings()
+    if args.check:
+        problems = settings.check()
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            raise CliError(f"{len(problems)} setting(s) need attention")
+        print("settings ok")
+        return
+    for item in settings.describe():
+        print(f"{item.variable:<40} {item.shown():<50} {item.origin}")
 
 
 # --- projects and characters --------------------------------------------------------------------
@@ -304,10 +339,12 @@ def cmd_review_serve(args: argparse.Namespace) -> None:
     """Start the review web app (Characters, Approve, Generate, Gallery, Ingest)."""
     from lora_pipeline.review.app import check_bind, serve
 
-    check_bind(args.host, args.token)
-    login = " (log in once with /?token=YOUR-TOKEN)" if args.token else ""
+    settings = _settings()
+    token = args.token or settings.review_token
+    check_bind(args.host, token)
+    login = " (log in once with /?token=YOUR-TOKEN)" if token else ""
     print(f"review app on http://{args.host}:{args.port}/{login}", flush=True)
-    serve(_settings(), host=args.host, port=args.port, access_token=args.token)
+    serve(settings, host=args.host, port=args.port, access_token=token)
 
 
 def cmd_review_list(args: argparse.Namespace) -> None:
@@ -446,8 +483,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
         "-p",
         str(args.port),
     ]
-    env = dict(os.environ, DAGSTER_HOME=str(settings.dagster_home))
-    os.execve(argv[0], argv, env)
+    os.execve(argv[0], argv, child_environment(DAGSTER_HOME=str(settings.dagster_home)))
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -553,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     review_app.add_argument("--port", type=int, default=8765)
     review_app.add_argument(
         "--token",
-        default=os.environ.get("LORA_PIPELINE_REVIEW_TOKEN") or None,
+        default=None,
         help="access token, required to bind a non-loopback address "
         "(default: $LORA_PIPELINE_REVIEW_TOKEN)",
     )
@@ -566,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     rlist.set_defaults(func=cmd_review_list)
     rapprove = review.add_parser("approve", help="approve images")
     rapprove.add_argument("image_ids", type=_typed("image id", POSITIVE_WHOLE), nargs="+")
-    rapprove.add_argument("--reviewer", default=os.environ.get("USER", ""))
+    rapprove.add_argument("--reviewer", default=_login_name())
     rapprove.set_defaults(func=cmd_review_approve)
     rreject = review.add_parser("reject", help="reject an image with feedback")
     rreject.add_argument("image_id", type=_typed("image id", POSITIVE_WHOLE))
@@ -580,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rreject.add_argument("--notes", default="")
     rreject.add_argument("--prompt-edit", help="new design prompt for all future generations")
-    rreject.add_argument("--reviewer", default=os.environ.get("USER", ""))
+    rreject.add_argument("--reviewer", default=_login_name())
     rreject.set_defaults(func=cmd_review_reject)
 
     release = sub.add_parser(
@@ -599,6 +635,11 @@ def build_parser() -> argparse.ArgumentParser:
         change.add_argument("release_id", type=_typed("release id", POSITIVE_WHOLE))
         change.set_defaults(func=cmd_release_change)
 
+    config = sub.add_parser("config", help="the effective settings and where each came from")
+    config.add_argument("--check", action="store_true", help="validate paths and URLs")
+    config.add_argument("--readme", metavar="PATH", help="rewrite the README's settings table")
+    config.set_defaults(func=cmd_config)
+
     status = sub.add_parser("status", help="characters, counts, datasets and releases")
     status.add_argument("--project")
     status.set_defaults(func=cmd_status)
@@ -613,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CliError, RegistryError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CliError, RegistryError, SettingsError)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
