@@ -112,6 +112,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(DAGSTER_HOME_ENV, "dagster_home"),
         description="the Dagster instance (SQLite unless its `dagster.yaml` says otherwise)",
     )
+    gpu_lock_dir: Path = Field(
+        Path(), description="where the per-device GPU locks live; local to each host, never on a "
+        "shared mount"
+    )
     # --- models ---
     base_model: str | None = Field(
         None, description="a diffusers folder, a single-file `.safetensors` checkpoint, or a hub "
@@ -251,6 +255,7 @@ class Settings(BaseSettings):
             "database_url": f"sqlite:///{home / 'registry.db'}",
             "data_root": home / "data",
             "dagster_home": home / "dagster_home",
+            "gpu_lock_dir": home / "locks",
         }
         filled = {k: v for k, v in values.items() if v not in (None, "")}
         return {**derived, **filled, "home": home}
@@ -261,7 +266,7 @@ class Settings(BaseSettings):
         return value.expanduser().resolve()
 
     @field_validator(
-        "dagster_home", "tokenizer_dir", "comfyui_loras_dir", "comfyui_output_dir",
+        "dagster_home", "gpu_lock_dir", "tokenizer_dir", "comfyui_loras_dir", "comfyui_output_dir",
         "kohya_scripts_dir", mode="before",
     )
     @classmethod
@@ -520,6 +525,7 @@ _DERIVED_DEFAULTS = {
     "database_url": "`sqlite:///$HOME/registry.db`",
     "data_root": "`$HOME/data`",
     "dagster_home": "`$HOME/dagster_home`",
+    "gpu_lock_dir": "`$HOME/locks`",
 }
 
 

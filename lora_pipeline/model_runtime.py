@@ -29,6 +29,7 @@ from lora_pipeline.generation.backends import (
 from lora_pipeline.generation.comfyui import ComfyUIClient, ComfyUIError
 from lora_pipeline.generation.local import SINGLE_FILE_SUFFIXES, DiffusersGenerator
 from lora_pipeline.generation.service import Backends
+from lora_pipeline.gpu_lock import GpuLock
 from lora_pipeline.model_configs import config_folder_for
 from lora_pipeline.training.service import KohyaSetup
 from lora_pipeline.vision import llava, reference
@@ -169,7 +170,11 @@ class ModelRuntime:
             video=ComfyUIVideoBackend(client, checkpoint, filename_prefix=slug, timeout=timeout),
         )
 
-    # --- giving the GPU back ---
+    # --- the GPU ---
+
+    def gpu_lock(self) -> GpuLock:
+        """The lock of the device this process computes on (one GPU job at a time)."""
+        return GpuLock(self.settings.gpu_lock_dir, self.device_name())
 
     def free_comfyui_vram(self) -> str:
         """Ask the configured ComfyUI to unload its models; a sentence saying what happened.

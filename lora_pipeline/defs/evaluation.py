@@ -13,6 +13,7 @@ from dagster import (
     asset,
 )
 
+from lora_pipeline.defs.gpu import gpu_op_tags, gpu_step
 from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
@@ -25,6 +26,7 @@ from lora_pipeline.training.service import ReleaseRef
     partitions_def=character_partitions,
     group_name="evaluation",
     pool=GPU_POOL,
+    op_tags=gpu_op_tags("batch"),
     kinds={"pytorch"},
     check_specs=[
         AssetCheckSpec(
@@ -47,15 +49,16 @@ def eval_grid(
     root, runtime = data_root.get(), models.runtime()
     renderer = runtime.backends(context.partition_key).image
     loras_dir = runtime.loras_dir() if runtime.comfyui_client() else None
-    ref, result = evaluate_release(
-        registry.get(),
-        root,
-        renderer,
-        trained_lora.release_id,
-        runtime.eval_scorers(),
-        log=context.log.info,
-        stage_lora=(lambda path: copy_to_comfyui(path, loras_dir)) if loras_dir else None,
-    )
+    with gpu_step(context, models, "batch"):
+        ref, result = evaluate_release(
+            registry.get(),
+            root,
+            renderer,
+            trained_lora.release_id,
+            runtime.eval_scorers(),
+            log=context.log.info,
+            stage_lora=(lambda path: copy_to_comfyui(path, loras_dir)) if loras_dir else None,
+        )
     yield Output(
         ref,
         metadata={

@@ -72,7 +72,7 @@ class _ModelsResourceBase(ConfigurableResource):
 # Settings that are not the models' business: the registry and the data root have their own
 # resources, the review token and test hooks are not for runs.
 _NOT_MODEL_SETTINGS = frozenset(
-    {"home", "database_url", "data_root", "dagster_home", "review_token"}
+    {"home", "database_url", "data_root", "dagster_home", "gpu_lock_dir", "review_token"}
     | {"training_kill_after_epoch"}
 )
 _CONFIG_TYPES = (str, int, float, bool)

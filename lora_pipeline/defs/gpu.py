@@ -1,0 +1,39 @@
+"""GPU steps: queued by Dagster's `gpu` pool, made exclusive by the device's OS lock.
+
+The pool (limit 1) keeps GPU steps queued and visible in the UI; `gpu_step` holds the device's
+lock (lora_pipeline.gpu_lock) around the work itself, which also covers in-process
+`materialize()` calls that ignore pools. Interactive steps (images for review, regenerations)
+are taken before batch steps (training, evaluation) both by the pool, through Dagster's
+`dagster/priority` op tag, and by the lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dagster import AssetExecutionContext
+
+from lora_pipeline.defs.resources import ModelsResource
+from lora_pipeline.gpu_lock import GpuLease, Priority
+
+# Dagster's documented priority tag: pool slots go in the order of run + step priority.
+PRIORITY_TAG = "dagster/priority"
+STEP_PRIORITY: dict[Priority, int] = {"interactive": 10, "batch": -10}
+
+
+def gpu_op_tags(priority: Priority) -> dict[str, str]:
+    """The op tags of a GPU asset of this priority."""
+    return {PRIORITY_TAG: str(STEP_PRIORITY[priority])}
+
+
+@contextmanager
+def gpu_step(
+    context: AssetExecutionContext, models: ModelsResource, priority: Priority
+) -> Iterator[GpuLease]:
+    """Hold the GPU for the body of a step; the wait, if any, is logged with who holds it."""
+    partition = f" {context.partition_key}" if context.has_partition_key else ""
+    holder = f"run {context.run_id[:8]} {context.op_def.name}{partition}"
+    lock = models.runtime().gpu_lock()
+    with lock.hold(holder, priority, log=context.log.info) as lease:
+        yield lease
