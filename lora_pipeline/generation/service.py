@@ -13,7 +13,6 @@ from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.generation.advisor import PromptAdvisor, propose_refinement
@@ -28,7 +27,6 @@ from lora_pipeline.registry.models import (
     Character,
     Feedback,
     GenerationJob,
-    GenerationProfile,
     LoraRelease,
 )
 
@@ -94,15 +92,7 @@ class Backends:
 def lora_strength(session: Session, character: Character) -> float:
     """The strength of production LoRAs: the project's default generation profile's, else
     DEFAULT_LORA_STRENGTH."""
-    strength = session.scalar(
-        select(GenerationProfile.lora_strength)
-        .where(
-            GenerationProfile.project_id == character.project_id,
-            GenerationProfile.is_default.is_(True),
-        )
-        .order_by(GenerationProfile.id)
-        .limit(1)
-    )
+    strength = queries.default_lora_strength(session, character.project_id)
     return DEFAULT_LORA_STRENGTH if strength is None else strength
 
 
@@ -473,12 +463,8 @@ def request_generation(
 
 def pending_requests(session: Session, after_id: int) -> list[GenerationJob]:
     """Requested jobs still pending, newer than a sensor's cursor, oldest first."""
-    query = (
-        select(GenerationJob)
-        .where(GenerationJob.id > after_id, GenerationJob.status == "pending")
-        .order_by(GenerationJob.id)
-    )
-    return [job for job in session.scalars(query) if (job.params or {}).get(REQUEST_MARK)]
+    jobs = queries.pending_jobs_after(session, after_id)
+    return [job for job in jobs if (job.params or {}).get(REQUEST_MARK)]
 
 
 @dataclass
@@ -500,12 +486,7 @@ def clear_stuck_jobs(
     cleared = ClearedJobs()
     with registry.session() as session:
         cleared.failed = commands.fail_stuck_jobs(session, older_than)
-        sent = session.execute(
-            select(GenerationJob.id, GenerationJob.comfyui_prompt_id).where(
-                GenerationJob.id.in_(cleared.failed), GenerationJob.comfyui_prompt_id.is_not(None)
-            )
-        ).tuples()
-        prompts = dict(sent.all())
+        prompts = queries.comfyui_prompt_ids(session, cleared.failed)
     if cancel is None:
         return cleared
     for job_id, prompt_id in sorted(prompts.items()):

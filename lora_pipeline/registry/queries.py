@@ -20,6 +20,7 @@ from lora_pipeline.registry.models import (
     Feedback,
     Frame,
     GenerationJob,
+    GenerationProfile,
     Image,
     LoraRelease,
     Project,
@@ -243,6 +244,34 @@ def generation_jobs(
             )
         query = query.where(GenerationJob.status == status)
     return list(session.scalars(query.limit(_limit(limit))))
+
+
+def pending_jobs_after(session: Session, after_id: int) -> list[GenerationJob]:
+    """Pending generation jobs newer than a sensor's cursor, oldest first."""
+    query = select(GenerationJob).where(
+        GenerationJob.id > after_id, GenerationJob.status == "pending"
+    )
+    return list(session.scalars(query.order_by(GenerationJob.id)))
+
+
+def comfyui_prompt_ids(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
+    """Job id -> the ComfyUI prompt it was queued as, for the jobs that were sent to ComfyUI."""
+    rows = session.execute(
+        select(GenerationJob.id, GenerationJob.comfyui_prompt_id).where(
+            GenerationJob.id.in_(list(job_ids)), GenerationJob.comfyui_prompt_id.is_not(None)
+        )
+    ).tuples()
+    return dict(rows.all())
+
+
+def default_lora_strength(session: Session, project_id: int) -> float | None:
+    """The LoRA strength of the project's default generation profile (None: no profile)."""
+    return session.scalar(
+        select(GenerationProfile.lora_strength)
+        .where(GenerationProfile.project_id == project_id, GenerationProfile.is_default.is_(True))
+        .order_by(GenerationProfile.id)
+        .limit(1)
+    )
 
 
 def image_hashes(session: Session, character_id: int) -> list[tuple[int, str | None, str]]:

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.errors import InvalidInputError, NotFoundError
-from lora_pipeline.registry.models import Character, Image
+from lora_pipeline.registry.models import Character, GenerationProfile, Image
 from lora_pipeline_tests.registry.conftest import make_cast, passed_gate, sha
 
 
@@ -174,3 +174,21 @@ def test_frame_paths_in_frame_order(session: Session) -> None:
         "frames/2.png",
     ]
     assert queries.frame_paths(session, []) == []
+
+
+def test_pending_jobs_their_comfyui_prompts_and_the_default_lora_strength(
+    session: Session,
+) -> None:
+    project, aiko, _ = make_cast(session)
+    first, second, third = (
+        commands.create_generation_job(session, aiko.id, "aiko", "", n, {}) for n in (1, 2, 3)
+    )
+    commands.mark_job(session, second.id, "running")
+    commands.set_job_prompt_id(session, second.id, "prompt-2")
+    assert [job.id for job in queries.pending_jobs_after(session, 0)] == [first.id, third.id]
+    assert [job.id for job in queries.pending_jobs_after(session, first.id)] == [third.id]
+    assert queries.comfyui_prompt_ids(session, [first.id, second.id]) == {second.id: "prompt-2"}
+    assert queries.default_lora_strength(session, project.id) is None
+    session.add(GenerationProfile(project_id=project.id, name="default", lora_strength=0.65))
+    session.flush()
+    assert queries.default_lora_strength(session, project.id) == 0.65
