@@ -205,6 +205,18 @@ class Settings(BaseSettings):
         None, description="the Python that runs sd-scripts (default: its `venv/` or `.venv/`, "
         "else this one)"
     )
+    training_yields: bool = Field(
+        True, description="a running training pauses at a step boundary while interactive GPU "
+        "work (images for review, regenerations) waits, then resumes exactly"
+    )
+    training_min_run_s: float = Field(
+        60.0, ge=0, allow_inf_nan=False,
+        description="shortest time a training runs between two pauses",
+    )
+    training_max_pause_s: float = Field(
+        1800.0, ge=0, allow_inf_nan=False,
+        description="longest a training waits in one pause before it takes the GPU back",
+    )
     # --- evaluation ---
     identity_model: str | None = Field(
         None, description="CLIP vision model for the eval's identity score (default: the "

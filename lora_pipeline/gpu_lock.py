@@ -72,15 +72,21 @@ class GpuLock:
         holder: str,
         priority: Priority = "batch",
         log: Callable[[str], None] | None = None,
+        escalate_after_s: float | None = None,
     ) -> Iterator[GpuLease]:
-        """Wait for the device (interactive waiters first), hold it for the block, release it."""
+        """Wait for the device (interactive waiters first), hold it for the block, release it.
+
+        A batch waiter stops deferring to interactive ones after `escalate_after_s` seconds, so
+        a stream of interactive work cannot keep a training paused for ever."""
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
         self.folder.mkdir(parents=True, exist_ok=True)
         handle = self.path.open("a+")
         try:
             with self._waiting_as(priority):
-                self._acquire(handle, holder, priority, log or (lambda _line: None))
+                self._acquire(
+                    handle, holder, priority, log or (lambda _line: None), escalate_after_s
+                )
             self._write_holder(holder, priority)
             yield GpuLease(self, handle)
         finally:
@@ -105,11 +111,18 @@ class GpuLock:
     # --- internals ---
 
     def _acquire(
-        self, handle: IO[str], holder: str, priority: Priority, log: Callable[[str], None]
+        self,
+        handle: IO[str],
+        holder: str,
+        priority: Priority,
+        log: Callable[[str], None],
+        escalate_after_s: float | None,
     ) -> None:
         waited_since, reported = time.monotonic(), 0.0
         while True:
-            may_take = priority == "interactive" or self.interactive_waiting() == 0
+            waited = time.monotonic() - waited_since
+            escalated = escalate_after_s is not None and waited >= escalate_after_s
+            may_take = priority == "interactive" or escalated or self.interactive_waiting() == 0
             if may_take and _try_lock(handle):
                 if reported:
                     log(f"got the GPU after {time.monotonic() - waited_since:.1f} s")

@@ -29,11 +29,14 @@ def gpu_op_tags(priority: Priority) -> dict[str, str]:
 
 @contextmanager
 def gpu_step(
-    context: AssetExecutionContext, models: ModelsResource, priority: Priority
+    context: AssetExecutionContext,
+    models: ModelsResource,
+    priority: Priority,
+    escalate_after_s: float | None = None,
 ) -> Iterator[GpuLease]:
     """Hold the GPU for the body of a step; the wait, if any, is logged with who holds it."""
     partition = f" {context.partition_key}" if context.has_partition_key else ""
     holder = f"run {context.run_id[:8]} {context.op_def.name}{partition}"
     lock = models.runtime().gpu_lock()
-    with lock.hold(holder, priority, log=context.log.info) as lease:
+    with lock.hold(holder, priority, context.log.info, escalate_after_s) as lease:
         yield lease

@@ -4,12 +4,19 @@ The trainer runs as `python -m lora_pipeline.training.pipes_entry` under Dagster
 `PipesSubprocessClient`: its log lines (step, epoch, loss, it/s, ETA) stream into the run's log,
 each epoch becomes an `AssetObservation`, and a crash, an out-of-memory kill or a cancel ends the
 child, never the run worker. A re-run resumes from the last saved epoch.
+
+The GPU is shared: the step holds the device's lock as batch work, and when interactive work
+(images for review, regenerations) waits, the built-in trainer saves its exact state at the next
+step boundary and exits; the step lets the lock go, waits for the GPU again (after the
+interactive work) and starts the child once more, which resumes from that state.
 """
 
 import re
 import sys
+import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +35,12 @@ from dagster import (
 from dagster._core.errors import DagsterPipesExecutionError
 from pydantic import Field, create_model
 
+from lora_pipeline.defs.gpu import gpu_op_tags, gpu_step
 from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.training.errors import OOM_ADVICE
-from lora_pipeline.training.job import TrainingJob
+from lora_pipeline.training.job import GpuYield, TrainingJob
 from lora_pipeline.training.options import (
     RunOptions,
     TrainingConfig,
@@ -153,6 +161,14 @@ def _epoch_observation(context: AssetExecutionContext, report: dict) -> AssetObs
     return AssetObservation(asset_key=context.asset_key, partition=partition, metadata=metadata)
 
 
+class TrainingYielded(Exception):
+    """The child paused for interactive GPU work; its state is saved at `step`."""
+
+    def __init__(self, step: int, waiting: int) -> None:
+        super().__init__(f"paused at step {step} for {waiting} interactive job(s)")
+        self.step, self.waiting = step, waiting
+
+
 def _failure(error: DagsterPipesExecutionError, messages: TrainingMessages) -> Failure:
     """One readable reason for a training process that did not succeed."""
     if messages.failure:
@@ -195,6 +211,9 @@ def run_training_process(
                 env=env,
             )
     except DagsterPipesExecutionError as error:
+        yielded = messages.interrupted or {}
+        if yielded.get("reason") == "yield":
+            raise TrainingYielded(int(yielded["step"]), int(yielded.get("waiting", 0))) from None
         raise _failure(error, messages) from error
     if messages.result is None:
         raise Failure(description="the training process ended without reporting a result")
@@ -202,10 +221,58 @@ def run_training_process(
     return messages.result, dict(reported)
 
 
+@dataclass
+class GpuPauses:
+    """How often and how long a training gave the GPU to interactive work."""
+
+    count: int = 0
+    seconds: float = 0.0
+    jobs: int = 0
+
+    def metadata(self) -> dict[str, Any]:
+        return {"gpu_pauses": self.count, "paused_s": round(self.seconds, 2)}
+
+
+def train_sharing_the_gpu(
+    context: AssetExecutionContext, models: ModelsResource, job: TrainingJob
+) -> tuple[TrainingResult, dict, GpuPauses]:
+    """Run the training child under the GPU lock, pausing for interactive work when the
+    settings allow it; the result, the child's metadata and the pauses."""
+    runtime = models.runtime()
+    settings = runtime.settings
+    if settings.training_yields and job.backend == "builtin":
+        lock_dir, device = str(settings.gpu_lock_dir), runtime.device_name()
+        job = replace(job, gpu_yield=GpuYield(lock_dir, device, settings.training_min_run_s))
+    elif settings.training_yields:
+        context.log.info(
+            "the kohya backend cannot pause at a step for interactive GPU work: it runs to the end"
+        )
+    pauses, paused_at = GpuPauses(), None
+    while True:
+        escalate = settings.training_max_pause_s
+        with gpu_step(context, models, "batch", escalate_after_s=escalate):
+            if paused_at is not None:
+                pauses.seconds += time.monotonic() - paused_at
+                context.log.info(
+                    f"training resumes: paused {pauses.count} time(s) for {pauses.jobs} "
+                    f"interactive job(s), {pauses.seconds:.1f} s in all"
+                )
+            context.log.info(runtime.release_gpu())
+            try:
+                result, reported = run_training_process(context, job)
+            except TrainingYielded as yielded:
+                pauses.count, pauses.jobs = pauses.count + 1, pauses.jobs + yielded.waiting
+                context.log.info(f"training {yielded}: the GPU goes to them first")
+                paused_at = time.monotonic()
+                continue
+        return result, reported, pauses
+
+
 @asset(
     partitions_def=character_partitions,
     group_name="training",
     pool=GPU_POOL,
+    op_tags=gpu_op_tags("batch"),
     kinds={"pytorch", "safetensors"},
 )
 def trained_lora(
@@ -225,7 +292,6 @@ def trained_lora(
     if problems:
         raise Failure(description="invalid training options: " + "; ".join(problems))
     runtime = models.runtime()
-    context.log.info(runtime.release_gpu())
     kohya = runtime.kohya_setup() if options.backend in ("auto", "kohya") else None
     if options.backend == "kohya" and kohya is None:
         raise Failure(description="backend kohya asked for, but no kohya scripts folder is set")
@@ -242,7 +308,7 @@ def trained_lora(
         log=context.log.info,
         scope=options.scope,
     )
-    result, reported = run_training_process(context, job)
+    result, reported, pauses = train_sharing_the_gpu(context, models, job)
     loras_dir = runtime.loras_dir()
     release = register_trained_lora(
         registry.get(),
@@ -257,6 +323,7 @@ def trained_lora(
         release,
         metadata={
             **reported,
+            **pauses.metadata(),
             "release_id": release.release_id,
             "backend": job.backend,
             "continued_from_release": release.parent_release_id or "none (fresh LoRA)",

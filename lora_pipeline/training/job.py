@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from lora_pipeline.gpu_lock import GpuLock
 from lora_pipeline.training.data import TrainingExample
 from lora_pipeline.training.errors import TrainingError
 from lora_pipeline.training.options import BACKENDS, TrainingConfig
@@ -22,6 +23,41 @@ from lora_pipeline.training.reports import EpochReport, TrainingProgress
 # Log a progress line at most this often, and at least every this many steps of a run's total.
 PROGRESS_LOG_SECONDS = 10.0
 PROGRESS_LOG_LINES = 20
+
+
+@dataclass(frozen=True)
+class GpuYield:
+    """When a built-in training gives the GPU to interactive work: the device's lock (whose
+    waiters it watches) and the shortest time it runs before it may pause."""
+
+    lock_dir: str
+    device: str
+    min_run_s: float = 60.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lock_dir": self.lock_dir, "device": self.device, "min_run_s": self.min_run_s}
+
+
+class YieldWatch:
+    """Asked at every step boundary: True once the job has run `min_run_s` and an interactive
+    job waits for the GPU (looked up at most every `CHECK_S`, a directory listing)."""
+
+    CHECK_S = 0.5
+
+    def __init__(self, policy: GpuYield) -> None:
+        self._lock = GpuLock(Path(policy.lock_dir), policy.device)
+        self._min_run_s = policy.min_run_s
+        self._started = time.monotonic()
+        self._checked = 0.0
+        self.waiting = 0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._started < self._min_run_s or now - self._checked < self.CHECK_S:
+            return False
+        self._checked = now
+        self.waiting = self._lock.interactive_waiting()
+        return self.waiting > 0
 
 
 @dataclass
@@ -40,6 +76,8 @@ class TrainingJob:
     # The release whose LoRA `config.init_lora` is (a retrain after a failed gate): the new
     # release is registered as its child.
     parent_release_id: int | None = None
+    # Set: the built-in trainer pauses for interactive GPU work (see GpuYield).
+    gpu_yield: GpuYield | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -59,6 +97,7 @@ class TrainingJob:
             "tokenizer_dir": self.tokenizer_dir,
             "work_dir": self.work_dir,
             "parent_release_id": self.parent_release_id,
+            "gpu_yield": self.gpu_yield.to_dict() if self.gpu_yield else None,
         }
 
     @classmethod
@@ -75,6 +114,7 @@ class TrainingJob:
                 tokenizer_dir=values.get("tokenizer_dir"),
                 work_dir=values.get("work_dir"),
                 parent_release_id=values.get("parent_release_id"),
+                gpu_yield=GpuYield(**values["gpu_yield"]) if values.get("gpu_yield") else None,
             )
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, TrainingError):

@@ -34,10 +34,12 @@ from typing import Any
 from lora_pipeline.config import Settings, env_name
 from lora_pipeline.training.backends import run_job
 from lora_pipeline.training.errors import TrainingError, TrainingInterrupted
-from lora_pipeline.training.job import ProgressThrottle, TrainingJob, progress_line
+from lora_pipeline.training.job import ProgressThrottle, TrainingJob, YieldWatch, progress_line
 from lora_pipeline.training.reports import EpochReport, TrainingProgress, TrainingResult
 
 EXIT_FAILED = 2
+# EX_TEMPFAIL: the job paused for interactive GPU work; its state is saved, run it again.
+EXIT_YIELDED = 75
 EXIT_INTERRUPTED = 130
 KILL_AFTER_EPOCH_ENV = env_name("training_kill_after_epoch")
 PARENT_POLL_SECONDS = 2.0
@@ -88,6 +90,10 @@ class ChildReporter:
         self._throttle = ProgressThrottle()
         self._epochs: int | None = None
         self._kill_after_epoch = Settings.current().training_kill_after_epoch
+        # Only the built-in trainer resumes at any step; kohya runs to the end.
+        use_yield = job.gpu_yield is not None and job.backend == "builtin"
+        self._yield = YieldWatch(job.gpu_yield) if use_yield and job.gpu_yield else None
+        self.yielded = False
 
     def log(self, message: str, level: str = "info") -> None:
         if self._pipes is None:
@@ -117,7 +123,11 @@ class ChildReporter:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def should_stop(self) -> bool:
-        return self._stop.is_set()
+        if self._stop.is_set():
+            return True
+        if self._yield is not None and self._yield.due():
+            self.yielded = True
+        return self.yielded
 
     def finished(self, result: TrainingResult) -> None:
         self.message({"kind": "result", "result": result.to_dict()})
@@ -130,8 +140,14 @@ class ChildReporter:
 
     def interrupted(self, error: TrainingInterrupted) -> None:
         state = str(error.state_path) if error.state_path else None
-        self.log(f"{error}; the next run resumes from step {error.step}", "warning")
-        self.message({"kind": "interrupted", "step": error.step, "state": state})
+        payload = {"kind": "interrupted", "step": error.step, "state": state}
+        if self.yielded:
+            waiting = self._yield.waiting if self._yield else 0
+            self.log(f"pausing at step {error.step}: {waiting} interactive GPU job(s) waiting")
+            payload |= {"reason": "yield", "waiting": waiting}
+        else:
+            self.log(f"{error}; the next run resumes from step {error.step}", "warning")
+        self.message(payload)
 
 
 def materialization_metadata(result: TrainingResult) -> dict[str, Any]:
@@ -157,7 +173,7 @@ def train(job: TrainingJob, reporter: ChildReporter) -> int:
         result = run_job(job, reporter)
     except TrainingInterrupted as error:
         reporter.interrupted(error)
-        return EXIT_INTERRUPTED
+        return EXIT_YIELDED if reporter.yielded else EXIT_INTERRUPTED
     except (TrainingError, OSError) as error:
         reporter.failed(str(error))
         return EXIT_FAILED
