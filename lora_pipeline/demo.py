@@ -50,7 +50,7 @@ def run_demo(settings: Settings, say: Say) -> None:
     if not settings.base_model:
         # The demo's model becomes the configured one, so `lora-pipeline ui` runs can use it.
         save_settings(settings.home, base_model=str(model_dir))
-        settings = Settings.from_env()
+        settings = Settings.current()
     migrate(settings.database_url)
     registry = Registry(settings.database_url)
     prepare_dagster_home(settings.dagster_home)

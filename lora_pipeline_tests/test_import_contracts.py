@@ -67,3 +67,23 @@ def test_a_domain_module_importing_dagster_breaks_the_contract(tmp_path: Path) -
     assert broken.returncode != 0
     assert f"{DAGSTER_CONTRACT} BROKEN" in broken.stdout
     assert "lora_pipeline.media._bad -> dagster" in broken.stdout
+
+
+# The Dagster layer and the two entry points that drive it (`lora-pipeline`, its demo).
+DAGSTER_SIDE = {"defs", "definitions", "cli", "demo"}
+
+
+def test_every_other_module_is_under_the_dagster_contract() -> None:
+    """A new top-level module or package is Dagster-free unless it is added to DAGSTER_SIDE."""
+    import tomllib
+
+    contracts = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]["contracts"]
+    (contract,) = [c for c in contracts if c["name"] == DAGSTER_CONTRACT]
+    listed = {name.removeprefix("lora_pipeline.") for name in contract["source_modules"]}
+    modules = {
+        path.stem if path.is_file() else path.name
+        for path in PACKAGE.iterdir()
+        if (path.suffix == ".py" and path.stem != "__init__")
+        or (path.is_dir() and (path / "__init__.py").is_file())
+    }
+    assert listed == modules - DAGSTER_SIDE

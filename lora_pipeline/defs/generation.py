@@ -2,6 +2,7 @@
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
+from lora_pipeline.defs.gpu import gpu_op_tags, gpu_step
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.generation.advisor import configured_advisors
@@ -25,6 +26,8 @@ class GenerationConfig(Config):
     partitions_def=character_partitions,
     group_name="generation",
     pool=GPU_POOL,
+    # Images for review are what people wait for: before training and evaluation.
+    op_tags=gpu_op_tags("interactive"),
     kinds={"pytorch", "diffusers"},
 )
 def generated_images(
@@ -46,15 +49,16 @@ def generated_images(
     )
     backends = models.runtime().backends(context.partition_key)
     context.log.info(f"drawing with {backends.image.name} on checkpoint {backends.checkpoint}")
-    outcome = generate_for_character(
-        registry.get(),
-        data_root.get(),
-        backends,
-        context.partition_key,
-        plan,
-        context.log.info,
-        advisors=configured_advisors(),
-    )
+    with gpu_step(context, models, "interactive"):
+        outcome = generate_for_character(
+            registry.get(),
+            data_root.get(),
+            backends,
+            context.partition_key,
+            plan,
+            context.log.info,
+            advisors=configured_advisors(),
+        )
     if not outcome.image_ids and outcome.failed_jobs:
         raise RuntimeError(f"every generation job failed: {outcome.failed_jobs}")
     return MaterializeResult(

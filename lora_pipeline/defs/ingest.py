@@ -5,9 +5,10 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from lora_pipeline.config import Settings
+from lora_pipeline.defs.gpu import gpu_op_tags, gpu_step
 from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
-from lora_pipeline.defs.resources import DataRootResource, RegistryResource
+from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.media.contact_sheet import contact_sheet
 from lora_pipeline.media.frames import FrameFilters, FrameStats
 from lora_pipeline.media.images import InvalidImageError, load_image
@@ -99,7 +100,7 @@ def ingested_frames(
     without repeats: exact duplicates, a static shot's copies and near-duplicates of the stream
     or of the character's dataset are dropped, with blurry and tiny frames. Each kept frame
     has its provenance. A failed source is marked failed with its reason; the others go on."""
-    reg, root, settings = registry.get(), data_root.get(), Settings.from_env()
+    reg, root, settings = registry.get(), data_root.get(), Settings.current()
     comfyui_dir = config.comfyui_output_dir or settings.comfyui_output_dir
     options = IngestOptions(
         filters=frame_filters(settings, config),
@@ -146,6 +147,7 @@ def project_identifier(
     group_name="ingest",
     deps=[ingested_frames],
     pool=GPU_POOL,
+    op_tags=gpu_op_tags("batch"),
     kinds={"pytorch"},
 )
 def classified_frames(
@@ -153,25 +155,29 @@ def classified_frames(
     config: ClassifyConfig,
     registry: RegistryResource,
     data_root: DataRootResource,
+    models: ModelsResource,
 ) -> MaterializeResult:
     """Each frame checked once for which characters it shows; recognised frames become pending
     images of those characters (unless they nearly repeat one), the rest are skipped."""
-    reg, root, settings = registry.get(), data_root.get(), Settings.from_env()
-    identifier = project_identifier(reg, root, settings, context.partition_key, config.identifier)
+    reg, root, settings = registry.get(), data_root.get(), models.settings()
     distance = _off_if_negative(settings.near_duplicate_distance)
-    try:
-        stats = classify_character_sources(
-            reg,
-            root,
-            context.partition_key,
-            identifier,
-            context.log.info,
-            ClassifyOptions(near_duplicate_distance=distance),
+    with gpu_step(context, models, "batch"):
+        identifier = project_identifier(
+            reg, root, settings, context.partition_key, config.identifier
         )
-    finally:
-        close = getattr(identifier, "close", None)
-        if close is not None:
-            close()
+        try:
+            stats = classify_character_sources(
+                reg,
+                root,
+                context.partition_key,
+                identifier,
+                context.log.info,
+                ClassifyOptions(near_duplicate_distance=distance),
+            )
+        finally:
+            close = getattr(identifier, "close", None)
+            if close is not None:
+                close()
     return MaterializeResult(
         metadata={
             "identifier": identifier.name if identifier else "source character (none configured)",

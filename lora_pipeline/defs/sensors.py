@@ -96,7 +96,7 @@ def comfyui_output_sensor(
     """New files in the ComfyUI output folder (LORA_PIPELINE_COMFYUI_OUTPUT_DIR) → ingest
     requests, each file once even across restarts → one ingest run per character with the
     new ones (cursor: last source id requested)."""
-    settings = Settings.from_env()
+    settings = Settings.current()
     folder = settings.comfyui_output_dir
     if folder is None:
         return SensorResult(
