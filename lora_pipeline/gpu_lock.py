@@ -129,11 +129,11 @@ class GpuLock:
                 return
             now = time.monotonic()
             if not reported or now - reported >= REPORT_EVERY_S:
-                log(self._waiting_line(holder, priority))
+                log(self._waiting_line(holder))
                 reported = now
             time.sleep(POLL_S)
 
-    def _waiting_line(self, holder: str, priority: Priority) -> str:
+    def _waiting_line(self, holder: str) -> str:
         current = self.current_holder()
         if current is None:
             return f"{holder} waiting for the GPU: interactive work goes first"

@@ -83,6 +83,11 @@ def test_the_child_pauses_for_an_interactive_waiter_and_resumes_exactly(
     assert_same_lora(TrainingResult.from_dict(result), uninterrupted)
 
 
+def _wait_once(lock: GpuLock) -> None:
+    with lock.hold("regeneration", "interactive"):
+        pass
+
+
 def test_no_pause_before_the_shortest_run(
     tiny_sd: Path, examples: list[TrainingExample], tmp_path: Path
 ) -> None:
@@ -91,10 +96,10 @@ def test_no_pause_before_the_shortest_run(
     job_file.write_text(json.dumps(job.to_dict()))
     lock = GpuLock(tmp_path / "locks", "cpu")
     with lock.hold("training", "batch"):
-        waiter = threading.Thread(target=lambda: lock.hold("r", "interactive").__enter__())
-        waiter.daemon = True
+        waiter = threading.Thread(target=_wait_once, args=(lock,))
         waiter.start()
         finished = subprocess.run(_command(job_file), capture_output=True, text=True, timeout=300)
+    waiter.join(timeout=30)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "pausing" not in finished.stdout
 

@@ -5,9 +5,6 @@ ComfyUI that is down or refuses is reported, never fatal."""
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,17 +13,6 @@ from lora_pipeline import model_runtime
 from lora_pipeline.config import Settings
 from lora_pipeline.model_runtime import ModelConfigurationError, ModelRuntime
 from lora_pipeline_tests.training.conftest import FakeComfyUI
-
-
-@pytest.fixture
-def comfyui() -> Iterator[str]:
-    FakeComfyUI.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeComfyUI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
 
 
 def _runtime(tmp_path: Path, **values: object) -> ModelRuntime:
