@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy import DateTime as _DateTime
@@ -98,6 +99,8 @@ class Character(Base):
     # Generation settings, the character's "SSOT settings" of the user guide.
     # 64-bit: ComfyUI and diffusers seeds go past the 32-bit INTEGER of PostgreSQL.
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Only a locked seed is reused for every image; otherwise each image draws a fresh one.
+    seed_locked: Mapped[bool] = mapped_column(default=False, server_default=false())
     cfg: Mapped[float] = mapped_column(Float, default=7.0)
     steps: Mapped[int] = mapped_column(Integer, default=25)
     sampler: Mapped[str] = mapped_column(String(64), default="euler")
@@ -135,7 +138,11 @@ class GenerationProfile(Base):
     checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
     lora_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
     lora_strength: Mapped[float] = mapped_column(Float, default=0.8)
+    # ComfyUI API-format workflows for images and for videos; None = the built-in one.
     workflow_template: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
+    video_workflow_template: Mapped[dict[str, Any] | None] = mapped_column(
+        NullableJSON, nullable=True
+    )
     is_default: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
@@ -249,6 +256,10 @@ class Feedback(Base):
     reviewer: Mapped[str] = mapped_column(String(200), default="")
     regeneration_state: Mapped[str] = mapped_column(String(16), default="queued")
     regeneration_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The new pending image the regeneration produced.
+    regeneration_image_id: Mapped[int | None] = mapped_column(
+        ForeignKey("images.id"), nullable=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 
@@ -267,6 +278,10 @@ class GenerationJob(Base):
     feedback_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
     comfyui_prompt_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The existing image the job's output was a byte-for-byte copy of (the image a job made
+    # points back at it through images.generation_job_id). No foreign key: images already
+    # reference this table, and a cycle would complicate dropping the tables.
+    duplicate_of_image_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
@@ -284,6 +299,8 @@ class DatasetVersion(Base):
     image_count: Mapped[int] = mapped_column(Integer)
     manifest_path: Mapped[str] = mapped_column(Text)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The Dagster run that built it.
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
     __table_args__ = (UniqueConstraint("character_id", "version_hash"),)
@@ -308,6 +325,8 @@ class LoraRelease(Base):
     parent_release_id: Mapped[int | None] = mapped_column(
         ForeignKey("lora_releases.id"), nullable=True
     )
+    # The Dagster run that trained it.
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
     __table_args__ = (

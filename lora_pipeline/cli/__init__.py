@@ -1,0 +1,64 @@
+"""`lora-pipeline`: set up, add projects and characters, ingest, review, releases, status, demo, ui.
+
+Every expected failure (unknown character, bad slug, missing file, unreachable URL) prints one
+line on stderr and exits with status 2; tracebacks are for bugs only. Each command group lives
+in its own module with a `register(subcommands)` that adds its parsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from lora_pipeline.cli import home, ingest, projects, releases, review
+from lora_pipeline.cli.common import CliError
+from lora_pipeline.config import SettingsError
+from lora_pipeline.errors import PipelineError, user_message
+from lora_pipeline.registry.errors import RegistryError
+
+COMMAND_GROUPS = (home, projects, ingest, review, releases)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return parser
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (CliError, RegistryError, SettingsError)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from lora_pipeline.demo import DemoFailed
+    from lora_pipeline.media.download import DownloadFailed
+    from lora_pipeline.media.images import InvalidImageError
+    from lora_pipeline.media.store import UnsafePathError
+    from lora_pipeline.media.uploads import UploadError
+    from lora_pipeline.media.video import VideoError
+    from lora_pipeline.review.app import ReviewAppError
+
+    # Every PipelineError is expected: its message is one line fit for the user.
+    return EXPECTED_ERRORS + (
+        PipelineError,
+        ReviewAppError,
+        DemoFailed,
+        DownloadFailed,
+        InvalidImageError,
+        UnsafePathError,
+        UploadError,
+        VideoError,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except _expected_errors() as exc:
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,95 @@
+"""`review`: the review web app, or review from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+
+from lora_pipeline.cli.common import Subcommands, login_name, registry, settings, typed
+from lora_pipeline.generation_settings import POSITIVE_WHOLE
+from lora_pipeline.registry import commands, queries
+
+
+def cmd_review_serve(args: argparse.Namespace) -> None:
+    """Start the review web app (Characters, Approve, Generate, Gallery, Ingest)."""
+    from lora_pipeline.review.app import check_bind, serve
+
+    current = settings()
+    token = args.token or current.review_token
+    check_bind(args.host, token)
+    login = " (log in once with /?token=YOUR-TOKEN)" if token else ""
+    print(f"review app on http://{args.host}:{args.port}/{login}", flush=True)
+    serve(current, host=args.host, port=args.port, access_token=token)
+
+
+def cmd_review_list(args: argparse.Namespace) -> None:
+    with registry(settings()).session() as session:
+        images = queries.pending_images(
+            session, project_slug=args.project, character_slug=args.character, limit=args.limit
+        )
+        if not images:
+            print("no pending images")
+        for image in images:
+            params = image.generation_params or {}
+            detail = f"seed {params['seed']}" if "seed" in params else image.origin
+            print(f"{image.id:>6}  {image.character.slug:<20} {image.path}  {detail}")
+
+
+def cmd_review_approve(args: argparse.Namespace) -> None:
+    from lora_pipeline import actions
+
+    actions.approve_images(registry(settings()), args.image_ids, reviewer=args.reviewer)
+    print(f"approved {', '.join(map(str, args.image_ids))}")
+
+
+def cmd_review_reject(args: argparse.Namespace) -> None:
+    from lora_pipeline import actions
+
+    terms = actions.reject_image(
+        registry(settings()),
+        args.image_id,
+        [c.replace("-", "_") for c in args.category],
+        notes=args.notes,
+        prompt_edit=args.prompt_edit,
+        reviewer=args.reviewer,
+    )
+    avoided = ", ".join(terms) or "none"
+    print(f"rejected {args.image_id}; negative terms for the regeneration: {avoided}")
+
+
+def register(sub: Subcommands) -> None:
+    review_app = sub.add_parser(
+        "review", help="start the review web app on 127.0.0.1, or review from the terminal"
+    )
+    review_app.add_argument("--host", default="127.0.0.1")
+    review_app.add_argument("--port", type=int, default=8765)
+    review_app.add_argument(
+        "--token",
+        default=None,
+        help="access token, required to bind a non-loopback address "
+        "(default: $LORA_PIPELINE_REVIEW_TOKEN)",
+    )
+    review_app.set_defaults(func=cmd_review_serve)
+    review = review_app.add_subparsers(dest="action")
+    rlist = review.add_parser("list", help="pending images")
+    rlist.add_argument("--project")
+    rlist.add_argument("--character")
+    rlist.add_argument("--limit", type=int, default=50)
+    rlist.set_defaults(func=cmd_review_list)
+    rapprove = review.add_parser("approve", help="approve images")
+    rapprove.add_argument("image_ids", type=typed("image id", POSITIVE_WHOLE), nargs="+")
+    rapprove.add_argument("--reviewer", default=login_name())
+    rapprove.set_defaults(func=cmd_review_approve)
+    rreject = review.add_parser("reject", help="reject an image with feedback")
+    rreject.add_argument("image_id", type=typed("image id", POSITIVE_WHOLE))
+    rreject.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        choices=[c.replace("_", "-") for c in commands.REJECTION_CATEGORIES]
+        + list(commands.REJECTION_CATEGORIES),
+        help="repeatable",
+    )
+    rreject.add_argument("--notes", default="")
+    rreject.add_argument("--prompt-edit", help="new design prompt for all future generations")
+    rreject.add_argument("--reviewer", default=login_name())
+    rreject.set_defaults(func=cmd_review_reject)
