@@ -15,8 +15,14 @@ from pathlib import Path
 from lora_pipeline.generation.negatives import configured_negative_table, negative_terms_for
 from lora_pipeline.generation.service import request_generation as record_generation_request
 from lora_pipeline.media.store import DataRoot
-from lora_pipeline.media.uploads import MAX_UPLOAD_BYTES, store_upload
+from lora_pipeline.media.uploads import (
+    MAX_UPLOAD_BYTES,
+    discard_upload,
+    store_upload,
+    sweep_incoming,
+)
 from lora_pipeline.registry import commands
+from lora_pipeline.registry.commands.sources import retry_source
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.errors import InvalidInputError
 
@@ -40,7 +46,8 @@ class IngestRequest:
 
 
 def is_url(text: str) -> bool:
-    return text.lower().startswith(URL_SCHEMES)
+    """Whether an ingest argument is a URL (any case: `HTTP://...` is one), not a file."""
+    return text.strip().lower().startswith(URL_SCHEMES)
 
 
 def ingest_target(registry: Registry, character: str | None, project: str | None) -> IngestTarget:
@@ -66,14 +73,23 @@ def request_ingest(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> IngestRequest:
     """Record an ingest request of a URL or of a local file (stored in the data root first);
-    the ingest sensor runs it."""
+    the ingest sensor runs it. A refused request leaves no stored upload behind."""
     if file is not None:
+        sweep_incoming(root)  # what crashed uploads left
         stored = store_upload(file, root, max_bytes=max_upload_bytes)
-        kind, uri = stored.kind, stored.relpath
-    elif url:
-        kind, uri = "url", url
-    else:
-        raise InvalidInputError("give a video URL or choose a file to upload")
+        try:
+            return _record_ingest(registry, target, stored.kind, stored.relpath, fps, max_frames)
+        except BaseException:
+            discard_upload(root, stored)
+            raise
+    if url and url.strip():
+        return _record_ingest(registry, target, "url", url.strip(), fps, max_frames)
+    raise InvalidInputError("give a video URL or choose a file to upload")
+
+
+def _record_ingest(
+    registry: Registry, target: IngestTarget, kind: str, uri: str, fps: float, max_frames: int
+) -> IngestRequest:
     with registry.session() as session:
         source = commands.create_source(
             session,
@@ -86,6 +102,14 @@ def request_ingest(
             max_frames=max_frames,
         )
         return IngestRequest(source.id, kind, target.mode)
+
+
+def retry_ingest(registry: Registry, source_id: int) -> IngestRequest:
+    """Put a failed source back to pending; the ingest sensor runs it again (its frames
+    recorded before the failure are kept, and not recorded twice)."""
+    with registry.session() as session:
+        source = retry_source(session, source_id)
+        return IngestRequest(source.id, source.kind, source.mode)
 
 
 def request_generation(

@@ -168,6 +168,9 @@ class Settings(BaseSettings):
         None, ge=0, description="smallest variance of the Laplacian of a kept frame (unset: off)"
     )
     min_side: int = Field(128, ge=1, description="smallest frame side kept at ingest, in pixels")
+    download_stall_s: float = Field(
+        20.0, gt=0, le=3600, description="a download with no data for this many seconds fails"
+    )
     # --- dataset ---
     face_detector: str | None = Field(
         None, description="`face.onnx` (YOLO-style) or `insightface:<root>[#pack]` for "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lora_pipeline.cli.common import CliError, Subcommands, registry, settings
 from lora_pipeline.config import Settings
+from lora_pipeline.generation_settings import POSITIVE_WHOLE, parse_number
 from lora_pipeline.registry import queries
 from lora_pipeline.registry.db import Registry
 
@@ -18,6 +19,11 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     if args.comfyui_output:
         _ingest_comfyui_output(args)
         return
+    if _is_retry(args):
+        _retry(args)
+        return
+    if args.source_id is not None:
+        raise CliError(f"unexpected argument {args.source_id!r}: give one URL or file")
     if not args.source or not (args.character or args.project):
         raise CliError("give a URL or file and --character or --project (or --comfyui-output)")
     current = settings()
@@ -36,6 +42,27 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     print(f"ingest request {created.source_id} created ({created.kind}, {created.mode} mode)")
     if args.now:
         _ingest_now(current, store, created.source_id)
+    else:
+        print("the ingest sensor starts it under `lora-pipeline ui`; or pass --now")
+
+
+def _is_retry(args: argparse.Namespace) -> bool:
+    """`ingest retry ID`; a file really named `retry` is still ingested (give it as ./retry)."""
+    return args.source == "retry" and (args.source_id is not None or not Path("retry").exists())
+
+
+def _retry(args: argparse.Namespace) -> None:
+    from lora_pipeline import actions
+
+    if args.source_id is None:
+        raise CliError("give the id of the failed source: lora-pipeline ingest retry SOURCE_ID")
+    source_id = parse_number(args.source_id, "source id", POSITIVE_WHOLE)
+    current = settings()
+    store = registry(current)
+    retried = actions.retry_ingest(store, int(source_id))
+    print(f"ingest {retried.source_id} is pending again ({retried.kind}, {retried.mode} mode)")
+    if args.now:
+        _ingest_now(current, store, retried.source_id)
     else:
         print("the ingest sensor starts it under `lora-pipeline ui`; or pass --now")
 
@@ -113,8 +140,12 @@ def register(sub: Subcommands) -> None:
         "ingest", help="request an ingest of a URL, video or image, or scan ComfyUI's outputs"
     )
     ingest.add_argument(
-        "source", nargs="?", help="a URL (YouTube or any yt-dlp site) or a local file"
+        "source",
+        nargs="?",
+        help="a URL (YouTube or any yt-dlp site) or a local file; or `retry SOURCE_ID` to run "
+        "a failed ingest again",
     )
+    ingest.add_argument("source_id", nargs="?", metavar="SOURCE_ID", help=argparse.SUPPRESS)
     target = ingest.add_mutually_exclusive_group()
     target.add_argument("--character", help="single-character mode")
     target.add_argument(

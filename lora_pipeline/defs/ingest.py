@@ -14,6 +14,7 @@ from lora_pipeline.media.frames import FrameFilters, FrameStats
 from lora_pipeline.media.images import InvalidImageError, load_image
 from lora_pipeline.media.ingest import IngestOptions, ingest_source
 from lora_pipeline.media.store import DataRoot
+from lora_pipeline.media.uploads import sweep_incoming
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.vision.classify import (
@@ -105,7 +106,11 @@ def ingested_frames(
     options = IngestOptions(
         filters=frame_filters(settings, config),
         comfyui_output_dir=Path(comfyui_dir) if comfyui_dir else None,
+        stall_s=settings.download_stall_s,
+        # Recorded on each source: the stuck-job schedule fails those whose run died.
+        run_id=context.run_id,
     )
+    sweep_incoming(root)
     source_ids = config.source_ids or _pending_source_ids(reg, context.partition_key)
     outcomes = [ingest_source(reg, root, sid, context.log.info, options) for sid in source_ids]
     total = FrameStats()

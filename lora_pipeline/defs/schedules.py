@@ -1,10 +1,12 @@
-"""Schedules: sweep stuck generation jobs, and check every dataset version nightly."""
+"""Schedules: sweep stuck generation jobs and ingests whose run died, and check every dataset
+version nightly."""
 
 from datetime import timedelta
 
 from dagster import (
     AssetKey,
     AssetObservation,
+    DagsterInstance,
     DefaultScheduleStatus,
     Failure,
     MetadataValue,
@@ -17,7 +19,10 @@ from dagster import (
 from lora_pipeline.dataset.quality import files_match_manifest
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.generation.service import clear_stuck_jobs
+from lora_pipeline.media.claims import is_claimed
 from lora_pipeline.registry import queries
+from lora_pipeline.registry.commands.sources import fail_dead_sources
+from lora_pipeline.registry.models import Source
 
 STUCK_AFTER = timedelta(minutes=30)
 
@@ -33,6 +38,34 @@ def sweep_stuck_generation_jobs(
     context.log.info(f"marked {len(cleared.failed)} stuck generation jobs failed: {cleared.failed}")
     if cleared.cancelled or cleared.cancel_errors:
         context.log.info(f"ComfyUI: {cleared.cancelled}; could not stop: {cleared.cancel_errors}")
+
+
+def dead_ingest_reason(instance: DagsterInstance, run_id: str | None) -> str:
+    """Why a source left `running` is failed: its run ended, or its process died."""
+    run = instance.get_run_by_id(run_id) if run_id else None
+    if run is not None and run.is_finished:
+        return f"its ingest run {run_id[:8]} ended ({run.status.value.lower()}) mid-way"
+    named = f"run {run_id[:8]}" if run_id else "no Dagster run"
+    return f"the process ingesting it ({named}) died mid-way (killed or crashed); retry it"
+
+
+@op
+def fail_dead_ingests(
+    context: OpExecutionContext, registry: RegistryResource, data_root: DataRootResource
+) -> None:
+    """Sources still `running` that no live process is ingesting (their process holds no lock:
+    killed, crashed, out of memory) are marked failed with the reason, to be retried."""
+    root = data_root.get()
+
+    def alive(source: Source) -> bool:
+        return is_claimed(root, source.id)
+
+    def reason(source: Source) -> str:
+        return dead_ingest_reason(context.instance, source.run_id)
+
+    with registry.get().session() as session:
+        failed = fail_dead_sources(session, alive, reason)
+    context.log.info(f"marked {len(failed)} ingests whose run died failed: {failed}")
 
 
 @op
@@ -65,9 +98,10 @@ def check_dataset_versions(
         raise Failure(f"dataset versions changed on disk: {sorted(broken)}", metadata=broken)
 
 
-@job(description="Mark generation jobs that have been stuck for 30 minutes as failed.")
+@job(description="Mark generation jobs stuck for 30 minutes, and ingests whose run died, failed.")
 def sweep_stuck_jobs_job() -> None:
     sweep_stuck_generation_jobs()
+    fail_dead_ingests()
 
 
 @job(description="Verify every character's latest dataset version against its manifest.")

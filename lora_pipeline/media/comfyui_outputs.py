@@ -148,8 +148,8 @@ def read_generation_params(path: Path) -> dict[str, Any] | None:
             if text is None:
                 image.load()  # chunks after the pixel data are read only with them
                 text = image.info.get("prompt")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None  # the picture itself is checked (and refused) when it is loaded
     if not isinstance(text, str):
         return None
     try:

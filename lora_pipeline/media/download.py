@@ -1,32 +1,46 @@
-"""Download one video with yt-dlp's Python API into `<dest>/<extractor>/<id>.<ext>`.
+"""Download one video with yt-dlp's Python API into a cache folder of its own per request.
 
-A video is identified by yt-dlp's (extractor, id), so the same video reached through two URLs is
-downloaded once. A small per-URL index lets a repeated URL skip even the metadata request.
+The cache is keyed by what was asked: the whole URL (normalised: scheme and host lower case,
+default port, fragment and credentials dropped) and the format choice. Two URLs that end in the
+same file name are two entries, never one file. A download lands in a scratch folder, is read
+whole by ffmpeg (`verify_video`) and only then renamed into the cache in one step, so a broken
+download is never cached and the next attempt (after the server is fixed) starts afresh.
+Only http(s) URLs are given to yt-dlp; it opens no `file:` URL, and a redirect elsewhere fails.
+User names and passwords never appear in a message, a log line or the cache index.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import yt_dlp
 from yt_dlp.utils import DownloadError, YoutubeDLError
 
 from lora_pipeline.errors import PipelineError
-from lora_pipeline.files import atomic_write_text
+from lora_pipeline.files import atomic_folder
+from lora_pipeline.media.store import disk_message
+from lora_pipeline.media.video import VideoError, verify_video
 
 # yt-dlp's own temporary names next to the finished file.
 _PARTIAL_SUFFIXES = (".part", ".ytdl", ".temp", ".tmp", ".json")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-_URL_INDEX_DIR = ".url-index"
-_SOCKET_TIMEOUT_S = 20
+_INFO_FILE = "info.json"
+# How long a transfer may go without a byte before it fails (Settings.download_stall_s).
+DEFAULT_STALL_S = 20.0
 _RETRIES = 2
+# Scratch folders of downloads a crash interrupted are removed after this long.
+_SCRATCH_MAX_AGE_S = 24 * 3600.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # (pattern in yt-dlp's message, human reason); the first match wins.
 _REASONS: tuple[tuple[str, str], ...] = (
@@ -45,10 +59,11 @@ _REASONS: tuple[tuple[str, str], ...] = (
     (r"http error 404|404: not found", "not found (HTTP 404)"),
     (r"http error 403|forbidden", "access denied (HTTP 403)"),
     (r"http error (\d{3})", "the server answered HTTP {0}"),
+    (r"timed out|did not get any data blocks", "no data for {stall} s"),
     (r"live event will begin|is a live|live stream", "live streams cannot be downloaded"),
     (r"requested format is not available|no video formats", "no downloadable video format"),
     (
-        r"timed out|connection refused|name or service not known|nodename nor servname|"
+        r"connection refused|name or service not known|nodename nor servname|"
         r"temporary failure in name resolution|network is unreachable|unable to download webpage|"
         r"urlopen error|connection reset|remote end closed",
         "the site is unreachable",
@@ -73,34 +88,52 @@ class DownloadedVideo:
 def clean_message(message: str) -> str:
     """yt-dlp's error text as one plain line: no colours, no 'ERROR:' or '[site] id:' tags."""
     text = _ANSI.sub("", message)
-    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    # yt-dlp may put a carriage return after its 'ERROR:' tag: the first line with words wins.
+    for part in text.splitlines():
+        line = _untagged(part.strip())
+        if line:
+            return " ".join(line.split())
+    return ""
+
+
+def _untagged(line: str) -> str:
     while True:
         stripped = re.sub(r"^(ERROR|WARNING):\s*", "", line)
         stripped = re.sub(r"^\[[\w:.-]+\]\s*(?:[\w.-]+:\s+)?", "", stripped)
         if stripped == line:
-            break
+            return line
         line = stripped
-    return " ".join(line.split())
 
 
-def human_reason(message: str) -> str:
+def human_reason(message: str, stall_s: float = DEFAULT_STALL_S) -> str:
     """The short reason for a yt-dlp failure: private, removed, geo-blocked, unreachable, ..."""
     cleaned = clean_message(message)
     lowered = cleaned.lower()
     for pattern, reason in _REASONS:
         match = re.search(pattern, lowered)
         if match:
-            return reason.format(*match.groups())
+            return reason.format(*match.groups(), stall=f"{stall_s:g}")
     return cleaned or "unknown yt-dlp error"
 
 
-def _check_url(url: str) -> None:
+def normalise_url(url: str) -> str:
+    """The URL as the cache knows it: http(s) only, scheme and host in lower case, no default
+    port, no fragment, no user name or password. DownloadFailed for anything else."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(url.strip())
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or ""), parts.port
     except ValueError as exc:
-        raise DownloadFailed(f"not a valid URL: {url!r}") from exc
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise DownloadFailed(f"only http(s) URLs can be downloaded, not {url[:80]!r}")
+        raise DownloadFailed(f"not a valid URL: {redact(url)[:80]!r}") from exc
+    if scheme not in _DEFAULT_PORTS or not host:
+        raise DownloadFailed(f"only http(s) URLs can be downloaded, not {redact(url)[:80]!r}")
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def redact(text: str) -> str:
+    """`text` with the user name and password of every URL in it left out."""
+    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@", r"\1", text)
 
 
 class _QuietLogger:
@@ -155,10 +188,16 @@ def _progress_hook(progress: Callable[[str], None]) -> Callable[[dict[str, Any]]
     return hook
 
 
-def _options(
-    dest_dir: Path, max_height: int, progress: Callable[[str], None] | None
-) -> dict[str, Any]:
+def format_choice(max_height: int) -> str:
+    """yt-dlp's format: the best up to max_height; a site that has none that small gives its
+    smallest, never a 4K file we would only shrink."""
     height = int(max_height)
+    return f"bv*[height<={height}]/b[height<={height}]/wv*/w"
+
+
+def _options(
+    scratch: Path, max_height: int, stall_s: float, progress: Callable[[str], None] | None
+) -> dict[str, Any]:
     return {
         "quiet": True,
         "no_warnings": True,
@@ -169,15 +208,19 @@ def _options(
         # A channel or playlist URL is refused; do not list its entries to find that out.
         "extract_flat": "in_playlist",
         "playlist_items": "1",
-        # The best format up to max_height; a site that has none that small gives its
-        # smallest, never a 4K file we would only shrink.
-        "format": f"bv*[height<={height}]/b[height<={height}]/wv*/w",
-        "outtmpl": {"default": "%(extractor)s/%(id)s.%(ext)s"},
-        "paths": {"home": str(dest_dir)},
+        "format": format_choice(max_height),
+        "outtmpl": {"default": "%(id)s.%(ext)s"},
+        "paths": {"home": str(scratch)},
+        # Never a local file (also not through a redirect or a page naming one), and no
+        # external program (ffmpeg would follow whatever a manifest names).
+        "enable_file_urls": False,
+        "external_downloader": {"default": "native"},
+        "hls_prefer_native": True,
         "restrictfilenames": True,
         "windowsfilenames": True,
         "overwrites": False,
-        "socket_timeout": _SOCKET_TIMEOUT_S,
+        # A read that waits this long fails; a stalled server is not waited on for minutes.
+        "socket_timeout": stall_s,
         "retries": _RETRIES,
         "fragment_retries": _RETRIES,
         "extractor_retries": 1,
@@ -186,66 +229,44 @@ def _options(
     }
 
 
-def _inside(dest_dir: Path, path: Path) -> Path:
+def _inside(folder: Path, path: Path) -> Path:
     resolved = path.resolve()
-    if not resolved.is_relative_to(dest_dir):
-        raise DownloadFailed(f"yt-dlp chose a file outside {dest_dir}: {path}")
+    if not resolved.is_relative_to(folder):
+        raise DownloadFailed(f"yt-dlp chose a file outside {folder}: {path.name}")
     return resolved
 
 
-def _existing_file(expected: Path) -> Path | None:
-    """The finished file for this video id, whatever extension an earlier run got."""
-    if expected.is_file() and expected.stat().st_size > 0:
-        return expected
-    if not expected.parent.is_dir():
-        return None
-    for candidate in sorted(expected.parent.glob(f"{_glob_escape(expected.stem)}.*")):
-        if candidate.suffix in _PARTIAL_SUFFIXES or not candidate.is_file():
-            continue
-        if candidate.stem == expected.stem and candidate.stat().st_size > 0:
-            return candidate
-    return None
+def cache_key(url: str, max_height: int) -> str:
+    """The cache entry of a request: the normalised URL and the format choice."""
+    text = normalise_url(url) + "\n" + format_choice(max_height)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
+def _entry_dir(dest_dir: Path, key: str) -> Path:
+    return dest_dir / key[:2] / key
 
 
-def _index_path(dest_dir: Path, url: str) -> Path:
-    return dest_dir / _URL_INDEX_DIR / f"{hashlib.sha256(url.encode()).hexdigest()}.json"
-
-
-def _from_index(dest_dir: Path, url: str) -> DownloadedVideo | None:
-    index = _index_path(dest_dir, url)
+def _from_cache(entry: Path, url: str) -> DownloadedVideo | None:
+    """The verified download of this entry, or None (absent, or damaged since)."""
     try:
-        entry = json.loads(index.read_text())
-        path = _inside(dest_dir, dest_dir / entry["path"])
+        info = json.loads((entry / _INFO_FILE).read_text())
+        path = _inside(entry, entry / str(info["file"]))
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        return DownloadedVideo(
+            path=path,
+            video_id=str(info["video_id"]),
+            extractor=str(info["extractor"]),
+            title=str(info["title"]),
+            url=url,
+            cached=True,
+        )
     except (OSError, ValueError, KeyError, TypeError, DownloadFailed):
         return None
-    if not path.is_file() or path.stat().st_size == 0:
-        return None
-    return DownloadedVideo(
-        path=path,
-        video_id=str(entry["video_id"]),
-        extractor=str(entry["extractor"]),
-        title=str(entry["title"]),
-        url=url,
-        cached=True,
-    )
-
-
-def _remember(dest_dir: Path, video: DownloadedVideo) -> None:
-    entry = {
-        "path": video.path.relative_to(dest_dir).as_posix(),
-        "video_id": video.video_id,
-        "extractor": video.extractor,
-        "title": video.title,
-        "url": video.url,
-    }
-    atomic_write_text(_index_path(dest_dir, video.url), json.dumps(entry))
 
 
 def _single_video(info: dict[str, Any] | None, url: str) -> dict[str, Any]:
+    url = redact(url)
     if not info:
         raise DownloadFailed(f"cannot download {url}: no video found")
     if info.get("_type") in ("playlist", "multi_video") or "entries" in info:
@@ -257,15 +278,48 @@ def _single_video(info: dict[str, Any] | None, url: str) -> dict[str, Any]:
     return info
 
 
-def _downloaded_path(ydl: yt_dlp.YoutubeDL, info: dict[str, Any], dest_dir: Path) -> Path:
+def _downloaded_path(info: dict[str, Any], scratch: Path) -> Path:
     for item in info.get("requested_downloads") or []:
         filepath = item.get("filepath")
         if filepath and Path(filepath).is_file():
-            return _inside(dest_dir, Path(filepath))
-    found = _existing_file(_inside(dest_dir, Path(ydl.prepare_filename(info))))
-    if found is None:
-        raise DownloadFailed(f"yt-dlp finished but no file for {info.get('id')} is in {dest_dir}")
-    return found
+            return _inside(scratch, Path(filepath))
+    found = [p for p in scratch.iterdir() if p.is_file() and p.suffix not in _PARTIAL_SUFFIXES]
+    if len(found) != 1:
+        raise DownloadFailed("yt-dlp finished but left no single video file")
+    return found[0]
+
+
+def _fetch(url: str, scratch: Path, max_height: int, stall_s: float, progress: Any) -> dict:
+    """Download into `scratch`; the video's info with its file as `_file`."""
+    with yt_dlp.YoutubeDL(_options(scratch, max_height, stall_s, progress)) as ydl:
+        info = _single_video(ydl.extract_info(url, download=False), url)
+        info = ydl.process_ie_result(info, download=True)
+        path = _downloaded_path(info, scratch)
+    for leftover in scratch.iterdir():
+        if leftover != path:
+            with contextlib.suppress(OSError):
+                leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)
+    return {**info, "_file": path}
+
+
+def _verify(path: Path, shown: str) -> None:
+    """A download is cached only when ffmpeg reads it whole."""
+    try:
+        verify_video(path)
+    except VideoError as exc:
+        reason = str(exc).removeprefix(f"{path.name}: ")
+        raise DownloadFailed(
+            f"cannot download {shown}: the download is no usable video ({reason})"
+        ) from exc
+
+
+def sweep_scratch(dest_dir: Path, max_age_s: float = _SCRATCH_MAX_AGE_S) -> None:
+    """Remove the scratch folders of downloads a crash or kill interrupted."""
+    cutoff = time.time() - max_age_s
+    for scratch in Path(dest_dir).glob("*/.*.tmp"):
+        with contextlib.suppress(OSError):
+            if scratch.is_dir() and scratch.stat().st_mtime < cutoff:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def download_video(
@@ -273,42 +327,50 @@ def download_video(
     dest_dir: Path,
     progress: Callable[[str], None] | None = None,
     max_height: int = 1080,
+    stall_s: float = DEFAULT_STALL_S,
 ) -> DownloadedVideo:
     """Download one video (at most max_height pixels tall) or return the copy already there.
 
     Raises DownloadFailed with a one-line reason: private, removed, geo-blocked, not a video,
-    unreachable or an unsupported URL.
+    unreachable, no data for `stall_s` seconds, a broken download, or an unsupported URL.
     """
-    url = url.strip()
-    _check_url(url)
     if max_height < 1:
         raise ValueError(f"max_height must be positive, got {max_height}")
+    key, shown = cache_key(url, max_height), redact(url.strip())
     dest_dir = Path(dest_dir).expanduser()
     dest_dir.mkdir(parents=True, exist_ok=True)
-    dest_dir = dest_dir.resolve()
-    remembered = _from_index(dest_dir, url)
-    if remembered is not None:
-        return remembered
+    entry = _entry_dir(dest_dir.resolve(), key)
+    cached = _from_cache(entry, shown)
+    if cached is not None:
+        return cached
+    sweep_scratch(dest_dir)
     try:
-        with yt_dlp.YoutubeDL(_options(dest_dir, max_height, progress)) as ydl:
-            info = _single_video(ydl.extract_info(url, download=False), url)
-            expected = _inside(dest_dir, Path(ydl.prepare_filename(info)))
-            existing = _existing_file(expected)
-            cached = existing is not None
-            if existing is None:
-                info = ydl.process_ie_result(info, download=True)
-                existing = _downloaded_path(ydl, info, dest_dir)
+        with atomic_folder(entry) as scratch:
+            info = _fetch(url.strip(), scratch, max_height, stall_s, progress)
+            _verify(info["_file"], shown)
+            name = info["_file"].name
+            meta = {
+                "file": name,
+                "video_id": str(info["id"]),
+                "extractor": str(info["extractor"]),
+                "title": str(info.get("title") or info["id"]),
+                "url": normalise_url(url),
+            }
+            (scratch / _INFO_FILE).write_text(json.dumps(meta))
     except (DownloadError, YoutubeDLError) as exc:
-        raise DownloadFailed(f"cannot download {url}: {human_reason(str(exc))}") from exc
+        reason = human_reason(redact(str(exc)), stall_s)
+        raise DownloadFailed(f"cannot download {shown}: {reason}") from None
     except OSError as exc:
-        raise DownloadFailed(f"cannot download {url}: {exc.strerror or exc}") from exc
-    video = DownloadedVideo(
-        path=existing,
-        video_id=str(info["id"]),
-        extractor=str(info["extractor"]),
-        title=str(info.get("title") or info["id"]),
-        url=url,
-        cached=cached,
+        raise DownloadFailed(f"cannot download {shown}: {_os_reason(exc)}") from None
+    return DownloadedVideo(
+        path=entry.resolve() / name,
+        video_id=meta["video_id"],
+        extractor=meta["extractor"],
+        title=meta["title"],
+        url=shown,
+        cached=False,
     )
-    _remember(dest_dir, video)
-    return video
+
+
+def _os_reason(exc: OSError) -> str:
+    return redact(disk_message(exc))

@@ -4,14 +4,18 @@ Steps, each one thing: fetch the pictures (yt-dlp for URLs, the uploaded file, a
 ComfyUI output folder), extract frames with ffmpeg, drop what is not worth keeping (exact
 duplicates, a static shot's repeats, near-duplicates of this stream or of the character's
 dataset, blurry or tiny frames), store content-addressed PNGs, record a `Frame` row with
-provenance. A failing source is marked failed with a one-line reason; it never raises, so the
-other sources of the same run go on. A source already done is not ingested again.
+provenance. A failing source is marked failed with a one-line reason, whatever went wrong (a
+bad file, a full disk, a bug); it never raises, so the other sources of the same run go on.
+A source already done is not ingested again. A source records the run that took it, so one
+left `running` by a run that died (kill -9, lost worker) is found and failed later.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,14 +23,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from lora_pipeline.errors import PipelineError, first_line
+from lora_pipeline.errors import PipelineError, first_line, user_message
+from lora_pipeline.media.claims import claim_source
 from lora_pipeline.media.comfyui_outputs import output_path, read_generation_params
-from lora_pipeline.media.download import DownloadFailed, download_video
+from lora_pipeline.media.download import DEFAULT_STALL_S, download_video
 from lora_pipeline.media.frames import FrameFilters, FrameStats, IngestedFrame, store_unique_frames
 from lora_pipeline.media.images import InvalidImageError, load_image
 from lora_pipeline.media.phash import HashIndex, hash_from_hex, hash_to_hex, perceptual_hash
-from lora_pipeline.media.store import DataRoot, UnsafePathError
-from lora_pipeline.media.video import VideoError, VideoFrame, extract_frames
+from lora_pipeline.media.store import DataRoot, UnsafePathError, disk_message
+from lora_pipeline.media.video import VideoFrame, extract_frames
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import Source, utcnow
@@ -48,6 +53,10 @@ class IngestOptions:
     comfyui_output_dir: Path | None = None
     # Tallest video format downloaded from a URL.
     max_height: int = DEFAULT_MAX_HEIGHT
+    # A download with no data for this long fails (Settings.download_stall_s).
+    stall_s: float = DEFAULT_STALL_S
+    # The Dagster run ingesting, recorded on each source it takes.
+    run_id: str | None = None
 
 
 @dataclass
@@ -84,6 +93,16 @@ def ingest_source(
 ) -> SourceOutcome:
     """Ingest one source; its state ends as done or failed, with the reason."""
     options = options or IngestOptions()
+    with claim_source(root, source_id) as claimed:
+        if not claimed:
+            log(f"source {source_id} is being ingested by another run; left to it")
+            return SourceOutcome(source_id, "running")
+        return _ingest_claimed(registry, root, source_id, log, options)
+
+
+def _ingest_claimed(
+    registry: Registry, root: DataRoot, source_id: int, log: Log, options: IngestOptions
+) -> SourceOutcome:
     with registry.session() as session:
         source = session.get(Source, source_id)
         if source is None:
@@ -91,19 +110,56 @@ def ingest_source(
         if source.state == "done":
             log(f"source {source_id} was already ingested; nothing to do")
             return SourceOutcome(source_id, "done", video_id=source.video_id, already_done=True)
-        commands.set_source_state(session, source_id, "running", error=None)
-        kind, uri, fps, max_frames = source.kind, source.uri, source.fps, source.max_frames
-        known = _known_hashes(session, root, source, log)
+        commands.set_source_state(
+            session, source_id, "running", error=None, run_id=options.run_id, started_at=utcnow()
+        )
     outcome = SourceOutcome(source_id=source_id, state="done")
     try:
-        opened = _open_frames(root, kind, uri, fps, max_frames, log, options)
-        outcome.video_id = opened.video_id
-        filters = options.filters if kind in VIDEO_KINDS else _chosen_picture(options.filters)
-        frames = store_unique_frames(opened.frames, root, outcome.stats, filters, known)
-        _record_frames(registry, source_id, frames, opened, outcome, log)
-    except (SourceError, DownloadFailed, VideoError, InvalidImageError, UnsafePathError) as exc:
-        outcome.state, outcome.error = "failed", first_line(exc)
+        _ingest(registry, root, source_id, log, options, outcome)
+    except BaseException as exc:
+        # Anything at all: the source must not stay `running`. An interrupt still stops the run.
+        outcome.state, outcome.error = "failed", _reason(exc)
         log(f"source {source_id} failed: {outcome.error}")
+        if not isinstance(exc, PipelineError):
+            log("".join(traceback.format_exception(exc, limit=-8)))
+        if not isinstance(exc, Exception):
+            _finish(registry, source_id, outcome)
+            raise
+    _finish(registry, source_id, outcome)
+    _log_summary(source_id, outcome, log)
+    return outcome
+
+
+def _ingest(
+    registry: Registry,
+    root: DataRoot,
+    source_id: int,
+    log: Log,
+    options: IngestOptions,
+    outcome: SourceOutcome,
+) -> None:
+    with registry.session() as session:
+        source = session.get(Source, source_id)
+        assert source is not None  # checked by the caller
+        kind, uri, fps, max_frames = source.kind, source.uri, source.fps, source.max_frames
+        known = _known_hashes(session, root, source, log)
+    opened = _open_frames(root, kind, uri, fps, max_frames, log, options)
+    outcome.video_id = opened.video_id
+    filters = options.filters if kind in VIDEO_KINDS else _chosen_picture(options.filters)
+    frames = store_unique_frames(opened.frames, root, outcome.stats, filters, known)
+    _record_frames(registry, source_id, frames, opened, outcome, log)
+
+
+def _reason(exc: BaseException) -> str:
+    """The one line a failed source shows: the error's own, a full disk, or an interruption."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return disk_message(exc)
+    if not isinstance(exc, Exception):
+        return f"the run was interrupted ({type(exc).__name__})"
+    return first_line(exc) if isinstance(exc, PipelineError) else user_message(exc)
+
+
+def _finish(registry: Registry, source_id: int, outcome: SourceOutcome) -> None:
     with registry.session() as session:
         commands.set_source_state(
             session,
@@ -114,8 +170,6 @@ def ingest_source(
             stats=outcome.stats.as_dict(),
             processed_at=utcnow(),
         )
-    _log_summary(source_id, outcome, log)
-    return outcome
 
 
 def _chosen_picture(filters: FrameFilters) -> FrameFilters:
@@ -160,7 +214,11 @@ def _open_frames(
     """The video id for provenance and a stream of frames, whatever the kind of source."""
     if kind == "url":
         video = download_video(
-            uri, root.dir("downloads"), progress=log, max_height=options.max_height
+            uri,
+            root.dir("downloads"),
+            progress=log,
+            max_height=options.max_height,
+            stall_s=options.stall_s,
         )
         log(f"{'cached' if video.cached else 'downloaded'} {video.extractor}:{video.video_id}")
         return _Opened(video.video_id, extract_frames(video.path, fps, max_frames))

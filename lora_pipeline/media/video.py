@@ -4,6 +4,12 @@ imageio-ffmpeg ships ffmpeg but no ffprobe, so `probe_video` reads the stream de
 `ffmpeg -i` prints on stderr. `extract_frames` runs one ffmpeg process that decodes, samples
 with the `fps` filter and converts to RGB24 on a pipe; Python only slices the pipe into frames,
 which keeps it close to the speed of bare ffmpeg.
+
+ffmpeg only ever reads the one file it is given: the container is recognised here from its
+first bytes (a short list of real video containers), ffmpeg is told that demuxer with `-f`,
+and `-protocol_whitelist file` stops anything inside the file from opening a URL. A playlist
+or manifest (HLS, DASH, ffconcat, m3u) would make ffmpeg read the files it names; it is no
+video container and is refused before ffmpeg sees it.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class VideoInfo:
     width: int
     height: int
     fps: float
+    container: Container
 
 
 @dataclass
@@ -80,9 +87,84 @@ def _has_encoder(name: str) -> bool:
     return any(line.split()[1:2] == [name] for line in result.stdout.splitlines())
 
 
-def _input_url(path: Path) -> str:
+@dataclass(frozen=True)
+class Container:
+    demuxer: str  # the ffmpeg demuxer forced with -f
+    suffix: str  # the file name suffix a stored copy gets
+
+
+_HEAD_BYTES = 4096
+# Text that makes a file a list of other files or URLs rather than a video.
+_PLAYLIST_MARKERS = (b"#extm3u", b"#ext-x-", b"<mpd", b"ffconcat", b"[playlist]", b"<smil")
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+class PlaylistError(VideoError):
+    """A playlist or manifest: it names other files, so ffmpeg is never given it."""
+
+
+def _read_head(path: Path) -> bytes:
+    with Path(path).open("rb") as handle:
+        return handle.read(_HEAD_BYTES)
+
+
+def is_playlist(head: bytes) -> bool:
+    """Whether the first bytes of a file are a playlist or manifest (HLS, DASH, m3u, ...)."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return any(marker in text[:1024] for marker in _PLAYLIST_MARKERS) or text.startswith(b"file ")
+
+
+def _mpegts(head: bytes) -> bool:
+    return len(head) >= 377 and head[0] == head[188] == head[376] == 0x47
+
+
+def sniff_container(head: bytes) -> Container | None:
+    """The video container the bytes start with, from a short list; None for anything else."""
+    if head[4:8] in _ISO_BOXES:
+        return Container("mov", ".mov" if head[8:12] == b"qt  " else ".mp4")
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return Container("matroska", ".webm" if b"webm" in head[:64] else ".mkv")
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return Container("avi", ".avi")
+    if head.startswith(b"FLV\x01"):
+        return Container("flv", ".flv")
+    if head.startswith(b"OggS"):
+        return Container("ogg", ".ogv")
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return Container("asf", ".wmv")
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return Container("mpeg", ".mpg")
+    if _mpegts(head):
+        return Container("mpegts", ".ts")
+    return None
+
+
+def detect_container(path: Path) -> Container:
+    """The container of a video file; VideoError (PlaylistError) when it is none we read."""
+    path = Path(path)
+    _check_file(path)
+    head = _read_head(path)
+    if is_playlist(head):
+        raise PlaylistError(
+            f"{path.name}: a playlist or manifest, which names other files; "
+            "give the video file itself"
+        )
+    container = sniff_container(head)
+    if container is None:
+        from lora_pipeline.media.images import sniff_image_format
+
+        if sniff_image_format(path) is not None:
+            raise VideoError(f"{path.name}: not a video (a still image)")
+        raise VideoError(f"{path.name}: not a readable video (no known video container)")
+    return container
+
+
+def _input_args(path: Path, container: Container) -> list[str]:
+    """ffmpeg's input: the one local file, read with the detected demuxer and no protocol
+    but `file` (so nothing the file says can open another file or a URL)."""
     # "file:" stops ffmpeg from reading a name like "concat:..." or "-x" as a protocol/option.
-    return "file:" + str(path.resolve())
+    url = "file:" + str(path.resolve())
+    return ["-protocol_whitelist", "file", "-f", container.demuxer, "-i", url]
 
 
 def _error_reason(stderr: str) -> str:
@@ -148,10 +230,10 @@ def _display_size(stream_block: list[str]) -> tuple[int, int]:
     return width, height
 
 
-def _duration_by_remux(path: Path) -> float:
+def _duration_by_remux(path: Path, container: Container) -> float:
     """Duration of containers that do not declare one, by copying packets (no decoding)."""
     result = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _input_url(path)]
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", *_input_args(path, container)]
         + ["-map", "0:V:0", "-c", "copy", "-f", "null", "-"],
         capture_output=True,
         text=True,
@@ -166,10 +248,10 @@ def _duration_by_remux(path: Path) -> float:
 def probe_video(path: Path) -> VideoInfo:
     """Read duration, frame size and frame rate; VideoError if it is not a readable video."""
     path = Path(path)
-    _check_file(path)
+    container = detect_container(path)
     try:
         result = subprocess.run(
-            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _input_url(path)],
+            [ffmpeg_exe(), "-hide_banner", "-nostdin", *_input_args(path, container)],
             capture_output=True,
             text=True,
             errors="replace",
@@ -189,10 +271,15 @@ def probe_video(path: Path) -> VideoInfo:
         raise VideoError(f"{path.name}: not a video (no readable video stream)")
     width, height = _display_size(block)
     duration = re.search(r"Duration: (\d+:\d{2}:\d{2}(?:\.\d+)?)", stderr)
-    duration_s = _parse_timestamp(duration.group(1)) if duration else _duration_by_remux(path)
+    duration_s = (
+        _parse_timestamp(duration.group(1)) if duration else _duration_by_remux(path, container)
+    )
     if duration_s <= 0:
         raise VideoError(f"{path.name}: not a video (no duration; empty or a single picture)")
-    return VideoInfo(duration_s=duration_s, width=width, height=height, fps=_parse_fps(block[0]))
+    fps = _parse_fps(block[0])
+    return VideoInfo(
+        duration_s=duration_s, width=width, height=height, fps=fps, container=container
+    )
 
 
 def verify_video(path: Path) -> VideoInfo:
@@ -210,7 +297,8 @@ def verify_video(path: Path) -> VideoInfo:
     try:
         result = subprocess.run(
             [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
-            + ["-i", _input_url(Path(path)), "-map", "0:V:0", "-c", "copy", "-f", "null", "-"],
+            + _input_args(Path(path), info.container)
+            + ["-map", "0:V:0", "-c", "copy", "-f", "null", "-"],
             capture_output=True,
             text=True,
             errors="replace",
@@ -226,8 +314,8 @@ def verify_video(path: Path) -> VideoInfo:
     return info
 
 
-def _extract_command(video: Path, fps: float, max_frames: int, size: tuple[int, int]) -> list[str]:
-    width, height = size
+def _extract_command(video: Path, fps: float, max_frames: int, info: VideoInfo) -> list[str]:
+    width, height = info.width, info.height
     # The explicit scale pins the frame size we slice the pipe by, whatever ffmpeg's
     # autorotation does; at equal size it is the same swscale pass ffmpeg would insert anyway.
     video_filter = f"fps={fps:.6g},scale={width}:{height}"
@@ -237,8 +325,7 @@ def _extract_command(video: Path, fps: float, max_frames: int, size: tuple[int, 
         "-nostdin",
         "-loglevel",
         "error",
-        "-i",
-        _input_url(video),
+        *_input_args(video, info.container),
         "-map",
         "0:V:0",  # capital V: the first video stream that is not cover art
         "-an",
@@ -306,18 +393,18 @@ def extract_frames(video: Path, fps: float, max_frames: int) -> Iterator[VideoFr
             f"{video.name}: frames of {info.width}x{info.height} are too large "
             f"(limit {MAX_FRAME_PIXELS} pixels)"
         )
-    return _stream_frames(video, fps, max_frames, (info.width, info.height))
+    return _stream_frames(video, fps, max_frames, info)
 
 
 def _stream_frames(
-    video: Path, fps: float, max_frames: int, size: tuple[int, int]
+    video: Path, fps: float, max_frames: int, info: VideoInfo
 ) -> Iterator[VideoFrame]:
-    width, height = size
-    frame_bytes = width * height * 3
+    size = (info.width, info.height)
+    frame_bytes = info.width * info.height * 3
     # A file, not a pipe, for the log: an unread stderr pipe could fill up and stall ffmpeg.
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            _extract_command(video, fps, max_frames, size),
+            _extract_command(video, fps, max_frames, info),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,

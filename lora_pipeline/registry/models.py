@@ -171,6 +171,10 @@ class Source(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
+    # The Dagster run that took the source and when: a `running` source whose run is no
+    # longer alive died with it, and the stuck-job schedule marks it failed.
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
 class Frame(Base):
     """A frame taken from a source, before it is sorted into characters.
@@ -200,7 +204,11 @@ class Frame(Base):
     # What made the picture, when the source says (a ComfyUI PNG's `prompt` graph).
     generation_params: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
 
-    __table_args__ = (UniqueConstraint("source_id", "sha256"),)
+    # A sampled frame is recorded once, even when a run after a kill samples it again.
+    __table_args__ = (
+        UniqueConstraint("source_id", "sha256"),
+        UniqueConstraint("source_id", "frame_index"),
+    )
 
 
 class Image(Base):

@@ -6,9 +6,12 @@ import pytest
 
 from lora_pipeline.media.download import (
     DownloadFailed,
+    cache_key,
     clean_message,
     download_video,
     human_reason,
+    normalise_url,
+    redact,
 )
 from lora_pipeline.media.store import sha256_file
 from lora_pipeline_tests.media.conftest import LocalServer
@@ -20,13 +23,15 @@ def test_direct_link_through_generic_extractor(tmp_path: Path, http_server: Loca
     video = download_video(url, tmp_path / "downloads", progress=lines.append)
     assert (video.extractor, video.video_id, video.title) == ("generic", "clip", "clip")
     assert video.url == url and not video.cached
-    assert video.path == (tmp_path / "downloads" / "generic" / "clip.mp4").resolve()
+    key = cache_key(url, 1080)
+    assert video.path == (tmp_path / "downloads" / key[:2] / key / "clip.mp4").resolve()
     assert sha256_file(video.path) == sha256_file(http_server.root / "clip.mp4")
     assert lines and lines[-1] == "download finished"
     assert any(line.startswith("100%") for line in lines)
     assert all(len(line) < 40 and "\n" not in line for line in lines)
     leftovers = [p.name for p in video.path.parent.iterdir() if p != video.path]
-    assert leftovers == []
+    assert leftovers == ["info.json"]
+    assert not list((tmp_path / "downloads").rglob("*.tmp"))
 
 
 def test_second_call_is_cached_without_requests(tmp_path: Path, http_server: LocalServer) -> None:
@@ -42,28 +47,33 @@ def test_second_call_is_cached_without_requests(tmp_path: Path, http_server: Loc
     assert first.path.stat().st_mtime_ns == mtime
 
 
-def test_same_video_by_another_url_is_not_downloaded_again(
+def test_a_leftover_scratch_folder_is_not_mistaken_for_cache(
     tmp_path: Path, http_server: LocalServer
 ) -> None:
-    first = download_video(http_server.url("clip.mp4"), tmp_path / "dl")
-    mtime = first.path.stat().st_mtime_ns
-    before = len(http_server.requests)
-    other = download_video(http_server.url("clip.mp4?utm=1"), tmp_path / "dl")
-    assert other.cached and other.path == first.path and other.video_id == "clip"
-    # Only yt-dlp's metadata probe reached the server; the file was not fetched again.
-    assert len(http_server.requests) - before == 1
-    assert first.path.stat().st_mtime_ns == mtime
-
-
-def test_partial_download_is_not_mistaken_for_cache(
-    tmp_path: Path, http_server: LocalServer
-) -> None:
-    partial = tmp_path / "dl" / "generic" / "clip.mp4.part"
-    partial.parent.mkdir(parents=True)
-    partial.write_bytes(b"\x00" * 10)
-    video = download_video(http_server.url("clip.mp4"), tmp_path / "dl")
+    url = http_server.url("clip.mp4")
+    key = cache_key(url, 1080)
+    scratch = tmp_path / "dl" / key[:2] / f".{key}.abc.tmp"
+    scratch.mkdir(parents=True)
+    (scratch / "clip.mp4.part").write_bytes(b"\x00" * 10)
+    video = download_video(url, tmp_path / "dl")
     assert not video.cached
     assert sha256_file(video.path) == sha256_file(http_server.root / "clip.mp4")
+
+
+def test_the_cache_key_is_the_whole_url_without_credentials() -> None:
+    assert normalise_url("HTTP://User:Secret@Example.COM:80/a/clip.mp4?x=1#t=3") == (
+        "http://example.com/a/clip.mp4?x=1"
+    )
+    assert cache_key("http://example.com/a/clip.mp4", 1080) != cache_key(
+        "http://example.com/b/clip.mp4", 1080
+    )
+    assert cache_key("http://example.com/a.mp4", 1080) != cache_key("http://example.com/a.mp4", 720)
+    assert cache_key("http://u:p@example.com/a.mp4", 720) == cache_key(
+        "http://example.com/a.mp4", 720
+    )
+    assert redact("cannot download https://me:hunter2@host/v: 403") == (
+        "cannot download https://host/v: 403"
+    )
 
 
 def _failure(url: str, dest: Path) -> str:
@@ -123,7 +133,7 @@ def test_messages_are_cleaned() -> None:
         ("ERROR: Unsupported URL: https://example.com/", "not a video page"),
         (
             "ERROR: [generic] x: Unable to download webpage: <urlopen error timed out>",
-            "unreachable",
+            "no data for 20 s",
         ),
         ("ERROR: [generic] x: Unable to download webpage: HTTP Error 500: Oops", "HTTP 500"),
         ("ERROR: [vimeo] 1: something new went wrong", "something new went wrong"),

@@ -57,7 +57,8 @@ def test_video_is_typed_by_content_not_name(
     path.write_bytes(synthetic_video.read_bytes())
     stored = store_upload(path, root)
     assert stored.kind == "video_upload"
-    assert stored.relpath == f"uploads/{sha256_file(synthetic_video)}.png"
+    # Stored under the suffix of what it is, never the name it came with.
+    assert stored.relpath == f"uploads/{sha256_file(synthetic_video)}.mp4"
     assert sha256_file(root.path(stored.relpath)) == sha256_file(synthetic_video)
     # Idempotent: the same upload again is the same stored file.
     assert store_upload(path, root) == stored
@@ -119,3 +120,73 @@ def test_decompression_bomb_is_refused(tmp_path: Path, root: DataRoot) -> None:
 def test_missing_file(tmp_path: Path, root: DataRoot) -> None:
     with pytest.raises(UploadError, match="no such file"):
         store_upload(tmp_path / "nope.mp4", root)
+
+
+def _playlists(video: Path) -> dict[str, bytes]:
+    """Playlists and manifests naming a video elsewhere on the machine, as an attacker would."""
+    return {
+        "clip.m3u8": f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{video}\n#EXT-X-ENDLIST\n",
+        "clip.mp4": f"\ufeff#EXTM3U\n#EXTINF:4,\nfile://{video}\n",
+        "clip.m3u": f"#EXTM3U\n{video}\n",
+        "clip.pls": f"[playlist]\nFile1={video}\nNumberOfEntries=1\n",
+        "clip.mpd": '<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011">'
+        f"<BaseURL>file://{video}</BaseURL></MPD>",
+        "clip.ffconcat": f"ffconcat version 1.0\nfile '{video}'\n",
+        "list.txt": f"file '{video}'\n",
+    }.items()
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_playlists_and_manifests_are_refused(
+    tmp_path: Path, root: DataRoot, synthetic_video: Path, index: int
+) -> None:
+    name, text = list(_playlists(synthetic_video))[index]
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UploadError, match="playlist or manifest|not a readable video") as error:
+        store_upload(path, root)
+    assert "\n" not in str(error.value)
+    assert not (root.root / "uploads").exists() and not (root.root / "images").exists()
+
+
+def test_a_real_video_named_like_a_playlist_is_stored_as_what_it_is(
+    tmp_path: Path, root: DataRoot, synthetic_video: Path
+) -> None:
+    path = tmp_path / "clip.m3u8"
+    path.write_bytes(synthetic_video.read_bytes())
+    stored = store_upload(path, root)
+    assert stored.kind == "video_upload" and stored.relpath.endswith(".mp4")
+
+
+def test_a_full_disk_is_one_line(
+    tmp_path: Path, root: DataRoot, synthetic_video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from lora_pipeline.media import uploads
+
+    def full(source: object, target: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(uploads.shutil, "copyfile", full)
+    with pytest.raises(UploadError, match="clip.mp4: the disk is full") as error:
+        store_upload(synthetic_video, root)
+    assert "\n" not in str(error.value)
+    assert [p for p in root.root.rglob("*") if p.is_file()] == []
+
+
+def test_sweep_incoming_removes_only_old_leftovers(root: DataRoot) -> None:
+    import os
+
+    from lora_pipeline.media.uploads import sweep_incoming
+
+    incoming = root.dir("uploads", "incoming")
+    old, fresh = incoming / "tmpold", incoming / "tmpfresh"
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "video.mp4").write_bytes(b"x")
+    for path in (old, old / "video.mp4"):
+        os.utime(path, (1_000_000, 1_000_000))
+    assert sweep_incoming(root) == 1
+    assert not old.exists() and (fresh / "video.mp4").exists()

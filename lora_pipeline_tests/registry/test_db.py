@@ -46,7 +46,7 @@ EXPECTED_TABLES = {
     "comfyui_output_files",
 }
 # The newest migration shipped with the package.
-HEAD = "0004"
+HEAD = "0005"
 
 
 def schema_diff(url: str, metadata: MetaData) -> list[object]:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.commands._rows import _existing_after_race, _get, _try_insert
+from lora_pipeline.registry.commands._rows import (
+    _existing_after_race,
+    _get,
+    _try_insert,
+    _updated_rows,
+)
 from lora_pipeline.registry.commands._validate import (
     _choice,
     _float,
@@ -24,7 +30,7 @@ from lora_pipeline.registry.commands._validate import (
 )
 from lora_pipeline.registry.commands.characters import get_character
 from lora_pipeline.registry.commands.projects import get_project
-from lora_pipeline.registry.errors import InvalidInputError
+from lora_pipeline.registry.errors import ConflictError, InvalidInputError
 from lora_pipeline.registry.models import (
     INGEST_MODES,
     SOURCE_KINDS,
@@ -35,7 +41,19 @@ from lora_pipeline.registry.models import (
     utcnow,
 )
 
-SOURCE_FIELDS = ("video_id", "local_path", "stats", "processed_at")
+SOURCE_FIELDS = ("video_id", "local_path", "stats", "processed_at", "run_id", "started_at")
+
+
+def without_credentials(url: str) -> str:
+    """The URL without a user name or password: they would show on every page and log."""
+    try:
+        parts = urlsplit(url)
+        if "@" not in parts.netloc:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=host))
+    except ValueError as exc:
+        raise InvalidInputError(f"not a valid URL: {exc}") from exc
 
 
 def create_source(
@@ -53,8 +71,10 @@ def create_source(
     _choice(kind, SOURCE_KINDS, "source kind")
     _choice(mode, INGEST_MODES, "ingest mode")
     uri = _text(uri, "source uri", required=True)
-    if kind == "url" and not uri.lower().startswith(("http://", "https://")):
-        raise InvalidInputError(f"source uri {uri!r} must be an http:// or https:// URL")
+    if kind == "url":
+        if not uri.lower().startswith(("http://", "https://")):
+            raise InvalidInputError(f"source uri {uri[:80]!r} must be an http:// or https:// URL")
+        uri = without_credentials(uri)
     character_id = None
     if mode == "single":
         if character_slug is None:
@@ -103,6 +123,10 @@ def set_source_state(
     if "stats" in fields:
         stats = fields["stats"]
         source.stats = None if stats is None else _json(stats, "stats", dict)
+    if "run_id" in fields:
+        source.run_id = _optional_text(fields["run_id"], "run_id", max_length=64)
+    if fields.get("started_at") is not None:
+        source.started_at = _naive_utc(fields["started_at"])
     if fields.get("processed_at") is not None:
         source.processed_at = _naive_utc(fields["processed_at"])
     elif state in ("done", "failed"):
@@ -125,7 +149,8 @@ def add_frame(
     phash: str | None = None,
     generation_params: dict[str, Any] | None = None,
 ) -> tuple[Frame, bool]:
-    """Record a frame of a source; the same content twice gives the first row and False."""
+    """Record a frame of a source; the same content, or the same frame index (a rerun after a
+    kill samples the video again), gives the first row and False."""
     source = _get(session, Source, source_id, "source")
     digest = _sha256(sha256)
     frame = Frame(
@@ -143,15 +168,69 @@ def add_frame(
             else _json(generation_params, "generation_params", dict)
         ),
     )
-    lookup = select(Frame).where(Frame.source_id == source.id, Frame.sha256 == digest)
-    existing = session.scalar(lookup)
+    lookup = select(Frame).where(
+        Frame.source_id == source.id,
+        or_(Frame.sha256 == digest, Frame.frame_index == frame.frame_index),
+    )
+    existing = session.scalars(lookup.order_by(Frame.id)).first()
     if existing is not None:
         return existing, False
     if _try_insert(session, frame):
         return frame, True
     return _existing_after_race(
-        session, lookup, f"frame {digest[:12]} of source {source.id}"
+        session, lookup.order_by(Frame.id).limit(1), f"frame {digest[:12]} of source {source.id}"
     ), False
+
+
+def retry_source(session: Session, source_id: int) -> Source:
+    """Put a failed source back to pending, so the ingest sensor takes it again."""
+    source = _get(session, Source, source_id, "source")
+    if source.state == "pending":
+        return source
+    if source.state != "failed":
+        raise ConflictError(
+            f"source {source.id} is {source.state}: only a failed source can be retried"
+        )
+    changed = _updated_rows(
+        session,
+        update(Source)
+        .where(Source.id == source.id, Source.state == "failed")
+        .values(state="pending", error=None, run_id=None, started_at=None, processed_at=None),
+    )
+    if not changed:
+        raise ConflictError(f"source {source.id} changed meanwhile; look again")
+    session.refresh(source)
+    return source
+
+
+def fail_dead_sources(
+    session: Session, is_alive: Callable[[Source], bool], reason: Callable[[Source], str]
+) -> list[int]:
+    """Mark failed every running source whose run `is_alive` says has ended; returns their
+    ids. A source whose run finishes meanwhile keeps the state that run gave it."""
+    running = session.scalars(select(Source).where(Source.state == "running").order_by(Source.id))
+    failed: list[int] = []
+    for source in list(running):
+        if is_alive(source):
+            continue
+        changed = _updated_rows(
+            session,
+            update(Source)
+            .where(
+                Source.id == source.id,
+                Source.state == "running",
+                _same(Source.run_id, source.run_id),
+            )
+            .values(state="failed", error=reason(source), processed_at=utcnow()),
+        )
+        if changed:
+            failed.append(source.id)
+    session.expire_all()
+    return failed
+
+
+def _same(column: Any, value: str | None) -> Any:
+    return column.is_(None) if value is None else column == value
 
 
 def record_frame_identification(
