@@ -12,6 +12,7 @@ else, with the reason.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,8 +32,16 @@ INCOMING = ("uploads", "incoming")
 INCOMING_MAX_AGE_S = 3600.0
 
 
+# Characters that would break a message into lines (a file may be named with any of them).
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
 class UploadError(PipelineError, ValueError):
-    """An upload that cannot be used; the message names the file and the reason."""
+    """An upload that cannot be used; the message names the file and the reason, on one line
+    whatever the file is called."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_LINE_BREAKING.sub("?", message))
 
 
 @dataclass(frozen=True)

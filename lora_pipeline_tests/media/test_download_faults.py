@@ -4,7 +4,6 @@ download fixed later, a stalled transfer, a redirect to a local file, a password
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager

@@ -171,3 +171,74 @@ def test_comfyui_file_keeps_its_generation_settings(
     other = _source(registry, "comfyui_output", "aiko_00001_.png", max_frames=1)
     failed = ingest_source(registry, root, other, lambda _: None)
     assert failed.state == "failed" and "LORA_PIPELINE_COMFYUI_OUTPUT_DIR" in failed.error
+
+
+def test_an_unexpected_error_fails_the_source_in_one_line(
+    registry: Registry, root: DataRoot, synthetic_video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lora_pipeline.media import ingest
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("width")  # a bug, not a bad file
+
+    upload = store_upload(synthetic_video, root)
+    source_id = _source(registry, upload.kind, upload.relpath)
+    monkeypatch.setattr(ingest, "store_unique_frames", broken)
+    logs: list[str] = []
+    outcome = ingest_source(registry, root, source_id, logs.append, SMALL_FRAMES)
+    assert outcome.state == "failed" and outcome.error == "KeyError: 'width'"
+    assert _state(registry, source_id).error == "KeyError: 'width'"
+    assert any("Traceback" in line for line in logs)  # the run's log keeps it for the bug
+
+
+def test_an_interrupted_run_fails_the_source_and_still_stops(
+    registry: Registry, root: DataRoot, synthetic_video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lora_pipeline.media import ingest
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    upload = store_upload(synthetic_video, root)
+    source_id = _source(registry, upload.kind, upload.relpath)
+    monkeypatch.setattr(ingest, "store_unique_frames", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_source(registry, root, source_id, lambda _: None, SMALL_FRAMES)
+    source = _state(registry, source_id)
+    assert source.state == "failed" and "interrupted" in source.error
+
+
+def test_a_source_another_process_ingests_is_left_to_it(
+    registry: Registry, root: DataRoot, synthetic_video: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from lora_pipeline.media.claims import is_claimed
+
+    upload = store_upload(synthetic_video, root)
+    source_id = _source(registry, upload.kind, upload.relpath)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CLAIM, str(root.root), str(source_id)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert is_claimed(root, source_id)
+        outcome = ingest_source(registry, root, source_id, lambda _: None, SMALL_FRAMES)
+        assert outcome.state == "running" and _state(registry, source_id).state == "pending"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not is_claimed(root, source_id)  # the kernel let go of the dead holder's lock
+
+
+_HOLD_CLAIM = """
+import sys, time
+from lora_pipeline.media.claims import claim_source
+from lora_pipeline.media.store import DataRoot
+with claim_source(DataRoot(sys.argv[1]), int(sys.argv[2])) as claimed:
+    print("held" if claimed else "not held", flush=True)
+    time.sleep(60)
+"""

@@ -9,11 +9,13 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from lora_pipeline.media.video import (
+    PlaylistError,
     VideoError,
     extract_frames,
     ffmpeg_exe,
     make_synthetic_video,
     probe_video,
+    verify_video,
 )
 from lora_pipeline_tests.media.conftest import VIDEO_SECONDS, VIDEO_SIZE
 
@@ -215,3 +217,66 @@ def test_non_square_pixels_are_squared(tmp_path: Path, synthetic_video: Path) ->
     assert (info.width, info.height) == (VIDEO_SIZE[0] * 2, VIDEO_SIZE[1])
     frame = next(extract_frames(anamorphic, fps=1, max_frames=1))
     assert frame.image.size == (VIDEO_SIZE[0] * 2, VIDEO_SIZE[1])
+
+
+@pytest.mark.parametrize(
+    ("extension", "demuxer", "suffix"),
+    [("mkv", "matroska", ".mkv"), ("ts", "mpegts", ".ts"), ("mov", "mov", ".mov")],
+)
+def test_each_container_is_read_with_its_own_demuxer(
+    tmp_path: Path, synthetic_video: Path, extension: str, demuxer: str, suffix: str
+) -> None:
+    remuxed = tmp_path / f"clip.{extension}"
+    subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(synthetic_video)]
+        + ["-c", "copy", str(remuxed)],
+        check=True,
+    )
+    info = verify_video(remuxed)
+    assert (info.container.demuxer, info.container.suffix) == (demuxer, suffix)
+    assert len(list(extract_frames(remuxed, fps=1, max_frames=2))) == 2
+
+
+def test_every_ffmpeg_input_is_the_one_file_with_a_fixed_demuxer(
+    synthetic_video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lora_pipeline.media import video
+
+    commands: list[list[str]] = []
+    real_run, real_popen = subprocess.run, subprocess.Popen
+
+    def run(command, *args, **kwargs):
+        commands.append(list(command))
+        return real_run(command, *args, **kwargs)
+
+    def popen(command, *args, **kwargs):
+        commands.append(list(command))
+        return real_popen(command, *args, **kwargs)
+
+    monkeypatch.setattr(video.subprocess, "run", run)
+    monkeypatch.setattr(video.subprocess, "Popen", popen)
+    verify_video(synthetic_video)
+    list(extract_frames(synthetic_video, fps=1, max_frames=1))
+    assert len(commands) >= 3
+    for command in commands:
+        at = command.index("-i")
+        assert command[at - 4 : at] == ["-protocol_whitelist", "file", "-f", "mov"]
+        assert command[at + 1] == f"file:{synthetic_video.resolve()}"
+
+
+def test_a_playlist_never_reaches_ffmpeg(
+    tmp_path: Path, synthetic_video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lora_pipeline.media import video
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ffmpeg was run on a playlist")
+
+    monkeypatch.setattr(video.subprocess, "run", refuse)
+    monkeypatch.setattr(video.subprocess, "Popen", refuse)
+    playlist = tmp_path / "clip.mp4"  # named like a video, as a stored upload could be
+    playlist.write_text(f"#EXTM3U\n#EXTINF:4,\n{synthetic_video}\n#EXT-X-ENDLIST\n")
+    with pytest.raises(PlaylistError, match="playlist or manifest"):
+        extract_frames(playlist, fps=1, max_frames=5)
+    with pytest.raises(PlaylistError):
+        verify_video(playlist)

@@ -73,7 +73,10 @@ def create_source(
     uri = _text(uri, "source uri", required=True)
     if kind == "url":
         if not uri.lower().startswith(("http://", "https://")):
-            raise InvalidInputError(f"source uri {uri[:80]!r} must be an http:// or https:// URL")
+            # Not echoed: whatever it is may hold a password.
+            scheme = uri.partition(":")[0] if ":" in uri[:12] else ""
+            shown = f"{scheme!r} URLs" if scheme.isalpha() else "local paths or other text"
+            raise InvalidInputError(f"a source must be an http:// or https:// URL, not {shown}")
         uri = without_credentials(uri)
     character_id = None
     if mode == "single":
