@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     )
     min_side: int = Field(128, ge=1, description="smallest frame side kept at ingest, in pixels")
     download_stall_s: float = Field(
-        20.0, gt=0, le=3600, description="a download with no data for this many seconds fails"
+        20.0, gt=0, le=3600, description="a download that gets no data for this many seconds fails"
     )
     # --- dataset ---
     face_detector: str | None = Field(

@@ -219,8 +219,9 @@ def _options(
         "restrictfilenames": True,
         "windowsfilenames": True,
         "overwrites": False,
-        # A read that waits this long fails; a stalled server is not waited on for minutes.
-        "socket_timeout": stall_s,
+        # Each try waits its share of stall_s for data, so a stalled server fails the whole
+        # download within stall_s (plus reconnecting), never minutes later.
+        "socket_timeout": stall_s / (_RETRIES + 1),
         "retries": _RETRIES,
         "fragment_retries": _RETRIES,
         "extractor_retries": 1,

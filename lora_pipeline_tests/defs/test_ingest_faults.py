@@ -279,3 +279,28 @@ def test_the_sweep_leaves_a_source_a_live_process_is_ingesting(home: Path, capsy
 def test_bad_retry_arguments(home: Path, capsys, argv: list[str], message: str) -> None:
     code, _, err = run(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_the_reason_names_a_run_that_ended(home: Path) -> None:
+    from lora_pipeline.defs.schedules import dead_ingest_reason
+
+    resources = {
+        "registry": RegistryResource(database_url=f"sqlite:///{home / 'registry.db'}"),
+        "data_root": DataRootResource(path=str(home / "data")),
+        "models": ModelsResource(),
+    }
+    with DagsterInstance.ephemeral() as instance:
+        result = sweep_stuck_jobs_job.execute_in_process(resources=resources, instance=instance)
+        reason = dead_ingest_reason(instance, result.run_id)
+        assert reason == f"its ingest run {result.run_id[:8]} ended (success) mid-way"
+        assert "no Dagster run" in dead_ingest_reason(instance, None)
+
+
+def test_an_upper_case_url_is_a_url_and_its_password_is_not_kept(home: Path, capsys) -> None:
+    code, out, err = run(
+        capsys, "ingest", "HTTPS://me:hunter2@Example.com/watch?v=1", "--character", "aiko"
+    )
+    assert code == 0, err
+    assert "ingest request 1 created (url, single mode)" in out
+    with _registry(home).session() as session:
+        assert session.get(Source, 1).uri == "https://Example.com/watch?v=1"

@@ -83,11 +83,11 @@ def _trickle_then_stall(handler: http.server.BaseHTTPRequestHandler) -> None:
 def test_a_stalled_transfer_fails_quickly_with_no_data(tmp_path: Path) -> None:
     with scripted_server(_trickle_then_stall) as base:
         started = time.monotonic()
-        with pytest.raises(DownloadFailed, match=r"no data for 1 s"):
-            download_video(f"{base}/clip.mp4", tmp_path / "dl", stall_s=1.0)
+        with pytest.raises(DownloadFailed, match=r"no data for 1.5 s"):
+            download_video(f"{base}/clip.mp4", tmp_path / "dl", stall_s=1.5)
         elapsed = time.monotonic() - started
     print(f"stalled transfer failed after {elapsed:.1f} s")
-    assert elapsed < 15
+    assert elapsed < 1.5 + 2.0  # the configured time, and reconnecting
     assert [p for p in (tmp_path / "dl").rglob("*") if p.is_file()] == []
 
 
