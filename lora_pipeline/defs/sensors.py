@@ -65,19 +65,21 @@ def character_partitions_sensor(
 
 @sensor(job=ingest_job, minimum_interval_seconds=30, default_status=RUNNING)
 def ingest_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
-    """New ingest requests → one ingest run per source (cursor: last source id)."""
+    """New ingest requests → one ingest run per source (cursor: last source id); a failed
+    source retried (`ingest retry`, the review app's button) → a new run of it."""
     last_id = int(context.cursor or 0)
     runs = []
     with registry.get().session() as session:
         sources = [s for s in queries.sources_after(session, last_id) if s.kind != "comfyui_output"]
-        for source in sources:
+        retried = [s for s in queries.retried_sources(session) if s.id <= last_id]
+        for source in sources + retried:
             slug = queries.ingest_partition(session, source)
             if slug is None:
                 context.log.warning(f"source {source.id}: its project has no character yet")
                 continue
             runs.append(
                 RunRequest(
-                    run_key=f"ingest-{source.id}",
+                    run_key=_ingest_run_key(source),
                     partition_key=slug,
                     run_config={
                         "ops": {"ingested_frames": {"config": {"source_ids": [source.id]}}}
@@ -87,6 +89,13 @@ def ingest_sensor(context: SensorEvaluationContext, registry: RegistryResource) 
             )
     cursor = str(max([last_id] + [s.id for s in sources]))
     return _result(context, runs, cursor, "no new ingest requests")
+
+
+def _ingest_run_key(source) -> str:
+    """One run per request, and one per retry (keyed by when the failed run ended)."""
+    if source.processed_at is None:
+        return f"ingest-{source.id}"
+    return f"ingest-{source.id}-retry-{source.processed_at:%Y%m%dT%H%M%S%f}"
 
 
 @sensor(job=ingest_job, minimum_interval_seconds=30, default_status=RUNNING)

@@ -122,6 +122,12 @@ def frames_of_source(session: Session, source_id: int) -> list[Frame]:
     return list(session.scalars(query))
 
 
+def retried_sources(session: Session) -> list[Source]:
+    """Sources a retry put back to pending: they keep the time their failed run ended."""
+    query = select(Source).where(Source.state == "pending", Source.processed_at.is_not(None))
+    return list(session.scalars(query.order_by(Source.id)))
+
+
 def ingest_partition(session: Session, source: Source) -> str | None:
     """The character partition whose run ingests a source. Single mode: the source's character.
     Project mode: the project's first character by slug, whose run ingests and classifies the

@@ -304,3 +304,29 @@ def test_an_upper_case_url_is_a_url_and_its_password_is_not_kept(home: Path, cap
     assert "ingest request 1 created (url, single mode)" in out
     with _registry(home).session() as session:
         assert session.get(Source, 1).uri == "https://Example.com/watch?v=1"
+
+
+def test_the_ingest_sensor_runs_a_retried_source_again(home: Path, capsys) -> None:
+    from dagster import build_sensor_context
+
+    from lora_pipeline.defs.sensors import ingest_sensor
+    from lora_pipeline.registry import commands
+
+    registry = _registry(home)
+    with registry.session() as session:
+        source = commands.create_source(session, "demo", "url", "https://example.com/v", "aiko")
+        source_id = source.id
+    resources = {"registry": RegistryResource(database_url=registry.url)}
+    with DagsterInstance.ephemeral() as instance:
+        first = ingest_sensor(build_sensor_context(instance=instance, resources=resources))
+        assert [r.run_key for r in first.run_requests] == [f"ingest-{source_id}"]
+        with registry.session() as session:
+            commands.set_source_state(session, source_id, "failed", error="HTTP 500")
+        later = build_sensor_context(instance=instance, cursor=first.cursor, resources=resources)
+        assert ingest_sensor(later).run_requests == []
+        assert run(capsys, "ingest", "retry", str(source_id))[0] == 0
+        later = build_sensor_context(instance=instance, cursor=first.cursor, resources=resources)
+        retried = ingest_sensor(later).run_requests
+    assert len(retried) == 1 and retried[0].run_key.startswith(f"ingest-{source_id}-retry-")
+    assert retried[0].run_config["ops"]["ingested_frames"]["config"]["source_ids"] == [source_id]
+    registry.dispose()

@@ -186,7 +186,8 @@ def add_frame(
 
 
 def retry_source(session: Session, source_id: int) -> Source:
-    """Put a failed source back to pending, so the ingest sensor takes it again."""
+    """Put a failed source back to pending, so the ingest sensor takes it again (it keeps the
+    time its failed run ended, which tells the sensor it is a retry)."""
     source = _get(session, Source, source_id, "source")
     if source.state == "pending":
         return source
@@ -198,7 +199,8 @@ def retry_source(session: Session, source_id: int) -> Source:
         session,
         update(Source)
         .where(Source.id == source.id, Source.state == "failed")
-        .values(state="pending", error=None, run_id=None, started_at=None, processed_at=None),
+        # processed_at stays: it marks a retried source (and keys the sensor's new run).
+        .values(state="pending", error=None, run_id=None, started_at=None),
     )
     if not changed:
         raise ConflictError(f"source {source.id} changed meanwhile; look again")
