@@ -59,6 +59,12 @@ _REASONS: tuple[tuple[str, str], ...] = (
     (r"http error 404|404: not found", "not found (HTTP 404)"),
     (r"http error 403|forbidden", "access denied (HTTP 403)"),
     (r"http error (\d{3})", "the server answered HTTP {0}"),
+    (
+        r"no connection adapters were found|redirection to url .* is not allowed",
+        "it redirects away from http(s), which is never followed",
+    ),
+    (r"file:// urls are disabled", "it points at a local file (file:), which is never read"),
+    (r"no space left on device|errno 28\b", "the disk is full (free some space and try again)"),
     (r"timed out|did not get any data blocks", "no data for {stall} s"),
     (r"live event will begin|is a live|live stream", "live streams cannot be downloaded"),
     (r"requested format is not available|no video formats", "no downloadable video format"),

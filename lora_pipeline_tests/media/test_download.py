@@ -137,6 +137,7 @@ def test_messages_are_cleaned() -> None:
         ),
         ("ERROR: [generic] x: Unable to download webpage: HTTP Error 500: Oops", "HTTP 500"),
         ("ERROR: [vimeo] 1: something new went wrong", "something new went wrong"),
+        ("ERROR: unable to write data: [Errno 28] No space left on device", "the disk is full"),
     ],
 )
 def test_human_reasons(message: str, reason: str) -> None:

@@ -98,8 +98,9 @@ def test_a_redirect_to_a_local_file_is_refused(tmp_path: Path, synthetic_video: 
         handler.send_header("Content-Length", "0")
         handler.end_headers()
 
-    with scripted_server(redirect) as base, pytest.raises(DownloadFailed):
+    with scripted_server(redirect) as base, pytest.raises(DownloadFailed) as error:
         download_video(f"{base}/clip.mp4", tmp_path / "dl")
+    assert str(error.value).endswith("it redirects away from http(s), which is never followed")
     assert [p for p in (tmp_path / "dl").rglob("*") if p.is_file()] == []
 
 
@@ -120,3 +121,24 @@ def test_the_scheme_is_case_insensitive(tmp_path: Path, http_server: LocalServer
 def test_local_paths_in_any_case_are_refused(tmp_path: Path, url: str) -> None:
     with pytest.raises(DownloadFailed, match="only http"):
         download_video(url, tmp_path / "dl")
+
+
+def test_a_served_playlist_naming_a_local_file_reads_nothing(
+    tmp_path: Path, synthetic_video: Path
+) -> None:
+    playlist = (
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:4.0,\nfile://{synthetic_video}\n#EXT-X-ENDLIST\n"
+    ).encode()
+
+    def serve(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/vnd.apple.mpegurl")
+        handler.send_header("Content-Length", str(len(playlist)))
+        handler.end_headers()
+        handler.wfile.write(playlist)
+
+    with scripted_server(serve) as base, pytest.raises(DownloadFailed) as error:
+        download_video(f"{base}/clip.m3u8", tmp_path / "dl")
+    assert str(error.value).endswith("it points at a local file (file:), which is never read")
+    assert [p for p in (tmp_path / "dl").rglob("*") if p.is_file()] == []
