@@ -296,7 +296,13 @@ def _downloaded_path(info: dict[str, Any], scratch: Path) -> Path:
     return found[0]
 
 
-def _fetch(url: str, scratch: Path, max_height: int, stall_s: float, progress: Any) -> dict:
+def _fetch(
+    url: str,
+    scratch: Path,
+    max_height: int,
+    stall_s: float,
+    progress: Callable[[str], None] | None,
+) -> dict[str, Any]:
     """Download into `scratch`; the video's info with its file as `_file`."""
     with yt_dlp.YoutubeDL(_options(scratch, max_height, stall_s, progress)) as ydl:
         info = _single_video(ydl.extract_info(url, download=False), url)

@@ -30,6 +30,7 @@ from PIL import Image
 
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.files import atomic_path
+from lora_pipeline.media.images import sniff_image_format
 
 # Demuxers that turn non-videos into frames: still images (image2, png_pipe, ...) and text
 # rendered as ANSI art (tty, bin, ...), which ffmpeg happily "plays".
@@ -114,8 +115,10 @@ def is_playlist(head: bytes) -> bool:
     return any(marker in text[:1024] for marker in _PLAYLIST_MARKERS) or text.startswith(b"file ")
 
 
-def _mpegts(head: bytes) -> bool:
-    return len(head) >= 377 and head[0] == head[188] == head[376] == 0x47
+def _mpegts(head: bytes, offset: int = 0, size: int = 188) -> bool:
+    """Three packets in a row start with the sync byte (size 188, or 192 for .m2ts)."""
+    marks = [offset + size * n for n in range(3)]
+    return len(head) > marks[-1] and all(head[mark] == 0x47 for mark in marks)
 
 
 def sniff_container(head: bytes) -> Container | None:
@@ -134,8 +137,10 @@ def sniff_container(head: bytes) -> Container | None:
         return Container("asf", ".wmv")
     if head.startswith(b"\x00\x00\x01\xba"):
         return Container("mpeg", ".mpg")
-    if _mpegts(head):
+    if _mpegts(head) or _mpegts(head, offset=4, size=192):
         return Container("mpegts", ".ts")
+    if head.startswith(b"\x06\x0e\x2b\x34\x02\x05\x01\x01"):
+        return Container("mxf", ".mxf")
     return None
 
 
@@ -151,8 +156,6 @@ def detect_container(path: Path) -> Container:
         )
     container = sniff_container(head)
     if container is None:
-        from lora_pipeline.media.images import sniff_image_format
-
         if sniff_image_format(path) is not None:
             raise VideoError(f"{path.name}: not a video (a still image)")
         raise VideoError(f"{path.name}: not a readable video (no known video container)")

@@ -280,3 +280,34 @@ def test_a_playlist_never_reaches_ffmpeg(
         extract_frames(playlist, fps=1, max_frames=5)
     with pytest.raises(PlaylistError):
         verify_video(playlist)
+
+
+@pytest.mark.parametrize(
+    ("extension", "encoder", "demuxer", "suffix"),
+    [
+        ("avi", "mpeg4", "avi", ".avi"),
+        ("flv", "flv", "flv", ".flv"),
+        ("mpg", "mpeg2video", "mpeg", ".mpg"),
+        ("wmv", "wmv2", "asf", ".wmv"),
+        ("mxf", "mpeg2video", "mxf", ".mxf"),
+        ("m2ts", "mpeg2video", "mpegts", ".ts"),
+        ("webm", "libvpx", "matroska", ".webm"),
+        ("ogv", "libtheora", "ogg", ".ogv"),
+    ],
+)
+def test_the_other_containers_studios_use(
+    tmp_path: Path, extension: str, encoder: str, demuxer: str, suffix: str
+) -> None:
+    from lora_pipeline.media.video import _has_encoder
+
+    if not _has_encoder(encoder):
+        pytest.skip(f"this ffmpeg has no {encoder} encoder")
+    path = tmp_path / f"clip.{extension}"
+    subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"]
+        + ["testsrc=size=64x48:rate=25:duration=1", "-c:v", encoder, str(path)],
+        check=True,
+    )
+    info = verify_video(path)
+    assert (info.container.demuxer, info.container.suffix) == (demuxer, suffix)
+    assert len(list(extract_frames(path, fps=2, max_frames=2))) == 2
