@@ -137,6 +137,13 @@ def normalise_url(url: str) -> str:
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
+def _lower_scheme(url: str) -> str:
+    """The URL as given (credentials kept for the site), with its scheme in lower case, so
+    yt-dlp takes `HTTP://...` for the web address it is."""
+    parts = urlsplit(url.strip())
+    return urlunsplit(parts._replace(scheme=parts.scheme.lower()))
+
+
 def redact(text: str) -> str:
     """`text` with the user name and password of every URL in it left out."""
     return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@", r"\1", text)
@@ -359,7 +366,7 @@ def download_video(
     sweep_scratch(dest_dir)
     try:
         with atomic_folder(entry) as scratch:
-            info = _fetch(url.strip(), scratch, max_height, stall_s, progress)
+            info = _fetch(_lower_scheme(url), scratch, max_height, stall_s, progress)
             _verify(info["_file"], shown)
             name = info["_file"].name
             meta = {
