@@ -17,11 +17,12 @@ from lora_pipeline.generation.service import request_generation as record_genera
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.media.uploads import (
     MAX_UPLOAD_BYTES,
+    StoredUpload,
     discard_upload,
     store_upload,
     sweep_incoming,
 )
-from lora_pipeline.registry import commands
+from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.commands.sources import retry_source
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.errors import InvalidInputError
@@ -80,11 +81,20 @@ def request_ingest(
         try:
             return _record_ingest(registry, target, stored.kind, stored.relpath, fps, max_frames)
         except BaseException:
-            discard_upload(root, stored)
+            _discard_unused(registry, root, stored)
             raise
     if url and url.strip():
         return _record_ingest(registry, target, "url", url.strip(), fps, max_frames)
     raise InvalidInputError("give a video URL or choose a file to upload")
+
+
+def _discard_unused(registry: Registry, root: DataRoot, stored: StoredUpload) -> None:
+    """Remove a refused upload's stored file, unless a request of the same content (made at
+    the same moment) uses it."""
+    with registry.session(readonly=True) as session:
+        if queries.source_uses(session, stored.relpath):
+            return
+    discard_upload(root, stored)
 
 
 def _record_ingest(

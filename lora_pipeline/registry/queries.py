@@ -122,6 +122,11 @@ def frames_of_source(session: Session, source_id: int) -> list[Frame]:
     return list(session.scalars(query))
 
 
+def source_uses(session: Session, uri: str) -> bool:
+    """Whether any source was requested for this URL or stored upload."""
+    return session.scalar(select(Source.id).where(Source.uri == uri).limit(1)) is not None
+
+
 def retried_sources(session: Session) -> list[Source]:
     """Sources a retry put back to pending: they keep the time their failed run ended."""
     query = select(Source).where(Source.state == "pending", Source.processed_at.is_not(None))
