@@ -132,11 +132,12 @@ def request_generation(
     negative_prompt: str = "",
     seed: int | None = None,
     requested_by: str = "review",
-) -> int:
-    """Record a pending generation job (the generation request sensor runs it); drawn by
-    ComfyUI when one is configured. Returns the job id."""
+    count: int = 1,
+) -> list[int]:
+    """Record `count` pending generation jobs, each with its own seed (the generation request
+    sensor runs them); drawn by ComfyUI when one is configured. Returns the job ids."""
     with registry.session() as session:
-        job = record_generation_request(
+        jobs = record_generation_request(
             session,
             character,
             kind=kind,
@@ -145,8 +146,9 @@ def request_generation(
             seed=seed,
             backend="comfyui" if comfyui else "diffusers",
             requested_by=requested_by,
+            count=count,
         )
-        return job.id
+        return [job.id for job in jobs]
 
 
 def approve_images(registry: Registry, image_ids: Sequence[int], reviewer: str = "") -> None:

@@ -122,6 +122,7 @@ def cmd_character_add(args: argparse.Namespace) -> None:
             design_prompt=args.design_prompt,
             trigger_word=args.trigger_word,
             negative_prompt=args.negative_prompt,
+            seed_locked=args.lock_seed,
             **values,
         )
         print(f"character {character.slug} added (trigger word {character.trigger_word})")
@@ -185,4 +186,10 @@ def register(sub: Subcommands) -> None:
     for name in CHARACTER_NUMBERS:
         cadd.add_argument(f"--{name}", metavar="N")
     cadd.add_argument("--sampler")
+    cadd.add_argument(
+        "--lock-seed",
+        action="store_true",
+        help="every image uses --seed (counting up within a request); "
+        "by default each image draws a fresh random seed",
+    )
     cadd.set_defaults(func=cmd_character_add)

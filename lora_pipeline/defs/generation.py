@@ -10,9 +10,11 @@ from lora_pipeline.generation.service import GenerationPlan, generate_for_charac
 
 
 class GenerationConfig(Config):
-    """Launchpad settings; the rejection sensor fills `feedback_ids` for a regeneration, the
-    generation request sensor fills `job_ids` with the jobs requested in the review app (then
-    count, seed, prompt_override and extra_negative do not apply)."""
+    """Launchpad settings; the rejection sensor fills `feedback_ids` for a regeneration (one
+    new image per rejection; count and seed do not apply), the generation request sensor fills
+    `job_ids` with the jobs requested in the review app or the CLI (then count, seed,
+    prompt_override and extra_negative do not apply). An empty seed draws a fresh random seed
+    per image, unless the character's seed is locked."""
 
     count: int = 4
     seed: int | None = None
@@ -46,6 +48,7 @@ def generated_images(
         extra_negative=config.extra_negative,
         feedback_ids=tuple(config.feedback_ids),
         job_ids=tuple(config.job_ids),
+        run_id=context.run_id,
     )
     backends = models.runtime().backends(context.partition_key)
     context.log.info(f"drawing with {backends.image.name} on checkpoint {backends.checkpoint}")
@@ -59,12 +62,18 @@ def generated_images(
             context.log.info,
             advisors=configured_advisors(),
         )
+    copies = {str(job): image for job, image in outcome.duplicates.items()}
+    if copies:
+        listed = ", ".join(f"{job} (copy of image {image})" for job, image in copies.items())
+        context.log.warning(f"no new image from job(s) {listed}")
     if not outcome.image_ids and outcome.failed_jobs:
         raise RuntimeError(f"every generation job failed: {outcome.failed_jobs}")
     return MaterializeResult(
         metadata={
             "images": MetadataValue.json(outcome.image_ids),
             "failed_jobs": MetadataValue.json(outcome.failed_jobs),
+            # Job id → the existing image its output copied (no new image was made).
+            "duplicate_jobs": MetadataValue.json(copies),
             "prompt": outcome.prompt,
             "negative_prompt": outcome.negative_prompt,
             "answers_feedback": MetadataValue.json(list(config.feedback_ids)),

@@ -1,14 +1,19 @@
 """Generate images of a character from its registry settings.
 
-Each image is a generation job row (pending → running → completed/failed) and, on success, a
-`pending` image carrying its parameters and the rejections it answers.
+Each image is a generation job row (pending → running → completed/failed/duplicate) and, on
+success, a new `pending` image carrying its parameters and the rejection it answers.
+
+Seeds behave as ComfyUI users expect: a fresh random seed per image unless the user pins one
+(per request, or the character's "lock seed"), and a regeneration never reuses the seed of the
+image it answers. An output whose bytes equal an existing image is never reported as new: a
+regeneration retries with another seed, a plain request is recorded as a duplicate.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence, Set
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any, Protocol
@@ -27,12 +32,19 @@ from lora_pipeline.registry.models import (
     Character,
     Feedback,
     GenerationJob,
+    Image,
     LoraRelease,
 )
 
 Log = Callable[[str], None]
 # The LoRA strength of production generations when the project's profile sets none.
 DEFAULT_LORA_STRENGTH = 0.8
+# A regeneration whose output copies an existing image draws again this many times with a
+# fresh seed before its job fails.
+COPY_RETRIES = 3
+# Fresh seeds: the range every backend takes (numpy's and ComfyUI's included).
+SEED_RANGE = 2**32
+_seeds = random.SystemRandom()
 
 
 class VideoBackend(Protocol):
@@ -51,16 +63,21 @@ class GenerationPlan:
     seed: int | None = None
     prompt_override: str | None = None
     extra_negative: str = ""
+    # Rejections to answer: one new image each (then count and seed do not apply).
     feedback_ids: tuple[int, ...] = ()
     # Jobs requested beforehand (the review app's Generate tab): they are run as they are,
     # and count, seed, prompt_override and extra_negative do not apply.
     job_ids: tuple[int, ...] = ()
+    # The Dagster run doing the work, recorded on its jobs and on the rejections it answers.
+    run_id: str | None = None
 
 
 @dataclass
 class GenerationOutcome:
     image_ids: list[int] = field(default_factory=list)
     failed_jobs: list[int] = field(default_factory=list)
+    # Job id → the existing image its output was a byte-for-byte copy of.
+    duplicates: dict[int, int] = field(default_factory=dict)
     prompt: str = ""
     negative_prompt: str = ""
 
@@ -144,14 +161,11 @@ def generate_for_character(
     if not isinstance(backends, Backends):
         backends = Backends(backends, checkpoint=getattr(backends, "checkpoint", ""))
     if plan.job_ids:
-        outcome = _run_requested_jobs(registry, root, backends, character_slug, plan.job_ids, log)
+        outcome = _run_requested_jobs(registry, root, backends, character_slug, plan, log)
     else:
         outcome = _run_new_jobs(registry, root, backends, character_slug, plan, log)
-    if plan.feedback_ids:
-        with registry.session() as session:
-            commands.mark_feedback_regeneration(session, list(plan.feedback_ids), "done")
-        if advisors:
-            propose_refinement(registry, character_slug, advisors, log)
+    if plan.feedback_ids and advisors:
+        propose_refinement(registry, character_slug, advisors, log)
     return outcome
 
 
@@ -170,29 +184,27 @@ def _run_new_jobs(
     plan: GenerationPlan,
     log: Log,
 ) -> GenerationOutcome:
+    """`plan.count` new jobs, or one per rejection in `plan.feedback_ids` (its negatives, and
+    never the seed of the image it answers)."""
     backend = backends.image
     with registry.session() as session:
         character = commands.get_character(session, character_slug)
-        feedback = [session.get(Feedback, i) for i in plan.feedback_ids]
-        feedback = [f for f in feedback if f is not None and f.character_id == character.id]
-        outcome = GenerationOutcome(
-            prompt=plan.prompt_override or build_prompt(character),
-            negative_prompt=build_negative_prompt(character, feedback, plan.extra_negative),
-        )
-        base_seed = plan.seed if plan.seed is not None else _seed_for(character)
+        feedback = _feedback_of(session, character, plan.feedback_ids)
+        answers: list[tuple[Feedback, ...]] = [(f,) for f in feedback] or [()] * plan.count
+        avoid = rejected_seeds(session, feedback)
+        seeds = pick_seeds(character, None if feedback else plan.seed, len(answers), avoid)
+        prompt = plan.prompt_override or build_prompt(character)
+        negatives = [build_negative_prompt(character, a, plan.extra_negative) for a in answers]
         settings = request_settings(character)
         character_id = character.id
         loras = production_loras(session, root, character, backends.checkpoint, log)
         lora_params = _lora_params(loras)
+    outcome = GenerationOutcome(prompt=prompt, negative_prompt=negatives[0])
     specs = tuple(spec for _, spec in loras)
-    for offset in range(plan.count):
-        request = GenerationRequest(
-            prompt=outcome.prompt,
-            negative_prompt=outcome.negative_prompt,
-            seed=base_seed + offset,
-            **settings,
-        )
+    for answer, seed, negative in zip(answers, seeds, negatives, strict=True):
+        request = GenerationRequest(prompt=prompt, negative_prompt=negative, seed=seed, **settings)
         params = asdict(request) | {"backend": backend.name, "loras": lora_params}
+        feedback_ids = [f.id for f in answer]
         with registry.session() as session:
             job = commands.create_generation_job(
                 session,
@@ -202,15 +214,69 @@ def _run_new_jobs(
                 request.seed,
                 params,
                 backend=backend.name,
-                feedback_ids=list(plan.feedback_ids),
+                feedback_ids=feedback_ids,
+                run_id=plan.run_id,
             )
             commands.mark_job(session, job.id, "running")
             job_id = job.id
-        job = _StartedJob(
-            job_id, character_id, character_slug, request, params, list(plan.feedback_ids), specs
+        started = _StartedJob(
+            job_id,
+            character_id,
+            character_slug,
+            request,
+            params,
+            feedback_ids,
+            specs,
+            run_id=plan.run_id,
+            avoid_seeds=frozenset(avoid),
         )
-        _finish_job(registry, root, backends, job, outcome, log)
+        _finish_job(registry, root, backends, started, outcome, log)
     return outcome
+
+
+def _feedback_of(
+    session: Session, character: Character, feedback_ids: Sequence[int]
+) -> list[Feedback]:
+    rows = [session.get(Feedback, i) for i in dict.fromkeys(feedback_ids)]
+    return [f for f in rows if f is not None and f.character_id == character.id]
+
+
+def rejected_seeds(session: Session, feedback: Sequence[Feedback]) -> set[int]:
+    """The seeds of the images these rejections are about: a regeneration never reuses them."""
+    seeds: set[int] = set()
+    for item in feedback:
+        image = session.get(Image, item.image_id)
+        seed = (image.generation_params or {}).get("seed") if image is not None else None
+        if isinstance(seed, int):
+            seeds.add(seed)
+    return seeds
+
+
+def fresh_seed(avoid: Set[int] = frozenset()) -> int:
+    """A random seed, as ComfyUI's "randomize", that is none of `avoid`."""
+    while True:
+        seed = _seeds.randrange(SEED_RANGE)
+        if seed not in avoid:
+            return seed
+
+
+def pick_seeds(
+    character: Character, pinned: int | None, count: int, avoid: Set[int] = frozenset()
+) -> list[int]:
+    """`count` seeds, each its own: consecutive from a pinned seed (the request's, else the
+    character's locked one), otherwise fresh random ones; none of them in `avoid`."""
+    base = pinned
+    if base is None and character.seed_locked and character.seed is not None:
+        base = character.seed
+    taken = set(avoid)
+    seeds: list[int] = []
+    for offset in range(count):
+        seed = base + offset if base is not None else fresh_seed(taken)
+        if seed in taken:
+            seed = fresh_seed(taken)
+        taken.add(seed)
+        seeds.append(seed)
+    return seeds
 
 
 @dataclass(frozen=True)
@@ -223,6 +289,9 @@ class _StartedJob:
     feedback_ids: list[int]
     loras: tuple[LoraSpec, ...] = ()
     kind: str = "image"
+    run_id: str | None = None
+    # Seeds a retry after a copied output must not draw (those of the rejected images).
+    avoid_seeds: frozenset[int] = frozenset()
 
 
 def _run_requested_jobs(
@@ -230,12 +299,14 @@ def _run_requested_jobs(
     root: DataRoot,
     backends: Backends,
     character_slug: str,
-    job_ids: Sequence[int],
+    plan: GenerationPlan,
     log: Log,
 ) -> GenerationOutcome:
     outcome = GenerationOutcome()
-    for job_id in job_ids:
-        job = _start_requested_job(registry, root, backends, character_slug, job_id, outcome, log)
+    for job_id in plan.job_ids:
+        job = _start_requested_job(
+            registry, root, backends, character_slug, job_id, plan.run_id, outcome, log
+        )
         if job is not None:
             outcome.prompt = job.request.prompt
             outcome.negative_prompt = job.request.negative_prompt
@@ -249,6 +320,7 @@ def _start_requested_job(
     backends: Backends,
     character_slug: str,
     job_id: int,
+    run_id: str | None,
     outcome: GenerationOutcome,
     log: Log,
 ) -> _StartedJob | None:
@@ -262,7 +334,7 @@ def _start_requested_job(
             )
         runner = backends.image if job.kind == "image" else backends.video or backends.image
         try:
-            commands.mark_job(session, job.id, "running", backend=runner.name)
+            commands.mark_job(session, job.id, "running", backend=runner.name, run_id=run_id)
         except ConflictError as error:
             # A retried run, or a job cleared as stuck meanwhile: never run a job twice.
             log(f"{error}; not run again")
@@ -289,13 +361,8 @@ def _start_requested_job(
     params |= asdict(request) | {"backend": backend.name, "loras": _lora_params(loras)}
     specs = tuple(spec for _, spec in loras)
     return _StartedJob(
-        job_id, character.id, character_slug, request, params, feedback_ids, specs, kind
+        job_id, character.id, character_slug, request, params, feedback_ids, specs, kind, run_id
     )
-
-
-def _seed_for(character: Character) -> int:
-    # A fixed seed in the settings is honoured; otherwise a fresh one per run, like ComfyUI.
-    return character.seed if character.seed is not None else random.randrange(2**31)
 
 
 def request_settings(character: Character) -> dict[str, Any]:
@@ -311,11 +378,21 @@ def request_settings(character: Character) -> dict[str, Any]:
 
 
 def _fail_job(
-    registry: Registry, job_id: int, error: str, outcome: GenerationOutcome, log: Log
+    registry: Registry,
+    job_id: int,
+    error: str,
+    outcome: GenerationOutcome,
+    log: Log,
+    job: _StartedJob | None = None,
 ) -> None:
+    """Fail the job (and the regeneration of the rejections it answers) with one line."""
     try:
         with registry.session() as session:
             commands.mark_job(session, job_id, "failed", error=error.splitlines()[0][:500])
+            if job is not None and job.feedback_ids:
+                commands.mark_feedback_regeneration(
+                    session, job.feedback_ids, "failed", run_id=job.run_id
+                )
     except ConflictError as conflict:
         # Cleared as stuck meanwhile (already failed): that is not this run's failure.
         log(f"generation job {job_id}: {conflict}")
@@ -352,32 +429,75 @@ def _finish_job(
     outcome: GenerationOutcome,
     log: Log,
 ) -> None:
-    """Generate a running job's image and record it as a pending image of the character (a
-    video job's clip is stored and recorded on the job)."""
+    """Generate a running job's output: a new pending image of the character (a video job's
+    clip is stored and recorded on the job)."""
     backend = backends.video if job.kind == "video" else backends.image
     _track_prompt(backend, registry, job.job_id, log)
-    try:
-        if job.kind == "video":
+    if job.kind == "video":
+        try:
             _finish_video_job(registry, root, backends.video, job, log)
+        except Exception as exc:  # noqa: BLE001 - any backend failure fails this job, not the run
+            _fail_job(registry, job.job_id, str(exc) or type(exc).__name__, outcome, log, job)
+        return
+    tried: set[int] = set()
+    while True:
+        try:
+            image = backend.generate(job.request, job.loras)
+        except Exception as exc:  # noqa: BLE001 - any backend failure fails this job, not the run
+            _fail_job(registry, job.job_id, str(exc) or type(exc).__name__, outcome, log, job)
             return
-        image = backend.generate(job.request, job.loras)
-    except Exception as exc:  # noqa: BLE001 - any backend failure fails this job, not the run
-        _fail_job(registry, job.job_id, str(exc) or type(exc).__name__, outcome, log)
-        return
-    stored = root.put_image(image)
+        try:
+            image_id, new = _record_image(registry, job, root.put_image(image))
+        except ConflictError as conflict:
+            log(f"{conflict}: it was cleared while it ran, its image is not added")
+            return
+        if new:
+            outcome.image_ids.append(image_id)
+            log(f"generated new image {image_id} (seed {job.request.seed}, job {job.job_id})")
+            return
+        tried.add(job.request.seed)
+        if not job.feedback_ids:
+            _record_duplicate(registry, job, image_id, outcome, log)
+            return
+        if len(tried) > COPY_RETRIES:
+            copy = f"produced a copy of image {image_id} (seeds {sorted(tried)})"
+            _fail_job(registry, job.job_id, copy, outcome, log, job)
+            return
+        job = _reseeded(registry, job, fresh_seed(tried | job.avoid_seeds))
+        log(f"job {job.job_id} copied image {image_id}; drawing again with seed {job.request.seed}")
+
+
+def _record_duplicate(
+    registry: Registry, job: _StartedJob, image_id: int, outcome: GenerationOutcome, log: Log
+) -> None:
+    """A plain request whose output equals an existing image: the job says so, the image (and
+    its status) is left as it was."""
     try:
-        image_id = _record_image(registry, job, stored)
+        with registry.session() as session:
+            commands.mark_job(session, job.job_id, "duplicate", duplicate_of=image_id)
     except ConflictError as conflict:
-        log(f"{conflict}: it was cleared while it ran, its image is not added")
+        log(f"{conflict}: it was cleared while it ran")
         return
-    outcome.image_ids.append(image_id)
-    log(f"generated image {image_id} (seed {job.request.seed}, job {job.job_id})")
+    outcome.duplicates[job.job_id] = image_id
+    log(
+        f"generation job {job.job_id} produced a copy of image {image_id} "
+        f"(seed {job.request.seed}): recorded as a duplicate, no new image"
+    )
 
 
-def _record_image(registry: Registry, job: _StartedJob, stored: StoredImage) -> int:
+def _reseeded(registry: Registry, job: _StartedJob, seed: int) -> _StartedJob:
+    request = replace(job.request, seed=seed)
+    params = job.params | {"seed": seed}
     with registry.session() as session:
-        commands.mark_job(session, job.job_id, "completed")
-        row, _ = commands.add_image(
+        commands.reseed_job(session, job.job_id, seed, params)
+    return replace(job, request=request, params=params)
+
+
+def _record_image(registry: Registry, job: _StartedJob, stored: StoredImage) -> tuple[int, bool]:
+    """Add the job's image; (id, True) when it is new, else (id of the image it copies,
+    False) with nothing changed: that image keeps its status and its job."""
+    with registry.session() as session:
+        row, new = commands.add_image(
             session,
             job.character_id,
             stored.sha256,
@@ -389,7 +509,14 @@ def _record_image(registry: Registry, job: _StartedJob, stored: StoredImage) -> 
             generation_job_id=job.job_id,
             generation_params=job.params,
         )
-        return row.id
+        if not new:
+            return row.id, False
+        commands.mark_job(session, job.job_id, "completed")
+        if job.feedback_ids:
+            commands.mark_feedback_regeneration(
+                session, job.feedback_ids, "done", run_id=job.run_id, image_id=row.id
+            )
+        return row.id, True
 
 
 def _finish_video_job(
@@ -431,10 +558,12 @@ def request_generation(
     seed: int | None = None,
     backend: str = "diffusers",
     requested_by: str = "review",
-) -> GenerationJob:
-    """Record a pending generation job for the generation request sensor to run.
+    count: int = 1,
+) -> list[GenerationJob]:
+    """Record `count` pending generation jobs for the generation request sensor to run, each
+    with its own seed (see `pick_seeds`).
 
-    The job carries the full prompt, negative prompt, seed and settings, so the run makes
+    A job carries the full prompt, negative prompt, seed and settings, so the run makes
     exactly what was asked even if the character's settings change meanwhile.
     """
     if kind not in JOB_KINDS:
@@ -449,16 +578,24 @@ def request_generation(
     override = (prompt_override or "").strip()
     extra = (negative_prompt or "").strip()
     params |= settings | {"prompt_override": override or None, "negative_override": extra or None}
-    return commands.create_generation_job(
-        session,
-        character.id,
-        override or build_prompt(character),
-        merge_negative_prompt(character.negative_prompt, [extra] if extra else []),
-        seed if seed is not None else _seed_for(character),
-        params,
-        backend=backend,
-        kind=kind,
-    )
+    prompt = override or build_prompt(character)
+    negative = merge_negative_prompt(character.negative_prompt, [extra] if extra else [])
+    return [
+        commands.create_generation_job(
+            session, character.id, prompt, negative, each, params, backend=backend, kind=kind
+        )
+        for each in pick_seeds(character, seed, _count(count))
+    ]
+
+
+# The most images one request may ask for (the Generate tab and `lora-pipeline generate`).
+MAX_REQUEST_COUNT = 100
+
+
+def _count(count: int) -> int:
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REQUEST_COUNT:
+        raise InvalidInputError(f"invalid count {count!r}: use 1 to {MAX_REQUEST_COUNT}")
+    return count
 
 
 def pending_requests(session: Session, after_id: int) -> list[GenerationJob]:

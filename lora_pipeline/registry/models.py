@@ -32,9 +32,10 @@ IMAGE_ORIGINS = ("frame", "generated", "upload", "comfyui")
 SOURCE_KINDS = ("url", "video_upload", "image_upload", "comfyui_output")
 SOURCE_STATES = ("pending", "running", "done", "failed")
 INGEST_MODES = ("single", "project")
-JOB_STATUSES = ("pending", "running", "completed", "failed")
+# duplicate: the output was a byte-for-byte copy of an existing image (duplicate_of_image_id).
+JOB_STATUSES = ("pending", "running", "completed", "failed", "duplicate")
 RELEASE_STATUSES = ("candidate", "approved", "active", "rejected")
-REGENERATION_STATES = ("none", "queued", "requested", "done")
+REGENERATION_STATES = ("none", "queued", "requested", "done", "failed")
 MODEL_KINDS = ("checkpoint", "lora", "vlm", "tagger", "face_detector", "embedding")
 RELEASE_SCOPES = ("project", "baseline")
 EVAL_VERDICTS = ("pending", "pass", "fail")
@@ -170,11 +171,11 @@ class Source(Base):
     stats: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
-
     # The Dagster run that took the source and when: a `running` source whose run is no
     # longer alive died with it, and the stuck-job schedule marks it failed.
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+
 
 class Frame(Base):
     """A frame taken from a source, before it is sorted into characters.

@@ -171,7 +171,7 @@ def test_generation_goes_through_comfyui_when_it_is_configured(
         monkeypatch.setenv("LORA_PIPELINE_COMFYUI_URL", fake.base_url)
         monkeypatch.setenv("LORA_PIPELINE_COMFYUI_CHECKPOINT", "random_sd15.safetensors")
         with registry.session() as session:
-            video_job = request_generation(session, "aiko", kind="video", seed=4)
+            [video_job] = request_generation(session, "aiko", kind="video", seed=4)
             job_ids = [video_job.id]
         config = {"ops": {"generated_images": {"config": {"count": 2, "seed": 10}}}}
         assert materialize_partition(instance, "aiko", ["generated_images"], config)

@@ -264,7 +264,7 @@ def test_a_requested_video_job_stores_its_clip(
         video=ComfyUIVideoBackend(client, CHECKPOINT, filename_prefix="aiko"),
     )
     with registry.session() as session:
-        job_id = request_generation(session, "aiko", kind="video", seed=5).id
+        job_id = request_generation(session, "aiko", kind="video", seed=5)[0].id
     root = DataRoot(tmp_path / "data")
     plan = GenerationPlan(job_ids=(job_id,))
     outcome = generate_for_character(registry, root, backends, "aiko", plan, print)

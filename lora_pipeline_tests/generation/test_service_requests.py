@@ -57,7 +57,7 @@ def backend(generator: DiffusersGenerator) -> LocalImageBackend:
 
 def request_job(registry: Registry, slug: str = "aiko", **kwargs) -> int:
     with registry.session() as session:
-        return request_generation(session, slug, **kwargs).id
+        return request_generation(session, slug, **kwargs)[0].id
 
 
 def job(registry: Registry, job_id: int) -> GenerationJob:
@@ -152,9 +152,11 @@ def test_regeneration_asks_the_advisor_after_three_rejections(
     )
     with registry.session() as session:
         (row,) = suggestions.open_suggestions(session).values()
-        new = commands.get_image(session, outcome.image_ids[0])
+        new = [commands.get_image(session, i) for i in outcome.image_ids]
     assert row.suggested_prompt == "solo, teal hair"
-    assert new.provenance["answers_feedback"] == feedback[1:]
+    # One new image per rejection, each answering its own.
+    assert [image.provenance["answers_feedback"] for image in new] == [[f] for f in feedback[1:]]
+    new = new[0]
     assert "multiple characters" in new.generation_params["negative_prompt"]
     assert any("prompt suggestion" in line for line in logs)
 

@@ -37,8 +37,8 @@ def evaluate(registry: Registry, instance: DagsterInstance, cursor: str | None =
 
 def test_one_run_per_character_with_its_jobs(registry: Registry) -> None:
     with registry.session() as session:
-        aiko = [request_generation(session, "aiko", seed=n).id for n in range(2)]
-        kenji = request_generation(session, "kenji", kind="video").id
+        aiko = [request_generation(session, "aiko", seed=n)[0].id for n in range(2)]
+        kenji = request_generation(session, "kenji", kind="video")[0].id
         # A job the generation stage made itself is not a request.
         character = commands.get_character(session, "aiko")
         commands.create_generation_job(session, character.id, "p", "", 1, {})
@@ -59,7 +59,7 @@ def test_one_run_per_character_with_its_jobs(registry: Registry) -> None:
 
 def test_cleared_jobs_are_not_run(registry: Registry) -> None:
     with registry.session() as session:
-        job = request_generation(session, "aiko").id
+        job = request_generation(session, "aiko")[0].id
         commands.mark_job(session, job, "failed", error="cleared")
     with DagsterInstance.ephemeral() as instance:
         assert evaluate(registry, instance).run_requests == []

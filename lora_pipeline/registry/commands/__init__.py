@@ -35,6 +35,7 @@ from lora_pipeline.registry.commands.jobs import (
     fail_stuck_jobs,
     mark_job,
     record_job_output,
+    reseed_job,
     set_job_prompt_id,
 )
 from lora_pipeline.registry.commands.projects import (
@@ -79,6 +80,7 @@ __all__ = [
     "get_project",
     "mark_feedback_regeneration",
     "mark_job",
+    "reseed_job",
     "record_comfyui_output",
     "record_dataset_version",
     "record_eval",

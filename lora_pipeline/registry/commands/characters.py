@@ -39,6 +39,14 @@ def _character_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return check_settings(settings, error=InvalidInputError)
 
 
+def _locked_seed(locked: object, seed: object) -> bool:
+    if not isinstance(locked, bool):
+        raise InvalidInputError(f"seed lock must be true or false, got {locked!r}")
+    if locked and seed is None:
+        raise InvalidInputError("a locked seed needs a seed: pass one")
+    return locked
+
+
 def _trigger_word_for(slug: str, trigger_word: str | None) -> str:
     if trigger_word is not None:
         return validate_trigger_word(trigger_word)
@@ -56,9 +64,12 @@ def add_character(
     design_prompt: str = "",
     trigger_word: str | None = None,
     negative_prompt: str = "",
+    seed_locked: bool = False,
     **settings: Any,
 ) -> Character:
-    """Add a character; its trigger word defaults to the slug with '-' replaced by '_'."""
+    """Add a character; its trigger word defaults to the slug with '-' replaced by '_'.
+    `seed_locked`: every image uses its seed (counting up within a request) instead of a
+    fresh random one."""
     project = get_project(session, project_slug)
     validate_slug(slug, "character slug")
     trigger = _trigger_word_for(slug, trigger_word)
@@ -69,6 +80,7 @@ def add_character(
         trigger_word=trigger,
         design_prompt=_text(design_prompt, "design prompt"),
         negative_prompt=_text(negative_prompt, "negative prompt"),
+        seed_locked=_locked_seed(seed_locked, settings.get("seed")),
         **_character_settings(settings),
     )
     existing = session.scalar(select(Character).where(Character.slug == slug))

@@ -203,9 +203,14 @@ def reject_image(
 
 
 def mark_feedback_regeneration(
-    session: Session, feedback_ids: Sequence[int], state: str, run_id: str | None = None
+    session: Session,
+    feedback_ids: Sequence[int],
+    state: str,
+    run_id: str | None = None,
+    image_id: int | None = None,
 ) -> None:
-    """Record that the regeneration of these rejections is queued, requested or done."""
+    """Record that the regeneration of these rejections is queued, requested, done (with the
+    new image it made) or failed, and the Dagster run that answered them."""
     _choice(state, REGENERATION_STATES, "regeneration state")
     ids = sorted({_id(i, "feedback") for i in feedback_ids})
     found = set(session.scalars(select(Feedback.id).where(Feedback.id.in_(ids))))
@@ -217,7 +222,9 @@ def mark_feedback_regeneration(
             update(Feedback)
             .where(Feedback.id.in_(ids))
             .values(
-                regeneration_state=state, regeneration_run_id=_optional_text(run_id, "run id", 64)
+                regeneration_state=state,
+                regeneration_run_id=_optional_text(run_id, "run id", 64),
+                regeneration_image_id=None if image_id is None else _id(image_id, "image"),
             )
         )
     session.flush()

@@ -28,6 +28,7 @@ _JOB_TRANSITIONS = {
     "running": ("pending",),
     "completed": ("pending", "running"),
     "failed": ("pending", "running"),
+    "duplicate": ("running",),
 }
 
 
@@ -88,9 +89,12 @@ def mark_job(
     error: str | None = None,
     comfyui_prompt_id: str | None = None,
     backend: str | None = None,
+    run_id: str | None = None,
+    duplicate_of: int | None = None,
 ) -> GenerationJob:
-    """Move a job along pending -> running -> completed/failed (ConflictError otherwise);
-    `backend` records what ran it when that differs from what was requested."""
+    """Move a job along pending -> running -> completed/failed/duplicate (ConflictError
+    otherwise); `backend` records what ran it when that differs from what was requested,
+    `run_id` the Dagster run that ran it, `duplicate_of` the image its output copied."""
     job_id = _id(job_id, "generation job")
     if status not in _JOB_TRANSITIONS:
         raise InvalidInputError(
@@ -109,6 +113,10 @@ def mark_job(
         values["comfyui_prompt_id"] = _text(comfyui_prompt_id, "ComfyUI prompt id", max_length=64)
     if backend is not None:
         values["backend"] = _text(backend, "backend", required=True, max_length=32)
+    if run_id is not None:
+        values["run_id"] = _text(run_id, "run id", required=True, max_length=64)
+    if duplicate_of is not None:
+        values["duplicate_of_image_id"] = _id(duplicate_of, "image")
     statement = (
         update(GenerationJob)
         .where(GenerationJob.id == job_id, GenerationJob.status.in_(_JOB_TRANSITIONS[status]))
@@ -120,6 +128,18 @@ def mark_job(
     if current is None:
         raise NotFoundError(f"unknown generation job {job_id}")
     raise ConflictError(f"generation job {job_id} is {current}, it cannot become {status}")
+
+
+def reseed_job(session: Session, job_id: int, seed: int, params: dict[str, Any]) -> GenerationJob:
+    """A running job retried with another seed (its first output copied an existing image):
+    the row keeps the seed and parameters of what it finally draws."""
+    job = _get(session, GenerationJob, job_id, "generation job")
+    if job.status != "running":
+        raise ConflictError(f"generation job {job.id} is {job.status}, not running")
+    job.seed = _setting(seed, "seed", "seed")
+    job.params = _job_params(params)
+    session.flush()
+    return job
 
 
 def set_job_prompt_id(session: Session, job_id: int, prompt_id: str) -> GenerationJob:

@@ -77,7 +77,7 @@ async def request_generation_action(request: Request, form: FormData) -> Respons
     ctx = _context(request)
     slug, kind = _text(form, "character"), _text(form, "kind", "image")
     seed = parse_optional_number(_text(form, "seed"), "seed", LIMITS["seed"])
-    job_id = await run_in_threadpool(
+    [job_id] = await run_in_threadpool(
         lambda: actions.request_generation(
             ctx.registry,
             slug,
