@@ -220,6 +220,11 @@ class Settings(BaseSettings):
         1800.0, ge=0, allow_inf_nan=False,
         description="longest a training waits in one pause before it takes the GPU back",
     )
+    training_settle_s: float = Field(
+        600.0, ge=0, allow_inf_nan=False,
+        description="the training sensor waits until a character's approved set has not "
+        "changed for this long (0: train at once)",
+    )
     # --- evaluation ---
     identity_model: str | None = Field(
         None, description="CLIP vision model for the eval's identity score (default: the "

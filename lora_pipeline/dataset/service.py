@@ -73,8 +73,10 @@ def build_approved_dataset(
     character_slug: str,
     selection: DatasetSelection | None = None,
     provenance: Mapping[str, str | None] | None = None,
+    run_id: str | None = None,
 ) -> DatasetRef:
-    """Publish the version of the approved images the selection accepts, and record it.
+    """Publish the version of the approved images the selection accepts, and record it (with
+    the Dagster run building it).
 
     An existing version (same images) is reused as it is, provenance included.
     """
@@ -95,7 +97,12 @@ def build_approved_dataset(
         version_dir = write_dataset_version(root, manifest)
         relpath = root.relative(version_dir / MANIFEST_FILENAME)
         version, created = commands.record_dataset_version(
-            session, character.id, manifest["version_hash"], load_manifest(version_dir), relpath
+            session,
+            character.id,
+            manifest["version_hash"],
+            load_manifest(version_dir),
+            relpath,
+            run_id=run_id,
         )
     return DatasetRef(
         character=character_slug,

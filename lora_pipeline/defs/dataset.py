@@ -120,7 +120,9 @@ def approved_dataset(
         "notes": config.provenance_notes,
     }
     selection = DatasetSelection(tuple(config.tags), config.tag_match)
-    ref = build_approved_dataset(registry.get(), root, context.partition_key, selection, provenance)
+    ref = build_approved_dataset(
+        registry.get(), root, context.partition_key, selection, provenance, run_id=context.run_id
+    )
     manifest, scans = scan_dataset(root, ref)
     if not ref.created and any(provenance.values()):
         context.log.warning(

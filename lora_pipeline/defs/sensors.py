@@ -5,11 +5,18 @@ rejection id, dataset hash). Dagster never launches two runs with one run_key of
 a tick that fails half-way and is retried cannot start a second regeneration or training.
 """
 
+import math
 from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -25,6 +32,7 @@ from lora_pipeline.defs.resources import RegistryResource
 from lora_pipeline.generation.service import pending_requests
 from lora_pipeline.media.comfyui_scan import register_new_outputs
 from lora_pipeline.registry import queries
+from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import Character
 
 RUNNING = DefaultSensorStatus.RUNNING
@@ -187,24 +195,116 @@ def generation_request_sensor(
     return _result(context, runs, cursor, "no new generation requests")
 
 
-@sensor(job=training_job, minimum_interval_seconds=60, default_status=RUNNING)
-def training_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
-    """A character with ≥ 10 approved images whose approved set was never trained → one
-    training run; the run_key carries the dataset version hash."""
-    runs = []
-    with registry.get().session() as session:
+# Training runs that hold a character's place: waiting in the queue, or on their way to the GPU.
+QUEUED_STATES = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
+ACTIVE_STATES = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+SENSOR_TAG = "dagster/sensor_name"
+VERSION_TAG = "lora_pipeline/dataset_version"
+
+
+@dataclass(frozen=True)
+class TrainingCandidate:
+    """A character's approved set as the training sensor sees it."""
+
+    slug: str
+    approved: int
+    version: str
+    trained: bool
+    last_review: datetime | None
+
+
+def _training_candidates(registry: Registry) -> list[TrainingCandidate]:
+    with registry.session(readonly=True) as session:
+        candidates = []
         for character in queries.list_characters(session):
             approved = queries.approved_images(session, character.id)
-            if len(approved) < MIN_APPROVED_IMAGES:
-                continue
             version = dataset_fingerprint(character.slug, [(i.id, i.sha256) for i in approved])
-            if version in queries.trained_dataset_hashes(session, character.id):
-                continue
-            runs.append(
-                RunRequest(
-                    run_key=f"train-{character.slug}-{version}",
-                    partition_key=character.slug,
-                    tags={"lora_pipeline/dataset_version": version},
+            candidates.append(
+                TrainingCandidate(
+                    slug=character.slug,
+                    approved=len(approved),
+                    version=version,
+                    trained=version in queries.trained_dataset_hashes(session, character.id),
+                    last_review=queries.last_review_at(session, character.id),
                 )
             )
-    return _result(context, runs, None, "no character has a new approved set of ≥ 10 images")
+    return candidates
+
+
+def _waiting_reason(candidate: TrainingCandidate, settle_s: float, now: datetime) -> str | None:
+    """Why the character's approved set is not trained yet by a new run; None: train it."""
+    if candidate.approved < MIN_APPROVED_IMAGES:
+        return f"{candidate.approved}/{MIN_APPROVED_IMAGES} approved"
+    if candidate.trained:
+        return f"version {candidate.version[:12]} trained"
+    if candidate.last_review is not None:
+        left = settle_s - (now - candidate.last_review).total_seconds()
+        if left > 0:
+            return f"settling, {math.ceil(left / 60)} min left"
+    return None
+
+
+def _training_runs(instance: DagsterInstance, slug: str, states: list) -> list[DagsterRun]:
+    runs_filter = RunsFilter(
+        job_name=training_job.name, statuses=states, tags={"dagster/partition": slug}
+    )
+    return list(instance.get_runs(filters=runs_filter))
+
+
+def _supersede(context: SensorEvaluationContext, run: DagsterRun, version: str) -> None:
+    """Cancel a training this sensor queued for an approved set that has changed since."""
+    reason = f"superseded by dataset version {version[:12]}: the approved set changed"
+    context.instance.add_run_tags(
+        run.run_id, {"lora_pipeline/superseded_by": version, "lora_pipeline/cancel_reason": reason}
+    )
+    context.instance.report_run_canceled(run, message=reason)
+    context.log.info(f"cancelled queued training run {run.run_id[:8]}: {reason}")
+
+
+def _place_in_queue(context: SensorEvaluationContext, candidate: TrainingCandidate) -> str | None:
+    """At most one queued and one running training per character: why this version needs no
+    new run (it is queued or training already, or a run queued by hand goes first); a queued
+    run of an older set that this sensor started is cancelled to make room."""
+    slug, version = candidate.slug, candidate.version
+    for run in _training_runs(context.instance, slug, ACTIVE_STATES):
+        if run.tags.get(VERSION_TAG) == version:
+            return f"version {version[:12]} is training (run {run.run_id[:8]})"
+    for run in _training_runs(context.instance, slug, QUEUED_STATES):
+        if run.tags.get(VERSION_TAG) == version:
+            return f"version {version[:12]} is queued (run {run.run_id[:8]})"
+        if run.status != DagsterRunStatus.QUEUED or run.tags.get(SENSOR_TAG) != "training_sensor":
+            return f"run {run.run_id[:8]}, queued by hand, trains the newest set first"
+        _supersede(context, run, version)
+    return None
+
+
+def _training_request(candidate: TrainingCandidate) -> RunRequest:
+    # The key names the set and the last decision on it: a retried tick repeats it, and a set
+    # that comes back after a superseded run gets a run of its own.
+    stamp = f"{candidate.last_review:%Y%m%dT%H%M%S%f}" if candidate.last_review else "never"
+    return RunRequest(
+        run_key=f"train-{candidate.slug}-{candidate.version}-{stamp}",
+        partition_key=candidate.slug,
+        tags={VERSION_TAG: candidate.version},
+    )
+
+
+@sensor(job=training_job, minimum_interval_seconds=60, default_status=RUNNING)
+def training_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
+    """A character with ≥ 10 approved images, whose approved set was never trained and has not
+    changed for `training_settle_s` → one training run (tagged with the dataset version).
+    A newer set supersedes this sensor's queued run of the character; never more than one
+    queued and one running training per character. The skip reason says why each waits."""
+    settle_s = Settings.current().training_settle_s
+    now = datetime.now(UTC).replace(tzinfo=None)
+    runs, waiting = [], []
+    for candidate in _training_candidates(registry.get()):
+        reason = _waiting_reason(candidate, settle_s, now) or _place_in_queue(context, candidate)
+        if reason is None:
+            runs.append(_training_request(candidate))
+        else:
+            waiting.append(f"{candidate.slug}: {reason}")
+    skip = "; ".join(waiting) or "no characters"
+    if runs and waiting:
+        context.log.info(f"waiting: {skip}")
+    return _result(context, runs, None, skip)

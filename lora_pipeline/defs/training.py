@@ -318,6 +318,7 @@ def trained_lora(
         result,
         comfyui_loras_dir=Path(loras_dir) if loras_dir else None,
         scope=options.scope,
+        run_id=context.run_id,
     )
     return Output(
         release,

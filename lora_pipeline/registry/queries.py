@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -166,6 +167,13 @@ def frame_paths(session: Session, frame_ids: Sequence[int]) -> list[str]:
         return []
     query = select(Frame.path).where(Frame.id.in_(list(frame_ids)))
     return list(session.scalars(query.order_by(Frame.id)))
+
+
+def last_review_at(session: Session, character_id: int) -> datetime | None:
+    """When a reviewer last decided on one of the character's images (UTC): the training
+    sensor lets the approved set settle after it."""
+    query = select(func.max(Image.reviewed_at)).where(Image.character_id == character_id)
+    return session.scalar(query)
 
 
 def latest_dataset_version(session: Session, character_id: int) -> DatasetVersion | None:

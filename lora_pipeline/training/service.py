@@ -200,9 +200,11 @@ def register_trained_lora(
     result: TrainingResult,
     comfyui_loras_dir: Path | None = None,
     scope: str = "project",
+    run_id: str | None = None,
 ) -> ReleaseRef:
     """Copy the LoRA into ComfyUI's loras folder and register it as a candidate release of
-    `scope` (project, or baseline: shared by every character on the checkpoint)."""
+    `scope` (project, or baseline: shared by every character on the checkpoint), trained by
+    the Dagster run `run_id`."""
     comfy_copy = copy_to_comfyui(result.path, comfyui_loras_dir)
     sdxl = result.metadata.get("ss_base_model_version", "").startswith("sdxl")
     hyperparameters = {
@@ -232,6 +234,7 @@ def register_trained_lora(
             base_model_version="sdxl" if sdxl else "sd15",
             parent_release_id=job.parent_release_id,
             scope=scope,
+            run_id=run_id,
         )
         release_id = release.id
     return ReleaseRef(

@@ -73,8 +73,9 @@ def _materialised(instance: DagsterInstance, name: str) -> set[str]:
     return set(instance.get_materialized_partitions(AssetKey(name)))
 
 
-def test_whole_graph_for_one_character(studio) -> None:
+def test_whole_graph_for_one_character(studio, monkeypatch) -> None:
     settings, registry, instance = studio
+    monkeypatch.setenv("LORA_PIPELINE_TRAINING_SETTLE_S", "0")  # train once ten are approved
     source_id = _ingest_video(settings, registry)
     # Keep every distinct frame: this test needs ten images, not the dedupe of a real ingest.
     ingest = {"source_ids": [source_id], "near_duplicate_distance": -1, "static_threshold": -1}
@@ -104,6 +105,7 @@ def test_whole_graph_for_one_character(studio) -> None:
     small = {"epochs": 2, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3, "samples": False}
     training = {"ops": {"trained_lora": {"config": small}}}
     assert materialize_partition(instance, "aiko", TRAINING, training, tags=run.tags)
+    (trained,) = instance.get_runs(limit=1)
     for name in ALL_ASSETS:
         assert _materialised(instance, name) == {"aiko"}, name
 
@@ -114,6 +116,7 @@ def test_whole_graph_for_one_character(studio) -> None:
         assert release.status == "candidate"
         assert version.version_hash == run.tags["lora_pipeline/dataset_version"]
         assert release.dataset_version_id == version.id
+        assert release.run_id == version.run_id == trained.run_id  # approved_dataset ran in it
     lora = settings.data_root / release.path
     with safe_open(str(lora), "pt") as handle:
         keys = list(handle.keys())

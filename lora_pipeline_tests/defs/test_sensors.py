@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
-from lora_pipeline.dataset.versions import dataset_fingerprint
 from lora_pipeline.defs.resources import RegistryResource
 from lora_pipeline.defs.sensors import (
     character_partitions_sensor,
     ingest_sensor,
     rejection_sensor,
-    training_sensor,
 )
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry, migrate
@@ -115,43 +113,6 @@ def test_a_retried_tick_repeats_the_same_run_keys(registry, instance) -> None:
     first = _evaluate(rejection_sensor, registry, instance, cursor="0")
     retry = _evaluate(rejection_sensor, registry, instance, cursor="0")
     assert [r.run_key for r in first.run_requests] == [r.run_key for r in retry.run_requests]
-
-
-def test_training_sensor_fires_once_per_dataset_version(registry, instance) -> None:
-    ids = _add_images(registry, "aiko", 11)
-    with registry.session() as session:
-        for image_id in ids[:9]:
-            commands.approve_image(session, image_id)
-    assert _evaluate(training_sensor, registry, instance).run_requests == []
-
-    with registry.session() as session:
-        commands.approve_image(session, ids[9])
-        character = commands.get_character(session, "aiko")
-        pairs = [(i, s) for i, s in _approved_pairs(session, character.id)]
-    version = dataset_fingerprint("aiko", pairs)
-    (run,) = _evaluate(training_sensor, registry, instance).run_requests
-    assert run.partition_key == "aiko"
-    assert run.run_key == f"train-aiko-{version}"
-
-    # Once that version is trained, the sensor is quiet until the approved set changes.
-    with registry.session() as session:
-        dv, _ = commands.record_dataset_version(
-            session, character.id, version, {"images": [{}] * 10}, "datasets/aiko/m.json"
-        )
-        commands.register_lora_release(
-            session, character.id, dv.id, "loras/aiko.safetensors", "0" * 64, "tiny", {}
-        )
-    assert _evaluate(training_sensor, registry, instance).run_requests == []
-    with registry.session() as session:
-        commands.approve_image(session, ids[10])
-    (run,) = _evaluate(training_sensor, registry, instance).run_requests
-    assert run.run_key != f"train-aiko-{version}"
-
-
-def _approved_pairs(session, character_id: int) -> list[tuple[int, str]]:
-    from lora_pipeline.registry import queries
-
-    return [(i.id, i.sha256) for i in queries.approved_images(session, character_id)]
 
 
 def test_ingest_sensor_runs_each_source_once(registry, instance) -> None:

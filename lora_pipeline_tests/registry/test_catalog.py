@@ -133,8 +133,32 @@ def test_update_design_prompt_and_settings(session: Session) -> None:
         commands.update_design_prompt(session, "aiko", " ")
     with pytest.raises(NotFoundError, match="unknown character 'bob'"):
         commands.update_design_prompt(session, "bob", "x")
-    updated = commands.update_character_settings(session, "aiko", seed=7, cfg=5.5)
+    updated = commands.update_character(session, "aiko", seed=7, cfg=5.5)
     assert (updated.seed, updated.cfg) == (7, 5.5)
+
+
+def test_update_character_changes_only_what_is_given(session: Session) -> None:
+    make_cast(session)
+    before = commands.get_character(session, "aiko")
+    trigger, prompt = before.trigger_word, before.design_prompt
+    updated = commands.update_character(
+        session, "aiko", name="Aiko Tanaka", negative_prompt="lowres", seed=11, seed_locked=True
+    )
+    assert (updated.name, updated.negative_prompt, updated.seed) == ("Aiko Tanaka", "lowres", 11)
+    assert updated.seed_locked and (updated.trigger_word, updated.design_prompt) == (
+        trigger,
+        prompt,
+    )
+    assert (
+        commands.update_character(session, "aiko", trigger_word="aiko_t").trigger_word == "aiko_t"
+    )
+    kenji = commands.get_character(session, "kenji").trigger_word
+    with pytest.raises(ConflictError, match=f"trigger word '{kenji}' is already used"):
+        commands.update_character(session, "aiko", trigger_word=kenji)
+    with pytest.raises(InvalidInputError, match="a locked seed needs a seed"):
+        commands.update_character(session, "kenji", seed_locked=True)
+    with pytest.raises(InvalidInputError, match="unknown character setting colour"):
+        commands.update_character(session, "kenji", colour="red")
 
 
 def test_create_source_single_and_project_mode(session: Session) -> None:

@@ -201,7 +201,7 @@ def test_generate_records_a_pending_request_with_the_overrides(studio: Studio) -
 
 def test_generate_without_overrides_uses_the_character(studio: Studio) -> None:
     with studio.registry.session() as session:
-        commands.update_character_settings(session, "kenji", width=768, height=768, seed=9)
+        commands.update_character(session, "kenji", width=768, height=768, seed=9, seed_locked=True)
     response = post(studio, "/generate", {"character": "kenji", "kind": "video"}, headers=JSON)
     assert response.json()["status"] == "pending"
     (job,) = jobs(studio)

@@ -16,7 +16,7 @@ from lora_pipeline.registry.commands.characters import (
     CHARACTER_SETTINGS,
     add_character,
     get_character,
-    update_character_settings,
+    update_character,
     update_design_prompt,
 )
 from lora_pipeline.registry.commands.comfyui import record_comfyui_output
@@ -93,7 +93,7 @@ __all__ = [
     "set_job_prompt_id",
     "set_release_status",
     "set_source_state",
-    "update_character_settings",
+    "update_character",
     "update_design_prompt",
     "update_project_settings",
     "validate_slug",

@@ -104,10 +104,45 @@ def update_design_prompt(session: Session, character_slug: str, prompt: str) -> 
     return character
 
 
-def update_character_settings(session: Session, character_slug: str, **settings: Any) -> Character:
-    """Change generation settings (seed, cfg, steps, sampler, scheduler, width, height)."""
+def update_character(
+    session: Session,
+    character_slug: str,
+    *,
+    name: str | None = None,
+    design_prompt: str | None = None,
+    negative_prompt: str | None = None,
+    trigger_word: str | None = None,
+    seed_locked: bool | None = None,
+    **settings: Any,
+) -> Character:
+    """Change what is given (None: keep it): the texts, the trigger word (unique), the seed
+    lock and the generation settings (seed, cfg, steps, sampler, scheduler, width, height).
+    The next generation and training use the new values."""
     character = get_character(session, character_slug)
-    for name, value in _character_settings(settings).items():
-        setattr(character, name, value)
+    checked = _character_settings(settings)
+    if name is not None:
+        character.name = _text(name, "character name", required=True, max_length=200)
+    if design_prompt is not None:
+        character.design_prompt = _text(design_prompt, "design prompt")
+    if negative_prompt is not None:
+        character.negative_prompt = _text(negative_prompt, "negative prompt")
+    if trigger_word is not None:
+        character.trigger_word = _free_trigger_word(session, character, trigger_word)
+    for setting, value in checked.items():
+        setattr(character, setting, value)
+    if seed_locked is not None:
+        character.seed_locked = _locked_seed(seed_locked, character.seed)
     session.flush()
     return character
+
+
+def _free_trigger_word(session: Session, character: Character, trigger_word: str) -> str:
+    trigger = validate_trigger_word(trigger_word)
+    owner = session.scalar(
+        select(Character.slug).where(
+            Character.trigger_word == trigger, Character.id != character.id
+        )
+    )
+    if owner is not None:
+        raise ConflictError(f"trigger word {trigger!r} is already used by character {owner!r}")
+    return trigger

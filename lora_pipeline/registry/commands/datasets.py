@@ -8,7 +8,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.registry.commands._rows import _existing_after_race, _get, _try_insert
-from lora_pipeline.registry.commands._validate import _VERSION_HASH, _json, _relative_path
+from lora_pipeline.registry.commands._validate import (
+    _VERSION_HASH,
+    _json,
+    _optional_text,
+    _relative_path,
+)
 from lora_pipeline.registry.errors import InvalidInputError
 from lora_pipeline.registry.models import Character, DatasetVersion
 
@@ -19,8 +24,10 @@ def record_dataset_version(
     version_hash: str,
     manifest: dict[str, Any],
     manifest_path: str,
+    run_id: str | None = None,
 ) -> tuple[DatasetVersion, bool]:
-    """Record an immutable dataset version; the same hash twice gives the first row and False."""
+    """Record an immutable dataset version built by the Dagster run `run_id`; the same hash
+    twice gives the first row (and the run that first built it) and False."""
     character = _get(session, Character, character_id, "character")
     if not isinstance(version_hash, str) or not _VERSION_HASH.fullmatch(version_hash):
         raise InvalidInputError(
@@ -36,6 +43,7 @@ def record_dataset_version(
         image_count=len(images),
         manifest_path=_relative_path(manifest_path, "manifest path"),
         manifest=manifest,
+        run_id=_optional_text(run_id, "run id", 64),
     )
     lookup = select(DatasetVersion).where(
         DatasetVersion.character_id == character.id, DatasetVersion.version_hash == version_hash

@@ -43,8 +43,10 @@ def register_lora_release(
     scope: str = "project",
     base_model_version: str = "sd15",
     parent_release_id: int | None = None,
+    run_id: str | None = None,
 ) -> LoraRelease:
-    """Register a trained LoRA as a candidate release, with its row in `models`.
+    """Register a trained LoRA as a candidate release, with its row in `models` and the
+    Dagster run that trained it.
 
     The checkpoint is stored by its `checkpoint_key` (the full path stays in the
     hyperparameters). Registering the same file (sha256) again for the character returns the
@@ -82,6 +84,7 @@ def register_lora_release(
         status="candidate",
         scope=_choice(scope, RELEASE_SCOPES, "release scope"),
         hyperparameters=_json(hyperparameters, "hyperparameters", dict),
+        run_id=_optional_text(run_id, "run id", 64),
     )
     number = 1 + (
         session.scalar(
