@@ -7,6 +7,7 @@ import argparse
 from lora_pipeline.cli.common import CliError, Subcommands, registry, settings
 from lora_pipeline.generation_settings import ANY_NUMBER, LIMITS, parse_number
 from lora_pipeline.registry import commands
+from lora_pipeline.registry.models import Character
 
 
 def cmd_project_add(args: argparse.Namespace) -> None:
@@ -128,6 +129,61 @@ def cmd_character_add(args: argparse.Namespace) -> None:
         print(f"character {character.slug} added (trigger word {character.trigger_word})")
 
 
+# What `character set` changes besides the numbers: option name → update_character keyword.
+CHARACTER_TEXTS = (
+    "name",
+    "design_prompt",
+    "negative_prompt",
+    "trigger_word",
+    "sampler",
+    "scheduler",
+)
+
+
+def _character_changes(args: argparse.Namespace) -> dict[str, object]:
+    values: dict[str, object] = {
+        k: parse_number(getattr(args, k), f"--{k}", LIMITS[k])
+        for k in CHARACTER_NUMBERS
+        if getattr(args, k) is not None
+    }
+    values.update({k: getattr(args, k) for k in CHARACTER_TEXTS if getattr(args, k) is not None})
+    if args.seed_locked is not None:
+        values["seed_locked"] = args.seed_locked
+    if not values:
+        raise CliError("nothing to change: give a setting such as --design-prompt or --lock-seed")
+    return values
+
+
+def cmd_character_set(args: argparse.Namespace) -> None:
+    values = _character_changes(args)
+    with registry(settings()).session() as session:
+        character = commands.update_character(session, args.slug, **values)
+        print(f"character {character.slug}: set {', '.join(values)} (used from the next run on)")
+        _print_character(character)
+
+
+def cmd_character_show(args: argparse.Namespace) -> None:
+    with registry(settings()).session() as session:
+        _print_character(commands.get_character(session, args.slug))
+
+
+def _print_character(character: Character) -> None:
+    seed = "random per image" if not character.seed_locked else f"{character.seed} (locked)"
+    if not character.seed_locked and character.seed is not None:
+        seed = f"random per image (unlocked seed {character.seed})"
+    rows = {
+        "name": character.name,
+        "project": character.project.slug,
+        "trigger_word": character.trigger_word,
+        "design_prompt": character.design_prompt or "—",
+        "negative_prompt": character.negative_prompt or "—",
+        "seed": seed,
+        **{k: getattr(character, k) for k in commands.CHARACTER_SETTINGS if k != "seed"},
+    }
+    for key, value in rows.items():
+        print(f"  {key:<16} {'(default)' if value is None else value}")
+
+
 def register(sub: Subcommands) -> None:
     project = sub.add_parser("project", help="projects").add_subparsers(
         dest="action", required=True
@@ -193,3 +249,32 @@ def register(sub: Subcommands) -> None:
         "by default each image draws a fresh random seed",
     )
     cadd.set_defaults(func=cmd_character_add)
+
+    cset = character.add_parser(
+        "set", help="change a character's texts, trigger word, generation settings, seed lock"
+    )
+    cset.add_argument("slug")
+    for name in CHARACTER_TEXTS:
+        cset.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="TEXT")
+    for name in CHARACTER_NUMBERS:
+        cset.add_argument(f"--{name}", metavar="N")
+    lock = cset.add_mutually_exclusive_group()
+    lock.add_argument(
+        "--lock-seed",
+        dest="seed_locked",
+        action="store_const",
+        const=True,
+        default=None,
+        help="every image uses the seed (counting up within a request)",
+    )
+    lock.add_argument(
+        "--unlock-seed",
+        dest="seed_locked",
+        action="store_const",
+        const=False,
+        help="each image draws a fresh random seed (the default)",
+    )
+    cset.set_defaults(func=cmd_character_set)
+    cshow = character.add_parser("show", help="a character's settings")
+    cshow.add_argument("slug")
+    cshow.set_defaults(func=cmd_character_show)

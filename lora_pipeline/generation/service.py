@@ -24,6 +24,7 @@ from lora_pipeline.generation.advisor import PromptAdvisor, propose_refinement
 from lora_pipeline.generation.backends import ImageBackend, RenderedFile
 from lora_pipeline.generation.local import GenerationError, GenerationRequest, LoraSpec
 from lora_pipeline.generation.negatives import merge_negative_prompt, negative_terms_for
+from lora_pipeline.generation_settings import Limit
 from lora_pipeline.media.store import DataRoot, StoredImage
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
@@ -602,6 +603,11 @@ def pending_requests(session: Session, after_id: int) -> list[GenerationJob]:
     """Requested jobs still pending, newer than a sensor's cursor, oldest first."""
     jobs = queries.pending_jobs_after(session, after_id)
     return [job for job in jobs if (job.params or {}).get(REQUEST_MARK)]
+
+
+# A job pending or running this long is taken for stuck (the Generate tab, `jobs clear-stuck`).
+DEFAULT_STUCK_MINUTES = 10
+STUCK_MINUTES = Limit(1, 7 * 24 * 60, whole=True)
 
 
 @dataclass

@@ -11,8 +11,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from lora_pipeline import actions
-from lora_pipeline.generation.service import clear_stuck_jobs
-from lora_pipeline.generation_settings import LIMITS, Limit, parse_optional_number
+from lora_pipeline.generation.service import (
+    DEFAULT_STUCK_MINUTES,
+    STUCK_MINUTES,
+    clear_stuck_jobs,
+)
+from lora_pipeline.generation_settings import LIMITS, parse_optional_number
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected, page_url
 from lora_pipeline.review.views.common import (
@@ -22,10 +26,6 @@ from lora_pipeline.review.views.common import (
     render,
     wants_json,
 )
-
-DEFAULT_STUCK_MINUTES = 10
-MAX_STUCK_MINUTES = 7 * 24 * 60
-STUCK_MINUTES = Limit(1, MAX_STUCK_MINUTES, whole=True)
 
 
 def generate_page(request: Request) -> Response:
