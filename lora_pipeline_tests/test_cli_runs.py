@@ -120,3 +120,13 @@ def test_train_queues_a_run_for_the_daemon(cast: Path, capsys) -> None:
         "aiko",
     )
     assert summary["started_by"].startswith("cli:")
+
+
+def test_status_json_for_scripts(cast: Path, capsys) -> None:
+    approve(3)
+    code, out, _ = run(capsys, "status", "--json")
+    (row,) = json.loads(out)
+    assert code == 0 and (row["character"], row["project"]) == ("aiko", "demo")
+    assert row["images"]["approved"] == 3 and row["release"] is None
+    code, out, _ = run(capsys, "status")
+    assert "aiko" in out and "   3" in out

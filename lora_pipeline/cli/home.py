@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from lora_pipeline.cli.common import CliError, Subcommands, display_url, registry, settings
 from lora_pipeline.config import child_environment, readme_with_table, save_settings
 from lora_pipeline.registry import queries
 from lora_pipeline.registry.db import migrate
+from lora_pipeline.registry.models import Character
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -48,21 +53,38 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    with registry(settings()).session() as session:
-        characters = queries.list_characters(session, project_slug=args.project)
-        if not characters:
-            print("no characters yet: `lora-pipeline character add`")
-        print(f"{'character':<20} {'project':<14} pend  appr  rej  skip  dataset       release")
-        for c in characters:
-            counts = queries.image_counts(session, c.id)
-            version = queries.latest_dataset_version(session, c.id)
-            release = queries.latest_release(session, c.id)
-            print(
-                f"{c.slug:<20} {c.project.slug:<14} {counts['pending']:>4}  "
-                f"{counts['approved']:>4}  {counts['rejected']:>3}  {counts['skipped']:>4}  "
-                f"{version.version_hash[:12] if version else '-':<12}  "
-                f"{f'{release.id} ({release.status})' if release else '-'}"
-            )
+    with registry(settings()).session(readonly=True) as session:
+        rows = [_status_row(session, c) for c in queries.list_characters(session, args.project)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("no characters yet: `lora-pipeline character add`")
+    print(f"{'character':<20} {'project':<14} pend  appr  rej  skip  dataset       release")
+    for row in rows:
+        counts, release = row["images"], row["release"]
+        shown = f"{release['id']} ({release['status']})" if release else "-"
+        print(
+            f"{row['character']:<20} {row['project']:<14} {counts['pending']:>4}  "
+            f"{counts['approved']:>4}  {counts['rejected']:>3}  {counts['skipped']:>4}  "
+            f"{(row['dataset_version'] or '-')[:12]:<12}  "
+            f"{shown}"
+        )
+
+
+def _status_row(session: Session, character: Character) -> dict[str, Any]:
+    version = queries.latest_dataset_version(session, character.id)
+    release = queries.latest_release(session, character.id)
+    return {
+        "character": character.slug,
+        "project": character.project.slug,
+        "images": queries.image_counts(session, character.id),
+        "dataset_version": version.version_hash if version else None,
+        "dataset_run_id": version.run_id if version else None,
+        "release": {"id": release.id, "status": release.status, "run_id": release.run_id}
+        if release
+        else None,
+    }
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -99,6 +121,7 @@ def register(sub: Subcommands) -> None:
 
     status = sub.add_parser("status", help="characters, counts, datasets and releases")
     status.add_argument("--project")
+    status.add_argument("--json", action="store_true", help="for scripts")
     status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="build a demo project and run the whole graph on the CPU")
