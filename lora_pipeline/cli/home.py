@@ -29,7 +29,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     yaml_path = prepare_dagster_home(current.dagster_home, postgres=args.dagster_postgres)
     print(f"registry   {display_url(current.database_url)} (schema {revision})")
     print(f"data root  {current.data_root}")
-    print(f"dagster    {yaml_path} (pool gpu limited to 1)")
+    print(f"dagster    {yaml_path} (pools gpu and gpu_interactive limited to 1)")
 
 
 def cmd_config(args: argparse.Namespace) -> None:

@@ -107,6 +107,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name)}
     if args.backend:
         config["backend"] = args.backend
+    if args.no_samples:
+        config["samples"] = False
     from lora_pipeline.defs.instance import open_instance, submit_job_run
 
     instance = open_instance(current.dagster_home)
@@ -231,6 +233,7 @@ def register(sub: Subcommands) -> None:
         option = f"--{name.replace('_', '-')}"
         train.add_argument(option, dest=name, type=typed(option, limit))
     train.add_argument("--backend", choices=("auto", "builtin", "kohya"))
+    train.add_argument("--no-samples", action="store_true", help="no sample image per epoch")
     train.set_defaults(func=cmd_train)
 
     runs = sub.add_parser("runs", help="the newest Dagster runs and where they are")

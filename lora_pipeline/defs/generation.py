@@ -3,7 +3,7 @@
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from lora_pipeline.defs.gpu import gpu_op_tags, gpu_step
-from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
+from lora_pipeline.defs.partitions import INTERACTIVE_GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.generation.advisor import configured_advisors
 from lora_pipeline.generation.service import GenerationPlan, generate_for_character
@@ -27,8 +27,9 @@ class GenerationConfig(Config):
 @asset(
     partitions_def=character_partitions,
     group_name="generation",
-    pool=GPU_POOL,
-    # Images for review are what people wait for: before training and evaluation.
+    # Images for review are what people wait for: their own pool, so that a yielding training
+    # (which keeps its `gpu` slot) lets them through, and first to the GPU's lock.
+    pool=INTERACTIVE_GPU_POOL,
     op_tags=gpu_op_tags("interactive"),
     kinds={"pytorch", "diffusers"},
 )

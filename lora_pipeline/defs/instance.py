@@ -20,13 +20,13 @@ from dagster import (
 )
 
 from lora_pipeline.config import export_dagster_home
-from lora_pipeline.defs.partitions import CHARACTER_PARTITIONS_NAME, GPU_POOL
+from lora_pipeline.defs.partitions import CHARACTER_PARTITIONS_NAME, GPU_POOLS
 
 INSTANCE_FILES = resources.files("lora_pipeline") / "instance"
 
 
 def prepare_dagster_home(home: Path, postgres: bool = False) -> Path:
-    """Write dagster.yaml (unless the user has one) and limit the GPU pool to one slot."""
+    """Write dagster.yaml (unless the user has one) and limit each GPU pool to one slot."""
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     if not target.exists():
@@ -34,7 +34,8 @@ def prepare_dagster_home(home: Path, postgres: bool = False) -> Path:
         with resources.as_file(INSTANCE_FILES / name) as source:
             shutil.copyfile(source, target)
     with open_instance(home) as instance:
-        instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
+        for pool in GPU_POOLS:
+            instance.event_log_storage.set_concurrency_slots(pool, 1)
     return target
 
 

@@ -18,7 +18,8 @@ def test_sqlite_home_limits_the_gpu_pool(tmp_path: Path) -> None:
     prepare_dagster_home(home)
     with open_instance(home) as instance:
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
-        assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 1
+        for pool in ("gpu", "gpu_interactive"):
+            assert instance.event_log_storage.get_concurrency_info(pool).slot_count == 1
         assert "sqlite" in type(instance.run_storage).__name__.lower()
 
 
