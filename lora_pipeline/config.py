@@ -242,7 +242,12 @@ class Settings(BaseSettings):
         None, description="Echo Brain prompt advisor service (default: the built-in advisor)"
     )
     review_token: str | None = Field(
-        None, description="the review app's login token (needed for a non-loopback `--host`)"
+        None, description="the review app's login token (needed for a non-loopback `--host`; "
+        "at least 16 characters, no spaces)"
+    )
+    review_decode_pixels: int = Field(
+        64_000_000, ge=1_000_000, description="pixels the review app decodes at once (uploaded "
+        "images, thumbnails; about 8 bytes of memory each): more waits its turn"
     )
     # Names of the values passed in code, for `describe()`.
     _overridden: frozenset[str] = PrivateAttr(default_factory=frozenset)

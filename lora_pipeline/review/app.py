@@ -6,15 +6,20 @@ on 127.0.0.1 (`lora-pipeline review`). Binding any other address needs an access
 
 from __future__ import annotations
 
+import inspect
+import logging
+import secrets
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import wraps
 from pathlib import Path
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -27,18 +32,24 @@ from starlette.templating import Jinja2Templates
 from lora_pipeline.config import Settings
 from lora_pipeline.errors import PipelineError, user_message
 from lora_pipeline.generation.negatives import NegativeTableError
-from lora_pipeline.generation_settings import InvalidSettingError
+from lora_pipeline.generation_settings import MAX_SEED, InvalidSettingError
 from lora_pipeline.media.store import DataRoot, UnsafePathError
 from lora_pipeline.media.uploads import UploadError
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.review import views
+from lora_pipeline.review.decoding import PixelBudget, Thumbnails
 from lora_pipeline.review.security import (
     LOOPBACK_HOSTS,
     AccessTokenMiddleware,
     BodyLimitMiddleware,
     BrowserSafetyMiddleware,
+    CsrfSigner,
+    InvalidTokenError,
+    check_token,
     is_loopback,
+    load_secret,
+    message_page,
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -56,7 +67,34 @@ ERROR_STATUS = {
     UnsafePathError: 400,
     NegativeTableError: 500,
     InvalidSettingError: 400,
+    InvalidTokenError: 400,
 }
+# Registry ids are BIGINTs: a larger number names nothing (and would overflow the database).
+MAX_ID = MAX_SEED
+ID_NOUNS = {
+    "image_id": "image",
+    "job_id": "job",
+    "release_id": "release",
+    "eval_id": "eval",
+    "suggestion_id": "suggestion",
+}
+ERROR_LOG = ("logs", "review-app.log")
+
+
+class IdConvertor(Convertor[int]):
+    """`{name:id}`: any whole number, signed, so that one out of range gets its own 404
+    (`_ids_checked`) instead of a generic one, or an overflow in the database."""
+
+    regex = "-?[0-9]+"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("id", IdConvertor())
 
 
 class ReviewAppError(PipelineError):
@@ -67,30 +105,61 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/", views.characters_page),
         Route("/approve", views.approve_page),
-        Route("/images/{image_id:int}", views.image_file),
-        Route("/images/{image_id:int}/approve", views.approve_image, methods=["POST"]),
-        Route("/images/{image_id:int}/reject", views.reject_image, methods=["POST"]),
+        _route("/images/{image_id:id}", views.image_file),
+        _route("/images/{image_id:id}/thumb", views.image_thumbnail),
+        _route("/images/{image_id:id}/approve", views.approve_image, methods=["POST"]),
+        _route("/images/{image_id:id}/reject", views.reject_image, methods=["POST"]),
         Route("/generate", views.generate_page),
         Route("/generate", views.request_generation_action, methods=["POST"]),
         Route("/jobs.json", views.jobs_json),
         Route("/jobs/clear-stuck", views.clear_stuck, methods=["POST"]),
-        Route("/jobs/{job_id:int}/output", views.job_output),
+        _route("/jobs/{job_id:id}/output", views.job_output),
         Route("/releases", views.releases_page),
         Route("/releases.json", views.releases_json),
-        Route("/releases/{release_id:int}/{action}", views.release_action, methods=["POST"]),
-        Route("/evals/{eval_id:int}/grid", views.eval_grid),
+        _route("/releases/{release_id:id}/{action}", views.release_action, methods=["POST"]),
+        _route("/evals/{eval_id:id}/grid", views.eval_grid),
         Route("/gallery", views.gallery_page),
-        Route("/gallery/{image_id:int}", views.gallery_view),
+        _route("/gallery/{image_id:id}", views.gallery_view),
         Route("/ingest", views.ingest_page),
         Route("/ingest", views.ingest_action, methods=["POST"]),
-        Route("/suggestions/{suggestion_id:int}/accept", views.accept_suggestion, methods=["POST"]),
-        Route(
-            "/suggestions/{suggestion_id:int}/dismiss", views.dismiss_suggestion, methods=["POST"]
+        _route("/suggestions/{suggestion_id:id}/accept", views.accept_suggestion, methods=["POST"]),
+        _route(
+            "/suggestions/{suggestion_id:id}/dismiss", views.dismiss_suggestion, methods=["POST"]
         ),
         Route("/healthz", views.healthz),
         Route("/favicon.ico", views.favicon),
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
     ]
+
+
+def _route(path: str, endpoint: Callable, **kwargs: object) -> Route:
+    return Route(path, _ids_checked(endpoint), **kwargs)  # type: ignore[arg-type]
+
+
+def _check_ids(request: Request) -> None:
+    for key, noun in ID_NOUNS.items():
+        value = request.path_params.get(key)
+        if value is not None and not 1 <= value <= MAX_ID:
+            raise HTTPException(404, f"no {noun} {value}: ids are whole numbers from 1 to {MAX_ID}")
+
+
+def _ids_checked(endpoint: Callable) -> Callable:
+    """`endpoint`, answering 404 for an id in its path that no row can have."""
+    if inspect.iscoroutinefunction(endpoint):
+
+        @wraps(endpoint)
+        async def checked_async(request: Request) -> Response:
+            _check_ids(request)
+            return await endpoint(request)
+
+        return checked_async
+
+    @wraps(endpoint)
+    def checked(request: Request) -> Response:
+        _check_ids(request)
+        return endpoint(request)
+
+    return checked
 
 
 def _check_csrf_everywhere(app_routes: list[BaseRoute]) -> None:
@@ -147,6 +216,38 @@ def _domain_error(status: int) -> Callable[[Request, Exception], Response]:
     return handler
 
 
+def _error_log(home: Path) -> logging.Logger:
+    """A logger of this app alone (not in logging's global tree) that writes to the home's
+    logs/review-app.log, opened at the first error."""
+    path = home.joinpath(*ERROR_LOG)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.Logger("lora_pipeline.review.app", logging.INFO)
+    logger.addHandler(handler)
+    return logger
+
+
+def _unexpected_error(log: logging.Logger) -> Callable[[Request, Exception], Response]:
+    """The one catch-all: a bug answers 500 with a short message and an error id; the
+    traceback goes to the log under that id."""
+
+    def handler(request: Request, error: Exception) -> Response:
+        error_id = secrets.token_hex(6)
+        log.error("error %s on %s %s", error_id, request.method, request.url.path, exc_info=error)
+        message = (
+            f"Something went wrong on our side (error {error_id}); nothing was changed by "
+            f"the part that failed. The details are in {'/'.join(ERROR_LOG)} of the project "
+            "home under that id."
+        )
+        if views.wants_json(request):
+            return JSONResponse({"ok": False, "error": message, "error_id": error_id}, 500)
+        # A plain page: the error may have come before the templates' state was set.
+        return message_page(500, "Internal error", message)
+
+    return handler
+
+
 def comfyui_canceller(settings: Settings) -> Callable[[str], object] | None:
     """Stops a prompt in ComfyUI (interrupt when running, delete when queued)."""
     if not settings.comfyui_url:
@@ -172,11 +273,14 @@ def create_app(
     `cancel_prompt` overrides how a stuck job's ComfyUI prompt is stopped.
     """
     settings.ensure_dirs()
+    if access_token is not None:
+        check_token(access_token)
     migrate(settings.database_url)
     registry = Registry(settings.database_url)
     app_routes = routes()
     _check_csrf_everywhere(app_routes)
-    middleware = [Middleware(BrowserSafetyMiddleware)]
+    signer = CsrfSigner(load_secret(settings.home))
+    middleware = [Middleware(BrowserSafetyMiddleware, signer=signer)]
     if access_token is not None:
         middleware.insert(0, Middleware(AccessTokenMiddleware, token=access_token))
     else:
@@ -189,28 +293,40 @@ def create_app(
         )
     )
 
+    log = _error_log(settings.home)
+
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         registry.dispose()
+        for handler in log.handlers:
+            handler.close()
 
     handlers: dict[type[Exception] | int, Callable] = {HTTPException: _http_error}
     handlers.update({kind: _domain_error(status) for kind, status in ERROR_STATUS.items()})
+    handlers[Exception] = _unexpected_error(log)
     app = Starlette(
         routes=app_routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
     )
+    root = DataRoot(settings.data_root)
+    budget = PixelBudget(settings.review_decode_pixels)
     app.state.review = views.ReviewContext(
         settings=settings,
         registry=registry,
-        root=DataRoot(settings.data_root),
+        root=root,
         templates=_templates(),
         max_upload_bytes=max_upload_bytes,
+        decode_budget=budget,
+        thumbnails=Thumbnails(root, budget),
         cancel_prompt=cancel_prompt if cancel_prompt is not None else comfyui_canceller(settings),
     )
     return app
 
 
 def check_bind(host: str, access_token: str | None) -> None:
+    """Refuse, before anything starts, a bad token or a public address without one."""
+    if access_token is not None:
+        check_token(access_token)
     if not is_loopback(host) and not access_token:
         raise ReviewAppError(
             f"refusing to listen on {host} without an access token: anyone who can reach it "

@@ -282,6 +282,14 @@ def gallery_item(session: Session, root: DataRoot, image_id: int) -> GalleryItem
     return None if image is None else _gallery_item(image, root)
 
 
+def image_source(session: Session, root: DataRoot, image_id: int) -> tuple[Path, str] | None:
+    """The file of a registry image inside the data root, and its sha256 (for thumbnails)."""
+    path = image_path(session, root, image_id)
+    if path is None:
+        return None
+    return path, session.get(Image, image_id).sha256
+
+
 def image_path(session: Session, root: DataRoot, image_id: int) -> Path | None:
     """The file of a registry image, only if it lies inside the data root."""
     image = session.get(Image, image_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,25 @@ from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.review.app import create_app
-from lora_pipeline.review.security import CSRF_COOKIE
 
 BASE_URL = "http://127.0.0.1"
+# What a browser sends with a form posted from the app's own page.
+OWN_ORIGIN = {"origin": BASE_URL}
+_FORM_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def app_client(app: Starlette, **kwargs: Any) -> TestClient:
+    """A client of `app` that posts as the app's own pages do (with their Origin)."""
+    headers = {**OWN_ORIGIN, **kwargs.pop("headers", {})}
+    return TestClient(app, base_url=kwargs.pop("base_url", BASE_URL), headers=headers, **kwargs)
+
+
+def form_token(client: TestClient, path: str = "/ingest") -> str:
+    """The CSRF token of the client's browser, read from a page's form as a script would
+    (the Ingest page always has its form)."""
+    found = _FORM_TOKEN.search(client.get(path).text)
+    assert found, f"no csrf_token in the form of {path}"
+    return found.group(1)
 
 
 @pytest.fixture(autouse=True)
@@ -63,15 +80,12 @@ class Studio:
             return image.id
 
     def csrf(self, client: TestClient | None = None) -> str:
-        """The client's CSRF cookie, fetched with a page view if it has none yet."""
-        client = client or self.client
-        if CSRF_COOKIE not in client.cookies:
-            client.get("/healthz")
-            client.get("/approve")
-        return client.cookies[CSRF_COOKIE]
+        """The CSRF token of the client's browser (its id cookie is set by the first page)."""
+        return form_token(client or self.client)
 
     def new_client(self, **kwargs: Any) -> TestClient:
-        return TestClient(self.app, base_url=BASE_URL, **kwargs)
+        """Another browser on the app."""
+        return app_client(self.app, **kwargs)
 
 
 def make_settings(home: Path, base_model: str | None = "/models/anime-v3.safetensors") -> Settings:
@@ -100,6 +114,6 @@ def studio(tmp_path: Path) -> Iterator[Studio]:
     app = create_app(settings)
     registry = Registry(settings.database_url)
     add_cast(registry)
-    with TestClient(app, base_url=BASE_URL) as client:
+    with app_client(app) as client:
         yield Studio(settings, registry, DataRoot(settings.data_root), app, client)
     registry.dispose()

@@ -9,7 +9,6 @@ from datetime import timedelta
 import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
-from starlette.testclient import TestClient
 
 from lora_pipeline.generation_settings import MAX_SEED
 from lora_pipeline.media.video import make_synthetic_video
@@ -24,7 +23,7 @@ from lora_pipeline.registry.models import (
     utcnow,
 )
 from lora_pipeline.review.app import create_app
-from lora_pipeline_tests.review.conftest import BASE_URL, Studio
+from lora_pipeline_tests.review.conftest import Studio, app_client
 
 JSON = {"accept": "application/json"}
 
@@ -372,7 +371,7 @@ def test_invalid_ingest_requests_are_refused(studio: Studio, data: dict, message
 
 def test_upload_over_the_limit_is_cut_off_while_streaming(studio: Studio) -> None:
     # The same registry, with a smaller upload limit.
-    client = TestClient(create_app(studio.settings, max_upload_bytes=100_000), base_url=BASE_URL)
+    client = app_client(create_app(studio.settings, max_upload_bytes=100_000))
     token = studio.csrf(client)
 
     def body():

@@ -1,11 +1,16 @@
 """The Approve tab in a real browser: Debian's Chromium driven by Playwright against uvicorn on
-127.0.0.1, then the registry read back."""
+127.0.0.1, then the registry read back; and a page on another port of the host that tries to
+forge a decision."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
+import threading
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,7 @@ from sqlalchemy import select
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.models import Feedback, GenerationJob, Image
 from lora_pipeline.review.app import background_server, create_app
+from lora_pipeline.review.security import BROWSER_COOKIE
 from lora_pipeline_tests.review.conftest import Studio, add_cast, make_settings
 
 CHROMIUM = "/usr/bin/chromium"
@@ -206,3 +212,84 @@ def test_generate_tab_shows_settings_and_live_job_status(studio: Studio, live: s
         commands.mark_job(session, job.id, "running")
     # The script polls /jobs.json while a job is pending or running.
     sync_api.expect(row.locator(".job-status")).to_have_text("running", timeout=10_000)
+
+
+# --- a page on another port of this host tries to decide -----------------------------------------
+
+
+class AttackerPage(http.server.BaseHTTPRequestHandler):
+    """Serves, from another port of 127.0.0.1, a page that writes the app's browser cookie (a
+    cookie does not keep ports apart) and posts the app's approve form at once."""
+
+    cookie = ""
+    form = ""
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        body = self.form.encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.send_header("set-cookie", f"{BROWSER_COOKIE}={self.cookie}; Path=/")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def attacker_site(cookie: str, form: str) -> Iterator[str]:
+    handler = type("Handler", (AttackerPage,), {"cookie": cookie, "form": form})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def a_real_browser_pair(live: str) -> tuple[str, str]:
+    """What any local process can get from the app: a browser id and its valid form token."""
+    with urllib.request.urlopen(f"{live}/ingest") as response:
+        cookie = response.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+        html = response.read().decode()
+    return cookie, re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+@pytest.mark.parametrize("pair", ["valid pair fetched from the app", "made up"])
+def test_a_page_on_another_port_cannot_approve(
+    studio: Studio, live: str, browser, pair: str
+) -> None:
+    image_id = studio.add_image("aiko", 1)
+    cookie, token = a_real_browser_pair(live) if pair.startswith("valid") else ("x" * 43, "f" * 64)
+    form = (
+        f'<form method="post" action="{live}/images/{image_id}/approve">'
+        f'<input name="csrf_token" value="{token}"><input name="reviewer" value="attacker-page">'
+        "</form><script>document.forms[0].submit()</script>"
+    )
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{live}/approve")  # the studio's own tab has its cookie already
+    with attacker_site(cookie, form) as attacker:
+        posted = f"{live}/images/{image_id}/approve"
+        with page.expect_response(lambda r: r.url == posted) as answer:
+            page.goto(f"{attacker}/")
+        assert answer.value.status == 403
+        assert "CSRF check failed: this request was sent by a page of " + attacker in (
+            answer.value.text()
+        )
+    # The cookie was overwritten from the other port: only the Origin check stopped the post.
+    jar = {c["name"]: c["value"] for c in context.cookies(live)}
+    assert jar[BROWSER_COOKIE] == cookie
+    assert status(studio, image_id) == "pending"
+    # The studio's own page still decides, in the same browser.
+    page.goto(f"{live}/approve?reviewer=alice")
+    card(page, image_id).get_by_role("button", name="✓ Approve").click()
+    sync_api.expect(card(page, image_id).locator(".notice")).to_have_text(
+        f"Image {image_id} approved."
+    )
+    context.close()
+    with studio.registry.session() as session:
+        assert session.get(Image, image_id).reviewed_by == "alice"

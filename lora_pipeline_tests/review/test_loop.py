@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 from PIL import Image as PILImage
-from starlette.testclient import TestClient
 
 from lora_pipeline.config import Settings
 from lora_pipeline.defs.instance import materialize_partition, open_instance, prepare_dagster_home
@@ -22,7 +21,7 @@ from lora_pipeline.registry import commands, queries, suggestions
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import Feedback, GenerationJob, Image
 from lora_pipeline.review.app import create_app
-from lora_pipeline_tests.review.conftest import BASE_URL
+from lora_pipeline_tests.review.conftest import app_client, form_token
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +30,12 @@ class Loop:
     def __init__(self, settings: Settings, instance: DagsterInstance) -> None:
         self.settings = settings
         self.instance = instance
-        self.client = TestClient(create_app(settings), base_url=BASE_URL)
+        self.client = app_client(create_app(settings))
         self.registry = Registry(settings.database_url)
         self.root = DataRoot(settings.data_root)
 
     def csrf(self) -> str:
-        self.client.get("/approve")
-        return self.client.cookies["lp_csrf"]
+        return form_token(self.client)
 
     def evaluate(self, sensor, cursor: str | None = None) -> SensorResult:
         context = build_sensor_context(

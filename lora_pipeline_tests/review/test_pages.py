@@ -65,7 +65,8 @@ def test_approve_queue_lists_pending_images_with_metadata(studio: Studio) -> Non
     for shown in ("Aiko", "show", "teal hair, yellow raincoat", "1234", "dpmpp_2m / karras"):
         assert shown in card
     assert "anime-v3.safetensors" in card  # the checkpoint the image was generated with
-    assert f'src="/images/{first}"' in card
+    # The card shows the thumbnail and links the full image.
+    assert f'src="/images/{first}/thumb"' in card and f'href="/images/{first}"' in card
     for category in commands.REJECTION_CATEGORIES:
         assert f'value="{category}"' in card
 

@@ -9,7 +9,13 @@ with its error) to a plain form post, so the app works without JavaScript too.
 
 from __future__ import annotations
 
-from lora_pipeline.review.views.approve import approve_image, approve_page, image_file, reject_image
+from lora_pipeline.review.views.approve import (
+    approve_image,
+    approve_page,
+    image_file,
+    image_thumbnail,
+    reject_image,
+)
 from lora_pipeline.review.views.characters import (
     accept_suggestion,
     characters_page,
@@ -47,6 +53,7 @@ __all__ = [
     "generate_page",
     "healthz",
     "image_file",
+    "image_thumbnail",
     "ingest_action",
     "ingest_page",
     "job_output",

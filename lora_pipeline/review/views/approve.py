@@ -28,6 +28,7 @@ CATEGORY_LABELS = {
     "wrong_expression": "Wrong expression",
 }
 OUTCOMES = ("approved", "rejected")
+IMMUTABLE = {"cache-control": "private, max-age=86400, immutable"}
 
 
 def _filters(source: Any) -> dict[str, str]:
@@ -158,4 +159,15 @@ def image_file(request: Request) -> Response:
     if path is None:
         raise HTTPException(404, f"no image {request.path_params['image_id']}")
     # Content-addressed files never change: the browser may keep them.
-    return FileResponse(path, headers={"cache-control": "private, max-age=86400, immutable"})
+    return FileResponse(path, headers=IMMUTABLE)
+
+
+def image_thumbnail(request: Request) -> Response:
+    """A registry image at most 1024 px a side: made once (under the app's decode budget),
+    then served from the data root's thumbs/."""
+    found = _find_file(request, pages.image_source, "image_id")
+    if found is None:
+        raise HTTPException(404, f"no image {request.path_params['image_id']}")
+    path, sha256 = found
+    thumbnail = _context(request).thumbnails.path(path, sha256)
+    return FileResponse(thumbnail, media_type="image/jpeg", headers=IMMUTABLE)

@@ -14,6 +14,7 @@ from starlette.templating import Jinja2Templates
 from lora_pipeline.config import Settings
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry.db import Registry
+from lora_pipeline.review.decoding import PixelBudget, Thumbnails
 
 Found = TypeVar("Found")
 
@@ -27,6 +28,9 @@ class ReviewContext:
     root: DataRoot
     templates: Jinja2Templates
     max_upload_bytes: int
+    # Shared by every full decode the app does (uploaded images, thumbnails).
+    decode_budget: PixelBudget
+    thumbnails: Thumbnails
     # Stops a ComfyUI prompt when its job is cleared as stuck; None without ComfyUI.
     cancel_prompt: Callable[[str], object] | None = None
 

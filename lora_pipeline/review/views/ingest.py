@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from lora_pipeline.generation_settings import (
 )
 from lora_pipeline.registry.errors import InvalidInputError
 from lora_pipeline.review import pages
+from lora_pipeline.review.decoding import header_pixels
 from lora_pipeline.review.security import csrf_protected, page_url
 from lora_pipeline.review.views.common import (
     ReviewContext,
@@ -105,14 +107,18 @@ def _request_upload(
         upload.file.seek(0)
         with path.open("wb") as handle:
             shutil.copyfileobj(upload.file, handle, length=1024 * 1024)
-        return actions.request_ingest(
-            ctx.registry,
-            ctx.root,
-            target,
-            file=path,
-            fps=fps,
-            max_frames=max_frames,
-            max_upload_bytes=ctx.max_upload_bytes,
-        )
+        # An image is decoded in full to be checked and stored: wait for the decode budget
+        # (its size read from the header). A video is read by ffmpeg, another process.
+        pixels = header_pixels(path)
+        with ctx.decode_budget.decoding(pixels) if pixels else contextlib.nullcontext():
+            return actions.request_ingest(
+                ctx.registry,
+                ctx.root,
+                target,
+                file=path,
+                fps=fps,
+                max_frames=max_frames,
+                max_upload_bytes=ctx.max_upload_bytes,
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
