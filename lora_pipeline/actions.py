@@ -25,7 +25,7 @@ from lora_pipeline.media.uploads import (
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.commands.sources import retry_source
 from lora_pipeline.registry.db import Registry
-from lora_pipeline.registry.errors import InvalidInputError
+from lora_pipeline.registry.errors import InvalidInputError, RegistryError
 
 URL_SCHEMES = ("http://", "https://")
 
@@ -151,11 +151,20 @@ def request_generation(
         return [job.id for job in jobs]
 
 
-def approve_images(registry: Registry, image_ids: Sequence[int], reviewer: str = "") -> None:
-    """Approve pending images, all or none (one transaction): a refused one stops them all."""
-    with registry.session() as session:
-        for image_id in image_ids:
-            commands.approve_image(session, image_id, reviewer=reviewer)
+def approve_images(
+    registry: Registry, image_ids: Sequence[int], reviewer: str = ""
+) -> dict[int, RegistryError]:
+    """Approve pending images, each in its own transaction: one that is refused (unknown,
+    already decided) leaves the others approved. Returns each refused id with its error, in
+    the order given; an id named twice is decided once."""
+    refused: dict[int, RegistryError] = {}
+    for image_id in dict.fromkeys(image_ids):
+        try:
+            with registry.session() as session:
+                commands.approve_image(session, image_id, reviewer=reviewer)
+        except RegistryError as error:
+            refused[image_id] = error
+    return refused
 
 
 def reject_image(

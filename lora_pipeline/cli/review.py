@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from lora_pipeline.cli.common import Subcommands, login_name, registry, settings, typed
+from lora_pipeline.cli.common import CliError, Subcommands, login_name, registry, settings, typed
+from lora_pipeline.errors import user_message
 from lora_pipeline.generation_settings import POSITIVE_WHOLE
 from lora_pipeline.registry import commands, queries
 
@@ -35,10 +37,19 @@ def cmd_review_list(args: argparse.Namespace) -> None:
 
 
 def cmd_review_approve(args: argparse.Namespace) -> None:
+    """Approve each id on its own: the good ones are approved, each bad one gets its line."""
     from lora_pipeline import actions
 
-    actions.approve_images(registry(settings()), args.image_ids, reviewer=args.reviewer)
-    print(f"approved {', '.join(map(str, args.image_ids))}")
+    refused = actions.approve_images(registry(settings()), args.image_ids, reviewer=args.reviewer)
+    approved = [i for i in dict.fromkeys(args.image_ids) if i not in refused]
+    if approved:
+        print(f"approved {', '.join(map(str, approved))}")
+    reasons = [user_message(error) for error in refused.values()]
+    for reason in reasons[:-1]:
+        print(f"error: {reason}", file=sys.stderr)
+    if reasons:
+        # The last goes through the CLI's error path: the same "error: ..." line, exit status 2.
+        raise CliError(reasons[-1])
 
 
 def cmd_review_reject(args: argparse.Namespace) -> None:

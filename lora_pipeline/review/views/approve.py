@@ -98,7 +98,9 @@ async def approve_image(request: Request, form: FormData) -> Response:
     reviewer = _text(form, "reviewer")
 
     def work() -> str:
-        actions.approve_images(ctx.registry, [image_id], reviewer)
+        refused = actions.approve_images(ctx.registry, [image_id], reviewer)
+        if image_id in refused:
+            raise refused[image_id]  # its type picks the answer: 404 unknown, 409 decided
         return f"Image {image_id} approved."
 
     return await _decide(request, form, image_id, "approved", work)
