@@ -164,7 +164,9 @@ def _generation_runs(
     ]
 
 
-@sensor(job=regenerate_job, minimum_interval_seconds=30, default_status=RUNNING)
+# Every 10 s, as the generation requests: a reviewer waits for the answer to a rejection, and
+# the tick is one indexed query.
+@sensor(job=regenerate_job, minimum_interval_seconds=10, default_status=RUNNING)
 def rejection_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
     """New rejections → one regeneration run per character, carrying the rejection ids, whose
     categories become negative prompt terms (cursor: last feedback id)."""
