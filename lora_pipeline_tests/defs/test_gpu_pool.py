@@ -1,4 +1,7 @@
-"""Two GPU steps in two processes never overlap on an instance set up by the project."""
+"""Two GPU steps in two processes never overlap: on an instance set up by the project (pool
+limit and lock), and on any instance through the lock alone, whether the steps run in run
+workers or in in-process `materialize()` calls. The control shows the same probes do overlap
+without either, so the tests can fail."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lora_pipeline.defs.instance import open_instance, prepare_dagster_home
@@ -15,19 +19,24 @@ from lora_pipeline.defs.instance import open_instance, prepare_dagster_home
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run_two_probes(dagster_home: Path, probe_dir: Path) -> dict[str, dict]:
+def _run_two_probes(
+    dagster_home: Path, tmp_path: Path, modes: tuple[str, str], lock: bool = True
+) -> dict[str, dict]:
+    probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
     env = dict(os.environ, DAGSTER_HOME=str(dagster_home), POOL_PROBE_DIR=str(probe_dir))
+    env.update(LORA_PIPELINE_GPU_LOCK_DIR=str(tmp_path / "locks"), POOL_PROBE_LOCK=str(int(lock)))
+    env["LORA_PIPELINE_HOME"] = str(tmp_path / "home")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "lora_pipeline_tests.defs.pool_probe", name],
+            [sys.executable, "-m", "lora_pipeline_tests.defs.pool_probe", name, mode],
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        for name in ("a", "b")
+        for name, mode in zip(("a", "b"), modes, strict=True)
     ]
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
@@ -40,19 +49,16 @@ def _overlap(records: dict[str, dict]) -> bool:
     return a["start"] < b["end"] and b["start"] < a["end"]
 
 
-def test_gpu_runs_never_overlap_across_processes(tmp_path: Path) -> None:
+def _project_home(tmp_path: Path) -> Path:
     home = tmp_path / "dagster_home"
     prepare_dagster_home(home)
     with open_instance(home) as instance:
         assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 1
-    records = _run_two_probes(home, tmp_path / "probe")
-    assert not _overlap(records), records
-    assert records["a"]["saw_running"] == [] and records["b"]["saw_running"] == []
+    return home
 
 
-def test_without_the_pool_limit_the_probes_do_overlap(tmp_path: Path) -> None:
-    """The control: the same probes on an instance with no pool limit run at once, so the test
-    above would fail if the project stopped limiting the pool."""
+def _unlimited_home(tmp_path: Path) -> Path:
+    """An instance without the pool limit."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
@@ -62,5 +68,29 @@ def test_without_the_pool_limit_the_probes_do_overlap(tmp_path: Path) -> None:
     # tables ("table secondary_indexes already exists").
     with open_instance(home):
         pass
-    records = _run_two_probes(home, tmp_path / "probe")
+    return home
+
+
+def test_gpu_runs_never_overlap_across_processes(tmp_path: Path) -> None:
+    records = _run_two_probes(_project_home(tmp_path), tmp_path, ("job", "job"))
+    assert not _overlap(records), records
+    assert records["a"]["saw_running"] == [] and records["b"]["saw_running"] == []
+
+
+# Two run workers, a run worker beside an in-process `materialize()`, two materialisations.
+PATHS = [("job", "job"), ("job", "materialize"), ("materialize", "materialize")]
+
+
+@pytest.mark.parametrize("modes", PATHS)
+def test_the_lock_alone_keeps_any_two_paths_apart(tmp_path: Path, modes) -> None:
+    """On an instance without any pool limit: what keeps GPU steps apart is the lock."""
+    records = _run_two_probes(_unlimited_home(tmp_path), tmp_path, modes)
+    assert not _overlap(records), records
+    assert records["a"]["saw_running"] == [] and records["b"]["saw_running"] == []
+
+
+def test_without_the_pool_limit_and_the_lock_the_probes_do_overlap(tmp_path: Path) -> None:
+    """The control of the tests above: the same probes, neither pool limit nor lock."""
+    home = _unlimited_home(tmp_path)
+    records = _run_two_probes(home, tmp_path, ("job", "materialize"), lock=False)
     assert _overlap(records), records
