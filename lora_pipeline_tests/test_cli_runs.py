@@ -130,3 +130,13 @@ def test_status_json_for_scripts(cast: Path, capsys) -> None:
     assert row["images"]["approved"] == 3 and row["release"] is None
     code, out, _ = run(capsys, "status")
     assert "aiko" in out and "   3" in out
+
+
+def test_review_list_json_for_scripts(cast: Path, capsys) -> None:
+    code, out, _ = run(capsys, "generate", "aiko", "--count", "2", "--now")
+    assert code == 0, out
+    code, out, _ = run(capsys, "review", "list", "--json")
+    listed = json.loads(out)
+    assert [image["id"] for image in listed] == [1, 2]
+    assert {image["character"] for image in listed} == {"aiko"}
+    assert all(isinstance(image["seed"], int) for image in listed)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from lora_pipeline.cli.common import CliError, Subcommands, login_name, registry, settings, typed
 from lora_pipeline.errors import user_message
 from lora_pipeline.generation_settings import POSITIVE_WHOLE
 from lora_pipeline.registry import commands, queries
+from lora_pipeline.registry.models import Image
 
 
 def cmd_review_serve(args: argparse.Namespace) -> None:
@@ -28,12 +30,32 @@ def cmd_review_list(args: argparse.Namespace) -> None:
         images = queries.pending_images(
             session, project_slug=args.project, character_slug=args.character, limit=args.limit
         )
+        if args.json:
+            print(json.dumps([_image_json(image) for image in images], indent=2))
+            return
         if not images:
             print("no pending images")
         for image in images:
             params = image.generation_params or {}
             detail = f"seed {params['seed']}" if "seed" in params else image.origin
             print(f"{image.id:>6}  {image.character.slug:<20} {image.path}  {detail}")
+
+
+def _image_json(image: Image) -> dict[str, object]:
+    params = image.generation_params or {}
+    return {
+        "id": image.id,
+        "character": image.character.slug,
+        "path": image.path,
+        "origin": image.origin,
+        "sha256": image.sha256,
+        "width": image.width,
+        "height": image.height,
+        "seed": params.get("seed"),
+        "generation_job_id": image.generation_job_id,
+        "answers_feedback": (image.provenance or {}).get("answers_feedback", []),
+        "created_at": image.created_at.isoformat(),
+    }
 
 
 def cmd_review_approve(args: argparse.Namespace) -> None:
@@ -85,6 +107,7 @@ def register(sub: Subcommands) -> None:
     rlist.add_argument("--project")
     rlist.add_argument("--character")
     rlist.add_argument("--limit", type=int, default=50)
+    rlist.add_argument("--json", action="store_true", help="for scripts")
     rlist.set_defaults(func=cmd_review_list)
     rapprove = review.add_parser("approve", help="approve images")
     rapprove.add_argument("image_ids", type=typed("image id", POSITIVE_WHOLE), nargs="+")
