@@ -24,6 +24,7 @@ from lora_pipeline.generation.advisor import PromptAdvisor, propose_refinement
 from lora_pipeline.generation.backends import ImageBackend, RenderedFile
 from lora_pipeline.generation.local import GenerationError, GenerationRequest, LoraSpec
 from lora_pipeline.generation.negatives import merge_negative_prompt, negative_terms_for
+from lora_pipeline.generation.profiles import character_profile
 from lora_pipeline.generation_settings import Limit
 from lora_pipeline.media.store import DataRoot, StoredImage
 from lora_pipeline.registry import commands, queries
@@ -38,8 +39,6 @@ from lora_pipeline.registry.models import (
 )
 
 Log = Callable[[str], None]
-# The LoRA strength of production generations when the project's profile sets none.
-DEFAULT_LORA_STRENGTH = 0.8
 # A regeneration whose output copies an existing image draws again this many times with a
 # fresh seed before its job fails.
 COPY_RETRIES = 3
@@ -110,8 +109,7 @@ class Backends:
 def lora_strength(session: Session, character: Character) -> float:
     """The strength of production LoRAs: the project's default generation profile's, else
     DEFAULT_LORA_STRENGTH."""
-    strength = queries.default_lora_strength(session, character.project_id)
-    return DEFAULT_LORA_STRENGTH if strength is None else strength
+    return character_profile(session, character).lora_strength
 
 
 def baseline_lora(

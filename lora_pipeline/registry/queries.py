@@ -24,6 +24,7 @@ from lora_pipeline.registry.models import (
     GenerationProfile,
     Image,
     LoraRelease,
+    Model,
     Project,
     Source,
 )
@@ -283,14 +284,31 @@ def comfyui_prompt_ids(session: Session, job_ids: Sequence[int]) -> dict[int, st
     return dict(rows.all())
 
 
-def default_lora_strength(session: Session, project_id: int) -> float | None:
-    """The LoRA strength of the project's default generation profile (None: no profile)."""
+def default_profile(session: Session, project_id: int) -> GenerationProfile | None:
+    """The project's default generation profile (None: it has none). The lowest id wins should
+    two ever be marked default, as `commands.set_project_checkpoint` picks it."""
     return session.scalar(
-        select(GenerationProfile.lora_strength)
+        select(GenerationProfile)
         .where(GenerationProfile.project_id == project_id, GenerationProfile.is_default.is_(True))
         .order_by(GenerationProfile.id)
         .limit(1)
     )
+
+
+def generation_profiles(
+    session: Session, project_slug: str | None = None
+) -> list[tuple[GenerationProfile, Project, Model | None]]:
+    """Every generation profile (of one project) with its project and checkpoint, by project
+    slug and name."""
+    query = (
+        select(GenerationProfile, Project, Model)
+        .join(Project, Project.id == GenerationProfile.project_id)
+        .outerjoin(Model, Model.id == GenerationProfile.checkpoint_id)
+        .order_by(Project.slug, GenerationProfile.name)
+    )
+    if project_slug is not None:
+        query = query.where(Project.id == get_project(session, project_slug).id)
+    return [(profile, project, model) for profile, project, model in session.execute(query)]
 
 
 def image_hashes(session: Session, character_id: int) -> list[tuple[int, str | None, str]]:

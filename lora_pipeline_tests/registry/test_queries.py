@@ -188,7 +188,7 @@ def test_pending_jobs_their_comfyui_prompts_and_the_default_lora_strength(
     assert [job.id for job in queries.pending_jobs_after(session, 0)] == [first.id, third.id]
     assert [job.id for job in queries.pending_jobs_after(session, first.id)] == [third.id]
     assert queries.comfyui_prompt_ids(session, [first.id, second.id]) == {second.id: "prompt-2"}
-    assert queries.default_lora_strength(session, project.id) is None
+    assert queries.default_profile(session, project.id) is None
     session.add(GenerationProfile(project_id=project.id, name="default", lora_strength=0.65))
     session.flush()
-    assert queries.default_lora_strength(session, project.id) == 0.65
+    assert queries.default_profile(session, project.id).lora_strength == 0.65
