@@ -28,9 +28,12 @@ from lora_pipeline.generation.backends import (
 )
 from lora_pipeline.generation.comfyui import ComfyUIClient, ComfyUIError
 from lora_pipeline.generation.local import SINGLE_FILE_SUFFIXES, DiffusersGenerator
+from lora_pipeline.generation.profiles import CharacterProfile, character_profile
 from lora_pipeline.generation.service import Backends
 from lora_pipeline.gpu_lock import GpuLock
 from lora_pipeline.model_configs import config_folder_for
+from lora_pipeline.registry import commands
+from lora_pipeline.registry.db import Registry
 from lora_pipeline.training.service import KohyaSetup
 from lora_pipeline.vision import llava, reference
 from lora_pipeline.vision.captioner import Captioner
@@ -55,6 +58,32 @@ class ModelRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Set by `for_character`: the character's profile, and the settings before it was
+        # applied (so that a runtime made for one character can be made for another).
+        self.profile: CharacterProfile | None = None
+        self._studio_settings = settings
+
+    def for_character(self, slug: str, registry: Registry | None = None) -> ModelRuntime:
+        """This runtime as the character uses it: the checkpoint of its project's default
+        generation profile (the configured base model when the profile names none) and the
+        profile's workflow templates. Every stage of a character runs on it; `registry`
+        defaults to the configured one."""
+        store = registry or Registry.from_settings(self._studio_settings)
+        try:
+            with store.session(readonly=True) as session:
+                profile = character_profile(session, commands.get_character(session, slug))
+        finally:
+            if registry is None:
+                store.dispose()
+        studio = settings = self._studio_settings
+        if profile.checkpoint:
+            # The global ComfyUI name belongs to the global base model, not to this one.
+            settings = studio.with_overrides(
+                base_model=profile.checkpoint, comfyui_checkpoint=profile.comfyui_checkpoint
+            )
+        runtime = ModelRuntime(settings)
+        runtime.profile, runtime._studio_settings = profile, studio
+        return runtime
 
     # --- names and places ---
 
@@ -62,7 +91,8 @@ class ModelRuntime:
         if not self.settings.base_model:
             raise ModelConfigurationError(
                 "no base model configured: set LORA_PIPELINE_BASE_MODEL to a diffusers folder, "
-                "a .safetensors checkpoint or a hub id (or run `lora-pipeline demo`)"
+                "a .safetensors checkpoint or a hub id, or give the project one (`lora-pipeline "
+                "project set SLUG --checkpoint …`), or run `lora-pipeline demo`"
             )
         return self.settings.base_model
 
@@ -157,17 +187,29 @@ class ModelRuntime:
         """The checkpoint as ComfyUI lists it: configured, else the base model's file name."""
         return self.settings.comfyui_checkpoint or Path(self.base_model_id()).name
 
-    def backends(self, slug: str) -> Backends:
-        """ComfyUI (images and AnimateDiff clips) when its URL is set, else in-process diffusers."""
-        client = self.comfyui_client()
+    def backends(self, slug: str, registry: Registry | None = None) -> Backends:
+        """What draws the character's images, with its generation profile (`for_character`):
+        ComfyUI (images and AnimateDiff clips, the profile's templates, else the shipped ones)
+        when its URL is set, else in-process diffusers."""
+        runtime = self.for_character(slug, registry)
+        profile = runtime.profile or CharacterProfile(slug)
+        client = runtime.comfyui_client()
         if client is None:
-            generator = self.generator()
+            generator = runtime.generator()
             return Backends(LocalImageBackend(generator), checkpoint=generator.model)
-        checkpoint, timeout = self.comfyui_checkpoint(), self.settings.comfyui_timeout
+        checkpoint, timeout = runtime.comfyui_checkpoint(), runtime.settings.comfyui_timeout
         return Backends(
-            image=ComfyUIImageBackend(client, checkpoint, filename_prefix=slug, timeout=timeout),
+            image=ComfyUIImageBackend(
+                client, checkpoint, filename_prefix=slug, template=profile.workflow, timeout=timeout
+            ),
             checkpoint=checkpoint,
-            video=ComfyUIVideoBackend(client, checkpoint, filename_prefix=slug, timeout=timeout),
+            video=ComfyUIVideoBackend(
+                client,
+                checkpoint,
+                filename_prefix=slug,
+                template=profile.video_workflow,
+                timeout=timeout,
+            ),
         )
 
     # --- the GPU ---

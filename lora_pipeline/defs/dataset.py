@@ -222,14 +222,16 @@ def shot_splits(
     with balanced num_repeats, and kohya/training configs with smart defaults."""
     root = data_root.get()
     dataset = captions["dataset"]
+    # The checkpoint the character trains on: its project profile's, else the setting.
+    runtime = models.runtime().for_character(dataset.character, registry.get())
     split = split_shots(
         root,
         dataset,
         captions["captions"],
-        models.runtime().face_detector(),
+        runtime.face_detector(),
         caption_set=captions.get("caption_set"),
         person=character_info(registry.get(), dataset.character).name,
-        base_model=models.settings().base_model,
+        base_model=runtime.settings.base_model,
     )
     for warning in split.warnings:
         context.log.warning(warning)

@@ -47,7 +47,8 @@ def eval_grid(
     """Canonical prompts × fixed seeds, with a no-LoRA column, rendered with the release's best
     epoch; identity, CLIP, quality and LoRA-effect scores decide the gate."""
     root, runtime = data_root.get(), models.runtime()
-    renderer = runtime.backends(context.partition_key).image
+    # Rendered on the checkpoint of the character's project profile, as its training was.
+    renderer = runtime.backends(context.partition_key, registry.get()).image
     loras_dir = runtime.loras_dir() if runtime.comfyui_client() else None
     with gpu_step(context, models, "batch"):
         ref, result = evaluate_release(

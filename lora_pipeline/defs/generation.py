@@ -51,7 +51,8 @@ def generated_images(
         job_ids=tuple(config.job_ids),
         run_id=context.run_id,
     )
-    backends = models.runtime().backends(context.partition_key)
+    # The checkpoint and templates of the character's project profile (else the settings').
+    backends = models.runtime().backends(context.partition_key, registry.get())
     context.log.info(f"drawing with {backends.image.name} on checkpoint {backends.checkpoint}")
     with gpu_step(context, models, "interactive"):
         outcome = generate_for_character(

@@ -39,6 +39,7 @@ from lora_pipeline.defs.gpu import gpu_op_tags, gpu_step
 from lora_pipeline.defs.metadata import image_markdown
 from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
+from lora_pipeline.model_runtime import ModelRuntime
 from lora_pipeline.training.errors import OOM_ADVICE
 from lora_pipeline.training.job import GpuYield, TrainingJob
 from lora_pipeline.training.options import (
@@ -79,10 +80,10 @@ def _run_config_class() -> type[Config]:
 TrainingRunConfig = _run_config_class()
 
 
-def training_options(run: Config, models: ModelsResource) -> tuple[TrainingConfig, RunOptions]:
-    """The launchpad's values as what the run trains with and how the pipeline runs it."""
+def training_options(run: Config, runtime: ModelRuntime) -> tuple[TrainingConfig, RunOptions]:
+    """The launchpad's values as what the run trains with and how the pipeline runs it, on the
+    runtime's checkpoint (`ModelRuntime.for_character`: the character's profile's)."""
     settings, options = split_launchpad(run.model_dump())
-    runtime = models.runtime()
     config = TrainingConfig(
         base_model=runtime.base_model_id(),
         device=runtime.device_name(),
@@ -285,13 +286,14 @@ def trained_lora(
 ) -> Output[ReleaseRef]:
     """A kohya-format LoRA trained on the shot splits (built-in trainer or kohya sd-scripts),
     copied to the ComfyUI loras folder when one is set, registered as a candidate release."""
-    settings, options = training_options(config, models)
+    # Trained on the checkpoint of the character's project profile, else the setting's.
+    runtime = models.runtime().for_character(context.partition_key, registry.get())
+    settings, options = training_options(config, runtime)
     # Checked before the GPU is freed and the child started (and the scope before training,
     # not when registering its result).
     problems = option_problems(settings, settings.device) + option_problems(options)
     if problems:
         raise Failure(description="invalid training options: " + "; ".join(problems))
-    runtime = models.runtime()
     kohya = runtime.kohya_setup() if options.backend in ("auto", "kohya") else None
     if options.backend == "kohya" and kohya is None:
         raise Failure(description="backend kohya asked for, but no kohya scripts folder is set")

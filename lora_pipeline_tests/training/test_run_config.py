@@ -12,6 +12,7 @@ from lora_pipeline.defs.partitions import CHARACTER_PARTITIONS_NAME, character_p
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.defs.training import TrainingRunConfig, trained_lora, training_options
 from lora_pipeline.demo import DEMO_TRAINING
+from lora_pipeline.registry import commands
 from lora_pipeline.training.options import RunOptions, TrainingConfig, launchpad_options
 
 # The launchpad as users know it: renaming a field or changing a default breaks their saved run
@@ -75,7 +76,7 @@ def test_the_launchpad_keeps_its_field_names_and_defaults() -> None:
 
 def test_existing_run_configs_still_make_the_same_training_config() -> None:
     run = TrainingRunConfig(**DEMO_TRAINING, samples=False, scope="baseline")
-    config, options = training_options(run, _models())
+    config, options = training_options(run, _models().runtime())
     # The config folder of a single-file checkpoint is the models resource's business.
     assert replace(config, single_file_config=None) == TrainingConfig(
         base_model="tiny-model",
@@ -95,6 +96,10 @@ def test_an_option_past_its_limit_fails_the_run_before_training(tmp_path: Path) 
 
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(CHARACTER_PARTITIONS_NAME, ["aiko"])
+    registry = RegistryResource(database_url=f"sqlite:///{tmp_path / 'r.db'}")
+    with registry.get().session() as session:  # the checkpoint is the character's project's
+        commands.add_project(session, "show", "Show")
+        commands.add_character(session, "show", "aiko", "Aiko")
     bad = {"learning_rate": -1.0, "scope": "global"}
     result = materialize(
         [shot_splits, trained_lora],
@@ -102,7 +107,7 @@ def test_an_option_past_its_limit_fails_the_run_before_training(tmp_path: Path) 
         partition_key="aiko",
         run_config={"ops": {"trained_lora": {"config": bad}}},
         resources={
-            "registry": RegistryResource(database_url=f"sqlite:///{tmp_path / 'r.db'}"),
+            "registry": registry,
             "data_root": DataRootResource(path=str(tmp_path / "data")),
             "models": _models(),
         },
