@@ -11,13 +11,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from lora_pipeline.cli import home, ingest, projects, releases, review, runs
+from lora_pipeline.cli import home, ingest, profiles, projects, releases, review, runs
 from lora_pipeline.cli.common import CliError
 from lora_pipeline.config import SettingsError
 from lora_pipeline.errors import PipelineError, user_message
 from lora_pipeline.registry.errors import RegistryError
 
-COMMAND_GROUPS = (home, projects, ingest, review, runs, releases)
+COMMAND_GROUPS = (home, projects, profiles, ingest, review, runs, releases)
 
 
 def build_parser() -> argparse.ArgumentParser:

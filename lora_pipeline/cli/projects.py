@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lora_pipeline.cli.common import CliError, Subcommands, registry, settings
+from lora_pipeline.cli.profiles import checkpoint_argument
 from lora_pipeline.generation_settings import ANY_NUMBER, LIMITS, parse_number
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.models import Character
@@ -61,14 +62,27 @@ def _project_settings_from(args: argparse.Namespace) -> dict[str, object]:
         if key in values:
             raise CliError(f"{_option(key)} and --unset {key} contradict each other")
         values[key] = None
-    if not values:
-        raise CliError("nothing to change: give a setting such as --min-identity, or --unset KEY")
+    if not values and args.checkpoint is None:
+        raise CliError(
+            "nothing to change: give a setting such as --checkpoint or --min-identity, "
+            "or --unset KEY"
+        )
     return values
 
 
 def cmd_project_set(args: argparse.Namespace) -> None:
     values = _project_settings_from(args)
+    checkpoint = None if args.checkpoint is None else checkpoint_argument(args.checkpoint)
     with registry(settings()).session() as session:
+        if checkpoint is not None:
+            # The short way to the checkpoint of the project's default generation profile.
+            profile = commands.set_project_checkpoint(session, args.slug, checkpoint)
+            print(
+                f"project {args.slug}: checkpoint {checkpoint} (profile {profile.name}; used "
+                "from the next run on)"
+            )
+            if not values:
+                return
         project = commands.update_project_settings(session, args.slug, **values)
         changed = ", ".join(k for k, v in values.items() if v is not None)
         removed = ", ".join(k for k, v in values.items() if v is None)
@@ -196,9 +210,15 @@ def register(sub: Subcommands) -> None:
     padd.set_defaults(func=cmd_project_add)
 
     pset = project.add_parser(
-        "set", help="evaluation prompts and seeds, gate thresholds, model-card licence fields"
+        "set",
+        help="checkpoint, evaluation prompts and seeds, gate thresholds, model-card licence fields",
     )
     pset.add_argument("slug")
+    pset.add_argument(
+        "--checkpoint",
+        metavar="PATH_OR_ID",
+        help="the checkpoint of the project's default generation profile (made if none)",
+    )
     pset.add_argument(
         "--eval-prompt",
         dest="eval_prompts",
