@@ -140,3 +140,16 @@ def test_review_list_json_for_scripts(cast: Path, capsys) -> None:
     assert [image["id"] for image in listed] == [1, 2]
     assert {image["character"] for image in listed} == {"aiko"}
     assert all(isinstance(image["seed"], int) for image in listed)
+
+
+def test_train_takes_the_checkpoint_of_the_projects_profile(
+    cast: Path, capsys, monkeypatch, tiny_sd: Path
+) -> None:
+    approve(10)
+    monkeypatch.delenv("LORA_PIPELINE_BASE_MODEL")
+    monkeypatch.setenv("LORA_PIPELINE_BASE_MODEL", "")
+    code, _, err = run(capsys, "train", "aiko")
+    assert code == 2 and "no base model configured" in one_error_line(err)
+    assert run(capsys, "project", "set", "demo", "--checkpoint", str(tiny_sd))[0] == 0
+    code, out, err = run(capsys, "train", "aiko")
+    assert code == 0 and "queued as run" in out, err

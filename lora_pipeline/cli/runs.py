@@ -138,7 +138,8 @@ def _check_can_train(current: Settings, store: Registry, slug: str) -> None:
         )
     from lora_pipeline.model_runtime import ModelRuntime
 
-    ModelRuntime(current).base_model_id()  # no checkpoint configured: one line
+    # Its project's profile checkpoint, else the configured one; neither: one line.
+    ModelRuntime(current).for_character(slug, store).base_model_id()
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
