@@ -1,12 +1,23 @@
 """Generation stage: images of the character from its design prompt and settings."""
 
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from lora_pipeline.defs.gpu import gpu_op_tags, gpu_step
 from lora_pipeline.defs.partitions import INTERACTIVE_GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.generation.advisor import configured_advisors
-from lora_pipeline.generation.service import GenerationPlan, generate_for_character
+from lora_pipeline.generation.service import (
+    GenerationOutcome,
+    GenerationPlan,
+    generate_for_character,
+)
 
 
 class GenerationConfig(Config):
@@ -64,21 +75,34 @@ def generated_images(
             context.log.info,
             advisors=configured_advisors(),
         )
-    copies = {str(job): image for job, image in outcome.duplicates.items()}
-    if copies:
-        listed = ", ".join(f"{job} (copy of image {image})" for job, image in copies.items())
+    if outcome.duplicates:
+        copies = outcome.duplicates.items()
+        listed = ", ".join(f"{job} (copy of image {image})" for job, image in copies)
         context.log.warning(f"no new image from job(s) {listed}")
+    if outcome.cleared_jobs:
+        # Its work was taken away from it: the run did not do what it was asked to.
+        raise Failure(_cleared_message(outcome.cleared_jobs), metadata=_metadata(config, outcome))
     if not outcome.image_ids and outcome.failed_jobs:
         raise RuntimeError(f"every generation job failed: {outcome.failed_jobs}")
-    return MaterializeResult(
-        metadata={
-            "images": MetadataValue.json(outcome.image_ids),
-            "failed_jobs": MetadataValue.json(outcome.failed_jobs),
-            # Job id → the existing image its output copied (no new image was made).
-            "duplicate_jobs": MetadataValue.json(copies),
-            "prompt": outcome.prompt,
-            "negative_prompt": outcome.negative_prompt,
-            "answers_feedback": MetadataValue.json(list(config.feedback_ids)),
-            "requested_jobs": MetadataValue.json(list(config.job_ids)),
-        }
-    )
+    return MaterializeResult(metadata=_metadata(config, outcome))
+
+
+def _cleared_message(job_ids: list[int]) -> str:
+    if len(job_ids) == 1:
+        return f"job {job_ids[0]} was cleared as stuck"
+    return f"jobs {', '.join(map(str, job_ids))} were cleared as stuck"
+
+
+def _metadata(config: GenerationConfig, outcome: GenerationOutcome) -> dict[str, object]:
+    copies = {str(job): image for job, image in outcome.duplicates.items()}
+    return {
+        "images": MetadataValue.json(outcome.image_ids),
+        "failed_jobs": MetadataValue.json(outcome.failed_jobs),
+        # Job id → the existing image its output copied (no new image was made).
+        "duplicate_jobs": MetadataValue.json(copies),
+        "prompt": outcome.prompt,
+        "negative_prompt": outcome.negative_prompt,
+        "answers_feedback": MetadataValue.json(list(config.feedback_ids)),
+        "requested_jobs": MetadataValue.json(list(config.job_ids)),
+        "cleared_jobs": MetadataValue.json(outcome.cleared_jobs),
+    }

@@ -76,6 +76,8 @@ class GenerationPlan:
 class GenerationOutcome:
     image_ids: list[int] = field(default_factory=list)
     failed_jobs: list[int] = field(default_factory=list)
+    # Jobs cleared as stuck (failed by someone else) while this run had them.
+    cleared_jobs: list[int] = field(default_factory=list)
     # Job id → the existing image its output was a byte-for-byte copy of.
     duplicates: dict[int, int] = field(default_factory=dict)
     prompt: str = ""
@@ -337,6 +339,8 @@ def _start_requested_job(
         except ConflictError as error:
             # A retried run, or a job cleared as stuck meanwhile: never run a job twice.
             log(f"{error}; not run again")
+            if job.status == "failed":
+                outcome.cleared_jobs.append(job.id)
             return None
         settings = request_settings(character)
         overrides = {k: job.params[k] for k in settings if job.params.get(k) is not None}
@@ -395,6 +399,7 @@ def _fail_job(
     except ConflictError as conflict:
         # Cleared as stuck meanwhile (already failed): that is not this run's failure.
         log(f"generation job {job_id}: {conflict}")
+        outcome.cleared_jobs.append(job_id)
         return
     outcome.failed_jobs.append(job_id)
     log(f"generation job {job_id} failed: {error}")
@@ -449,6 +454,7 @@ def _finish_job(
             image_id, new = _record_image(registry, job, root.put_image(image))
         except ConflictError as conflict:
             log(f"{conflict}: it was cleared while it ran, its image is not added")
+            outcome.cleared_jobs.append(job.job_id)
             return
         if new:
             outcome.image_ids.append(image_id)

@@ -199,3 +199,21 @@ def test_generation_goes_through_comfyui_when_it_is_configured(
         video = next(j for j in jobs if j.kind == "video")
         assert (settings.data_root / video.params["output"]).is_file()
         assert len(queries.pending_images(session, character_slug="aiko")) == 2
+
+
+def test_a_run_whose_job_was_cleared_as_stuck_fails_and_says_so(studio) -> None:
+    settings, registry, instance = studio
+    with registry.session() as session:
+        [job] = request_generation(session, "aiko", seed=4)
+        commands.mark_job(session, job.id, "running")
+        commands.mark_job(session, job.id, "failed", error="stuck: cleared after 30 minutes")
+    requested = {"ops": {"generated_images": {"config": {"job_ids": [job.id]}}}}
+    assert not materialize_partition(instance, "aiko", ["generated_images"], requested)
+    (run,) = instance.get_runs(limit=1)
+    failures = [
+        e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_failure
+    ]
+    messages = [e.dagster_event.step_failure_data.error.message for e in failures if e.step_key]
+    assert any(f"job {job.id} was cleared as stuck" in m for m in messages), messages
+    with registry.session() as session:
+        assert queries.pending_images(session, character_slug="aiko") == []

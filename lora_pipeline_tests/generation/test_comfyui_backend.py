@@ -304,6 +304,7 @@ def test_a_job_cleared_while_comfyui_renders_it_is_stopped_and_the_run_goes_on(
     assert cleared.failed == [1] and cleared.cancelled == {1: "interrupted"}
     result = outcome["value"]
     assert result.image_ids == [] and result.failed_jobs == []  # cleared, not this run's failure
+    assert result.cleared_jobs == [1]
     with registry.session() as session:
         job = session.get(GenerationJob, 1)
         assert job is not None and job.status == "failed" and "stuck" in (job.error or "")
