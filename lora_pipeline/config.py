@@ -53,7 +53,9 @@ class SettingsError(PipelineError, ValueError):
     """A setting has a value it cannot take; the message names the variable."""
 
 
-def _home_from_environment() -> Path:
+def home_from_environment() -> Path:
+    """The home as the environment names it, without reading any settings (so it is known
+    even when the settings are what fails)."""
     value = os.environ.get(HOME_ENV) or str(DEFAULT_HOME)
     return Path(value).expanduser().resolve()
 
@@ -76,7 +78,7 @@ class _SettingsFileSource(PydanticBaseSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings], home: object = None) -> None:
         super().__init__(settings_cls)
-        self._home = Path(str(home)).expanduser().resolve() if home else _home_from_environment()
+        self._home = Path(str(home)).expanduser().resolve() if home else home_from_environment()
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self().get(field_name), field_name, False
@@ -440,7 +442,7 @@ def env_name(field_name: str) -> str:
 
 def _inputs_key() -> tuple:
     environment = tuple(sorted(_our_environment().items()))
-    path = _home_from_environment() / SETTINGS_FILE
+    path = home_from_environment() / SETTINGS_FILE
     try:
         stat = path.stat()
         file_key: tuple = (stat.st_mtime_ns, stat.st_size)

@@ -1,8 +1,9 @@
 """`lora-pipeline`: set up, add projects and characters, ingest, review, releases, status, demo, ui.
 
-Every expected failure (unknown character, bad slug, missing file, unreachable URL) prints one
-line on stderr and exits with status 2; tracebacks are for bugs only. Each command group lives
-in its own module with a `register(subcommands)` that adds its parsers.
+Every expected failure (unknown character, bad slug, missing file, unreachable URL, a full
+disk) prints one line on stderr and exits with status 2; anything else is a bug: one line with
+an error id, exit status 1, and the traceback in `<home>/logs/cli.log` under that id. Each
+command group lives in its own module with a `register(subcommands)` that adds its parsers.
 """
 
 from __future__ import annotations
@@ -13,11 +14,19 @@ from collections.abc import Callable, Sequence
 
 from lora_pipeline.cli import home, ingest, profiles, projects, releases, review, runs
 from lora_pipeline.cli.common import CliError
-from lora_pipeline.config import SettingsError
-from lora_pipeline.errors import PipelineError, user_message
+from lora_pipeline.config import SettingsError, home_from_environment
+from lora_pipeline.errors import (
+    DISK_FULL,
+    PipelineError,
+    disk_full,
+    error_log,
+    record_unexpected,
+    user_message,
+)
 from lora_pipeline.registry.errors import RegistryError
 
 COMMAND_GROUPS = (home, projects, profiles, ingest, review, runs, releases)
+ERROR_LOG = "cli.log"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,4 +70,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _expected_errors() as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if disk_full(exc):
+            print(f"error: {DISK_FULL}", file=sys.stderr)
+            return 2
+        print(f"error: {_record_bug(exc, args.command)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _record_bug(error: Exception, command: str) -> str:
+    """The catch-all's one line; the traceback goes to the home's log under the line's id."""
+    # The home as the environment names it: the settings themselves may be what failed.
+    home = home_from_environment()
+    try:
+        log = error_log(home, ERROR_LOG)
+        error_id = record_unexpected(log, error, f"lora-pipeline {command}")
+        for handler in log.handlers:
+            handler.close()
+    except OSError:  # no log to write (the home is unwritable): the line still says what failed
+        return f"unexpected {user_message(error)} (no log written under {home})"
+    return (
+        f"unexpected {user_message(error)} (error {error_id}; the traceback is in "
+        f"{home / 'logs' / ERROR_LOG})"
+    )

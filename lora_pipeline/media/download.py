@@ -26,9 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import yt_dlp
 from yt_dlp.utils import DownloadError, YoutubeDLError
 
-from lora_pipeline.errors import PipelineError
+from lora_pipeline.errors import PipelineError, disk_message
 from lora_pipeline.files import atomic_folder
-from lora_pipeline.media.store import disk_message
 from lora_pipeline.media.video import VideoError, verify_video
 
 # yt-dlp's own temporary names next to the finished file.

@@ -12,7 +12,6 @@ left `running` by a run that died (kill -9, lost worker) is found and failed lat
 
 from __future__ import annotations
 
-import errno
 import itertools
 import time
 import traceback
@@ -23,14 +22,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from lora_pipeline.errors import PipelineError, first_line, user_message
+from lora_pipeline.errors import DISK_FULL, PipelineError, disk_full, first_line, user_message
 from lora_pipeline.media.claims import claim_source
 from lora_pipeline.media.comfyui_outputs import output_path, read_generation_params
 from lora_pipeline.media.download import DEFAULT_STALL_S, download_video
 from lora_pipeline.media.frames import FrameFilters, FrameStats, IngestedFrame, store_unique_frames
 from lora_pipeline.media.images import InvalidImageError, load_image
 from lora_pipeline.media.phash import HashIndex, hash_from_hex, hash_to_hex, perceptual_hash
-from lora_pipeline.media.store import DataRoot, UnsafePathError, disk_message
+from lora_pipeline.media.store import DataRoot, UnsafePathError
 from lora_pipeline.media.video import VideoFrame, extract_frames
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
@@ -152,8 +151,8 @@ def _ingest(
 
 def _reason(exc: BaseException) -> str:
     """The one line a failed source shows: the error's own, a full disk, or an interruption."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return disk_message(exc)
+    if disk_full(exc):
+        return DISK_FULL
     if not isinstance(exc, Exception):
         return f"the run was interrupted ({type(exc).__name__})"
     return first_line(exc) if isinstance(exc, PipelineError) else user_message(exc)

@@ -7,7 +7,6 @@ temporary file renamed into place (lora_pipeline.files), so a reader never sees 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -32,13 +31,6 @@ class StoredImage:
     width: int
     height: int
     created: bool
-
-
-def disk_message(exc: OSError) -> str:
-    """One line for a failed read or write; a full disk says so and what to do."""
-    if exc.errno == errno.ENOSPC:
-        return "the disk is full (free some space and try again)"
-    return exc.strerror or str(exc)
 
 
 def sha256_file(path: Path) -> str:

@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_pipeline.errors import PipelineError
+from lora_pipeline.errors import PipelineError, disk_message
 from lora_pipeline.files import atomic_path
 from lora_pipeline.media.images import InvalidImageError, load_image, sniff_image_format
-from lora_pipeline.media.store import DataRoot, UnsafePathError, disk_message, sha256_file
+from lora_pipeline.media.store import DataRoot, UnsafePathError, sha256_file
 from lora_pipeline.media.video import PlaylistError, VideoError, verify_video
 
 MAX_UPLOAD_BYTES = 4 * 1024**3

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import secrets
 import socket
 import threading
 import time
@@ -30,7 +29,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from lora_pipeline.config import Settings
-from lora_pipeline.errors import PipelineError, user_message
+from lora_pipeline.errors import (
+    DISK_FULL,
+    PipelineError,
+    disk_full,
+    error_log,
+    record_unexpected,
+    user_message,
+)
 from lora_pipeline.generation.negatives import NegativeTableError
 from lora_pipeline.generation_settings import MAX_SEED, InvalidSettingError
 from lora_pipeline.media.store import DataRoot, UnsafePathError
@@ -79,6 +85,8 @@ ID_NOUNS = {
     "suggestion_id": "suggestion",
 }
 ERROR_LOG = ("logs", "review-app.log")
+# "Insufficient Storage": the server could not store what the request needed.
+DISK_FULL_STATUS = 507
 
 
 class IdConvertor(Convertor[int]):
@@ -194,7 +202,13 @@ def _file_size(count: int | None) -> str:
 def _error_response(request: Request, status: int, message: str) -> Response:
     if views.wants_json(request):
         return JSONResponse({"ok": False, "error": message}, status_code=status)
-    titles = {400: "Cannot do that", 403: "Forbidden", 404: "Not found", 409: "Already decided"}
+    titles = {
+        400: "Cannot do that",
+        403: "Forbidden",
+        404: "Not found",
+        409: "Already decided",
+        507: "The disk is full",
+    }
     return views.render(
         request,
         "message.html",
@@ -211,30 +225,26 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 def _domain_error(status: int) -> Callable[[Request, Exception], Response]:
     def handler(request: Request, error: Exception) -> Response:
-        return _error_response(request, status, user_message(error))
+        # An upload refused because the disk filled up is the disk's fault, not the file's.
+        return _error_response(
+            request, DISK_FULL_STATUS if disk_full(error) else status, user_message(error)
+        )
 
     return handler
 
 
-def _error_log(home: Path) -> logging.Logger:
-    """A logger of this app alone (not in logging's global tree) that writes to the home's
-    logs/review-app.log, opened at the first error."""
-    path = home.joinpath(*ERROR_LOG)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.Logger("lora_pipeline.review.app", logging.INFO)
-    logger.addHandler(handler)
-    return logger
-
-
 def _unexpected_error(log: logging.Logger) -> Callable[[Request, Exception], Response]:
     """The one catch-all: a bug answers 500 with a short message and an error id; the
-    traceback goes to the log under that id."""
+    traceback goes to the log under that id. A full disk (a write anywhere: an upload, a
+    thumbnail, the registry) is no bug: 507 and the one line that says so."""
 
     def handler(request: Request, error: Exception) -> Response:
-        error_id = secrets.token_hex(6)
-        log.error("error %s on %s %s", error_id, request.method, request.url.path, exc_info=error)
+        if disk_full(error):
+            message = f"cannot save: {DISK_FULL}"
+            if views.wants_json(request):
+                return JSONResponse({"ok": False, "error": message}, DISK_FULL_STATUS)
+            return message_page(DISK_FULL_STATUS, "The disk is full", message)
+        error_id = record_unexpected(log, error, f"{request.method} {request.url.path}")
         message = (
             f"Something went wrong on our side (error {error_id}); nothing was changed by "
             f"the part that failed. The details are in {'/'.join(ERROR_LOG)} of the project "
@@ -293,7 +303,7 @@ def create_app(
         )
     )
 
-    log = _error_log(settings.home)
+    log = error_log(settings.home, ERROR_LOG[-1])
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -305,6 +315,9 @@ def create_app(
     handlers: dict[type[Exception] | int, Callable] = {HTTPException: _http_error}
     handlers.update({kind: _domain_error(status) for kind, status in ERROR_STATUS.items()})
     handlers[Exception] = _unexpected_error(log)
+    # Answered inside the routes' exception layer, so a full disk is not re-raised to uvicorn
+    # as a crash; any other OSError goes on to the catch-all.
+    handlers[OSError] = handlers[Exception]
     app = Starlette(
         routes=app_routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
     )

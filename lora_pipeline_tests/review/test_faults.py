@@ -1,0 +1,150 @@
+"""The review app under faults: a full disk during an upload or any other write answers 507 and
+one line (never the catch-all 500)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from lora_pipeline.errors import DISK_FULL
+from lora_pipeline.media import store
+from lora_pipeline.registry import commands
+from lora_pipeline.registry.models import Source
+from lora_pipeline.review import decoding
+from lora_pipeline.review.app import create_app
+from lora_pipeline.review.views import ingest as ingest_views
+from lora_pipeline_tests.review.conftest import Studio, app_client
+
+JSON = {"accept": "application/json"}
+
+
+def _full(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _png(size: tuple[int, int] = (40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", size, (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _upload(client: TestClient, token: str, headers: dict[str, str] | None = None):
+    return client.post(
+        "/ingest",
+        data={"csrf_token": token, "mode": "single", "character": "aiko"},
+        files={"file": ("still.png", _png(), "image/png")},
+        headers=headers or {},
+    )
+
+
+def _quiet_client(studio: Studio) -> TestClient:
+    """A client that gets the app's answer to an error instead of the exception itself."""
+    return app_client(create_app(studio.settings), raise_server_exceptions=False)
+
+
+def _left_behind(studio: Studio) -> list[Path]:
+    uploads = studio.root.path("uploads")
+    images = studio.root.path("images")
+    return [p for folder in (uploads, images) if folder.exists() for p in folder.rglob("*.*")]
+
+
+def _error_log(studio: Studio) -> str:
+    path = studio.settings.home / "logs" / "review-app.log"
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_full_disk_while_an_upload_is_copied_in_is_507_in_one_line(
+    studio: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_views.shutil, "copyfileobj", _full)
+    with _quiet_client(studio) as client:
+        token = studio.csrf(client)
+        answer = _upload(client, token, JSON)
+        assert answer.status_code == 507
+        assert answer.json() == {"ok": False, "error": f"cannot save: {DISK_FULL}"}
+        page = _upload(client, token)
+    assert page.status_code == 507 and "The disk is full" in page.text
+    assert DISK_FULL in page.text and "Something went wrong" not in page.text
+    # Not a bug: no error id, nothing in the error log; and nothing left in the data root.
+    assert "error_id" not in answer.json() and _error_log(studio) == ""
+    assert _left_behind(studio) == []
+    with studio.registry.session() as session:
+        assert session.scalars(select(Source)).all() == []
+
+
+def test_a_full_disk_while_an_upload_is_stored_is_507_naming_the_file(
+    studio: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # store_upload turns the OSError into its one-line UploadError: still the disk's fault.
+    monkeypatch.setattr(store, "atomic_write_bytes", _full)
+    with _quiet_client(studio) as client:
+        answer = _upload(client, studio.csrf(client), JSON)
+    assert answer.status_code == 507
+    assert answer.json()["error"] == f"still.png: {DISK_FULL}"
+    assert _left_behind(studio) == [] and _error_log(studio) == ""
+
+
+def test_a_full_disk_while_a_thumbnail_is_written_is_507(
+    studio: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image_id = studio.add_image("aiko", 1)
+
+    @contextmanager
+    def no_room(target: Path):
+        _full()
+        yield target
+
+    monkeypatch.setattr(decoding, "atomic_path", no_room)
+    with _quiet_client(studio) as client:
+        answer = client.get(f"/images/{image_id}/thumb", headers=JSON)
+        page = client.get(f"/images/{image_id}/thumb")
+    assert answer.status_code == 507 and answer.json()["error"] == f"cannot save: {DISK_FULL}"
+    assert page.status_code == 507 and DISK_FULL in page.text
+    assert _error_log(studio) == ""
+
+
+def test_a_full_registry_database_is_507(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's own "database or disk is full" (a real one, from a database capped in pages),
+    raised through SQLAlchemy while an image is approved."""
+    import sqlalchemy
+
+    capped = sqlalchemy.create_engine(f"sqlite:///{studio.settings.home / 'capped.db'}")
+    with capped.connect() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (data BLOB)")
+        connection.exec_driver_sql("PRAGMA max_page_count = 3")
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="full") as raised:
+            connection.exec_driver_sql("INSERT INTO t VALUES (zeroblob(100000))")
+    capped.dispose()
+    full = raised.value
+
+    def approve(*args: object, **kwargs: object) -> None:
+        raise full
+
+    image_id = studio.add_image("aiko", 1)
+    monkeypatch.setattr(commands, "approve_image", approve)
+    with _quiet_client(studio) as client:
+        answer = client.post(
+            f"/images/{image_id}/approve", data={"csrf_token": studio.csrf(client)}, headers=JSON
+        )
+    assert answer.status_code == 507 and answer.json()["error"] == f"cannot save: {DISK_FULL}"
+
+
+def test_any_other_os_error_is_still_the_catch_all_500(
+    studio: Studio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(ingest_views.shutil, "copyfileobj", denied)
+    with _quiet_client(studio) as client:
+        answer = _upload(client, studio.csrf(client), JSON)
+    assert answer.status_code == 500
+    assert answer.json()["error_id"] in _error_log(studio)
