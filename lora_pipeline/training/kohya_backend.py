@@ -9,7 +9,14 @@ metadata (dataset hash, base checkpoint hash, version) before it is registered t
 
 Resume: kohya saves its state (`--save_state`) at every saved epoch; a later run of the same job
 passes `--resume <newest state> --skip_until_initial_step`, with which kohya restores the
-optimizer, scheduler and step count and skips the batches already trained.
+optimizer and scheduler and skips the epochs already trained. kohya (48d368fa) then restarts its
+progress bar and `global_step` at 0, so its step counts (the bar, `ss_steps`, the `current_step`
+of the states it saves next) cover only the resumed part: this backend adds the resumed state's
+step back to all of them, so that reports, `ss_steps` and a second resume are global.
+
+A finished run leaves no state behind (kohya's final `lora-state` included): a second run of the
+same dataset version says that it was trained before and trains it from the start, rather than
+resuming the finished run's final state and training on top of the finished LoRA.
 
 A job whose config has `init_lora` starts from that LoRA (`--network_weights`). kohya loads it
 loosely (unknown modules are skipped, its alpha is not applied), so the file's rank, alpha and
@@ -22,6 +29,7 @@ import json
 import math
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +76,15 @@ _LOSS = re.compile(r"(?:avr_loss|loss)=\s*([-+0-9.eE]+|nan|inf)")
 _RATE = re.compile(r"([0-9.]+)\s*(it/s|s/it)")
 _EPOCH = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
 _STATE = re.compile(rf"^{OUTPUT_NAME}(?:-(\d+))?-state$")
+# kohya's buckets: train_network.py asserts that bucket_reso_steps divides by 64 (SD1.x) or 32
+# (SDXL), and rounds min_bucket_reso down to a multiple of it (0 crashes it, ZeroDivisionError).
+BUCKET_RESO_STEPS = {"sd15": 64, "sdxl": 32}
+# Beside kohya's states in the work folder: which resumed process wrote which state (its step
+# offset), and the marker of a run that finished.
+OFFSET_FILE = "lora_pipeline-offset.json"
+FINISHED_FILE = "lora_pipeline-finished.json"
+# Written into each state's train_state.json once its step count is global.
+GLOBAL_STEP_MARK = "lora_pipeline_step_offset"
 
 
 class KohyaError(TrainingError):
@@ -125,17 +142,31 @@ def image_folders(dataset_dir: Path) -> list[Path]:
     ]
 
 
-def dataset_toml(config: TrainingConfig, folders: list[Path]) -> str:
+def bucket_settings(resolution: int, version: str, enable_bucket: bool) -> dict[str, object]:
+    """kohya's bucket options for `resolution`, valid at every size: min and max bucket sides
+    are multiples of `bucket_reso_steps` (kohya would round them, a minimum of 0 crashes it)
+    around the resolution (it asserts min ≤ resolution ≤ max). Below one step of resolution
+    no bucket fits, so bucketing is off there."""
+    steps = BUCKET_RESO_STEPS[version]
+    if not enable_bucket or resolution < steps:
+        return {"enable_bucket": False}
+    half, double = resolution // 2, resolution * 2
+    return {
+        "enable_bucket": True,
+        "min_bucket_reso": max(steps, half - half % steps),
+        "max_bucket_reso": -(-double // steps) * steps,
+        "bucket_reso_steps": steps,
+        "bucket_no_upscale": False,
+    }
+
+
+def dataset_toml(config: TrainingConfig, folders: list[Path], version: str = "sd15") -> str:
     """kohya's dataset config: general caption settings, one dataset, a subset per folder."""
     general = {
         "caption_extension": ".txt",
         "shuffle_caption": config.shuffle_caption,
         "keep_tokens": config.keep_tokens,
-        "enable_bucket": config.enable_bucket,
-        "min_bucket_reso": config.resolution // 2,
-        "max_bucket_reso": config.resolution * 2,
-        "bucket_reso_steps": 64,
-        "bucket_no_upscale": False,
+        **bucket_settings(config.resolution, version, config.enable_bucket),
     }
     lines = ["[general]"] + [f"{k} = {_toml_value(v)}" for k, v in general.items()]
     lines += [
@@ -155,11 +186,62 @@ def dataset_toml(config: TrainingConfig, folders: list[Path]) -> str:
 
 
 def latest_state(work_dir: Path) -> Path | None:
-    """The newest `--save_state` folder kohya left (`lora-000002-state`, `lora-state`)."""
+    """The newest epoch state kohya's `--save_state` left (`lora-000002-state`); never the final
+    `lora-state` of a finished run, which has nothing left to train."""
     states = [
-        p for p in work_dir.glob(f"{OUTPUT_NAME}*-state") if p.is_dir() and _STATE.match(p.name)
+        p for p in work_dir.glob(f"{OUTPUT_NAME}-*-state") if p.is_dir() and _STATE.match(p.name)
     ]
-    return max(states, key=lambda p: p.stat().st_mtime_ns) if states else None
+    return max(states, key=lambda p: (state_step(p), p.stat().st_mtime_ns)) if states else None
+
+
+def sd_scripts_commit(scripts_dir: Path) -> str:
+    """`git rev-parse HEAD` of the sd-scripts folder, or "unknown" (no git, not a checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(scripts_dir), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{7,64}", commit) else "unknown"
+
+
+def _train_state(state: Path) -> dict:
+    try:
+        values = json.loads((state / "train_state.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def state_step(state: Path) -> int:
+    """The global step a kohya state was saved at (its train_state.json), 0 if unreadable."""
+    step = _train_state(state).get("current_step", 0)
+    return step if isinstance(step, int) and step > 0 else 0
+
+
+def make_state_steps_global(work_dir: Path, offset: int) -> None:
+    """Add `offset` (the step the process that saved them resumed from) to the step count of
+    the states not yet made global: kohya counts from 0 after a resume, and a later resume from
+    such a state would skip too few epochs and train some twice."""
+    for state in work_dir.glob(f"{OUTPUT_NAME}*-state"):
+        values = _train_state(state)
+        if not values or GLOBAL_STEP_MARK in values or not _STATE.match(state.name):
+            continue
+        values["current_step"] = int(values.get("current_step", 0)) + offset
+        values[GLOBAL_STEP_MARK] = offset
+        (state / "train_state.json").write_text(json.dumps(values), "utf-8")
+
+
+def clear_states(work_dir: Path) -> None:
+    """Remove every kohya state of the work folder (the final `lora-state` too)."""
+    for state in work_dir.glob(f"{OUTPUT_NAME}*-state"):
+        if state.is_dir() and _STATE.match(state.name):
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def tokenizer_cache(tokenizer_dir: Path, version: str, cache_dir: Path) -> Path:
@@ -324,7 +406,9 @@ class _KohyaRun:
     epoch: int = 0
     epochs: int = 0
     epoch_started: float = field(default_factory=time.perf_counter)
-    first_step: int | None = None
+    # The global step kohya resumed from: its bar and step counts restart at 0 after --resume.
+    offset: int = 0
+    trained: int = 0
     epoch_losses: list[float] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)
 
@@ -382,19 +466,65 @@ class _KohyaTraining:
             config = replace(config, save_every_n_epochs=auto_save_every(config.epochs))
         self.config = config
         self.init_lora_hash = check_init_lora(config) if config.init_lora else ""
+        self.commit = sd_scripts_commit(script_dir)
+        self.offset = 0
+
+    def _forget_finished_run(self) -> None:
+        """A work folder whose run finished (or that holds kohya's final state, as runs before
+        the marker left it) trains from the start again, and says so."""
+        finished = self.work_dir / FINISHED_FILE
+        final_state = self.work_dir / f"{OUTPUT_NAME}-state"
+        if not finished.is_file() and not final_state.is_dir():
+            return
+        try:
+            before = json.loads(finished.read_text("utf-8"))
+        except (OSError, ValueError):
+            before = {}
+        what = f" ({before['steps']} steps, {before['file']})" if "steps" in before else ""
+        self.reporter.log(
+            f"dataset version {self.config.dataset_hash[:12]} was trained to the end before"
+            f"{what}: training it again from the start, not on top of the finished LoRA"
+        )
+        clear_states(self.work_dir)
+        finished.unlink(missing_ok=True)
+        (self.work_dir / OFFSET_FILE).unlink(missing_ok=True)
+
+    def _resume_point(self) -> Path | None:
+        """The state to resume from, with the step counts of the states the previous process
+        saved made global first; records this process's offset for the next one."""
+        offset_file = self.work_dir / OFFSET_FILE
+        try:
+            previous = int(json.loads(offset_file.read_text("utf-8"))["offset"])
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = 0
+        make_state_steps_global(self.work_dir, previous)
+        resume = latest_state(self.work_dir)
+        self.offset = state_step(resume) if resume is not None else 0
+        offset_file.write_text(json.dumps({"offset": self.offset}), "utf-8")
+        if resume is not None:
+            self.reporter.log(
+                f"resuming kohya from its saved state {resume.name} (step {self.offset})"
+            )
+        return resume
 
     def _prepare(self) -> list[str]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         folders = image_folders(self.dataset_dir)
         if not folders:
             raise KohyaError(f"no images in the dataset folder {self.dataset_dir}")
+        buckets = bucket_settings(self.config.resolution, self.version, self.config.enable_bucket)
+        if self.config.enable_bucket and not buckets["enable_bucket"]:
+            self.reporter.log(
+                f"aspect-ratio buckets off: kohya's smallest bucket is "
+                f"{BUCKET_RESO_STEPS[self.version]} px, more than the resolution "
+                f"{self.config.resolution}"
+            )
         toml_file = self.work_dir / "dataset.toml"
-        toml_file.write_text(dataset_toml(self.config, folders), "utf-8")
+        toml_file.write_text(dataset_toml(self.config, folders, self.version), "utf-8")
         if self.config.sample_prompts:
             (self.work_dir / "sample_prompts.txt").write_text(_sample_prompts(self.config), "utf-8")
-        resume = latest_state(self.work_dir)
-        if resume is not None:
-            self.reporter.log(f"resuming kohya from its saved state {resume.name}")
+        self._forget_finished_run()
+        resume = self._resume_point()
         tokenizers = None
         if self.job.tokenizer_dir:
             try:
@@ -411,17 +541,27 @@ class _KohyaTraining:
         args = self._prepare()
         started_at = time.time()
         process = _KohyaProcess(args, Path(self.job.kohya_dir or "."))
-        run = _KohyaRun()
+        run = _KohyaRun(offset=self.offset)
         try:
             self._follow(process, run)
         finally:
             process.stop()
+            make_state_steps_global(self.work_dir, self.offset)
         code = process.process.returncode
         if code != 0:
             tail = "\n".join(run.tail[-15:])
-            raise KohyaError(f"kohya train_network.py failed with exit code {code}:\n{tail}")
+            raise KohyaError(
+                f"kohya {SCRIPTS[self.version]} failed (exit code {code}): "
+                f"{first_error_line(run.tail)}\n{tail}"
+            )
         self._end_epoch(run)
-        return self._result(run, started_at)
+        result = self._result(run, started_at)
+        # Nothing of a finished run is resumed: the next run of this version trains afresh.
+        clear_states(self.work_dir)
+        (self.work_dir / OFFSET_FILE).unlink(missing_ok=True)
+        finished = {"steps": result.steps, "file": result.path.name, "sha256": result.sha256}
+        (self.work_dir / FINISHED_FILE).write_text(json.dumps(finished), "utf-8")
+        return result
 
     def _follow(self, process: _KohyaProcess, run: _KohyaRun) -> None:
         while True:
@@ -434,6 +574,7 @@ class _KohyaTraining:
                 return
             if self.reporter.should_stop():
                 process.stop()
+                make_state_steps_global(self.work_dir, self.offset)
                 raise TrainingInterrupted(run.step, latest_state(self.work_dir))
             if line:
                 self._handle(line, run)
@@ -462,25 +603,26 @@ class _KohyaTraining:
             self.reporter.log(f"kohya: {line}")
 
     def _progress(self, progress: KohyaProgress, run: _KohyaRun) -> None:
-        if progress.step == 0 or progress.step == run.step:
-            run.total = progress.total
+        # After --resume kohya's bar restarts at 0 (its total stays the whole run's): the
+        # global step is the resumed state's plus the bar's.
+        step = run.offset + progress.step
+        total = max(progress.total, step)
+        if progress.step == 0 or step == run.step:
+            run.total = total
             return
-        # After --resume, kohya's bar counts the remaining steps; make the count global again.
-        if run.first_step is None:
-            run.first_step = progress.step
-        run.step, run.total = progress.step, progress.total
+        run.step, run.total, run.trained = step, total, progress.step
         if progress.loss is not None:
-            run.losses[progress.step] = progress.loss
+            run.losses[step] = progress.loss
             run.epoch_losses.append(progress.loss)
         rate = progress.it_per_s or 0.0
         self.reporter.progress(
             TrainingProgress(
-                step=progress.step,
-                total_steps=progress.total,
+                step=step,
+                total_steps=total,
                 epoch=run.epoch,
                 loss=progress.loss if progress.loss is not None else float("nan"),
                 it_per_s=rate,
-                eta_s=(progress.total - progress.step) / rate if rate else 0.0,
+                eta_s=(total - step) / rate if rate else 0.0,
                 lr=self.config.learning_rate,
             )
         )
@@ -516,10 +658,13 @@ class _KohyaTraining:
         weights = unet_weights_file_of(self.config.base_model)
         base_hash = sha256_and_legacy_hash(weights)[0] if weights else ""
         metadata = {k: v for k, v in metadata.items() if not k.startswith("sshs_")}
+        # kohya's ss_steps counts from its restart after a resume: make it the whole run's.
+        kohya_steps = _int(metadata.get("ss_steps")) or run.trained
+        steps = self.offset + kohya_steps if kohya_steps else run.step
+        metadata["ss_steps"] = str(steps)
         metadata.update(self._our_metadata(base_hash))
         sha256 = save_kohya_lora(self.job.output_file, tensors, metadata)
         losses = [run.losses[s] for s in sorted(run.losses)]
-        steps = run.step or int(metadata.get("ss_steps", "0") or 0)
         return TrainingResult(
             path=self.job.output_file,
             sha256=sha256,
@@ -531,8 +676,13 @@ class _KohyaTraining:
             metadata=read_kohya_lora(self.job.output_file)[1],
             config=self.config.to_dict(),
             history=sorted(run.losses),
-            resumed_from_step=(run.first_step - 1) if run.first_step else 0,
+            resumed_from_step=self.offset,
+            versions=self.versions(),
         )
+
+    def versions(self) -> dict[str, str]:
+        """What trained this LoRA: the project's version and the sd-scripts commit."""
+        return {"lora_pipeline": package_version(), "sd_scripts": self.commit}
 
     def _our_metadata(self, base_hash: str) -> dict[str, str]:
         config = self.config
@@ -541,6 +691,7 @@ class _KohyaTraining:
             "lora_pipeline.base_model_hash": base_hash,
             "lora_pipeline.version": package_version(),
             "lora_pipeline.backend": "kohya",
+            "lora_pipeline.sd_scripts_commit": self.commit,
             "lora_pipeline.tag_frequency": json.dumps(
                 tag_frequency([e.caption for e in self.job.examples])
             ),
@@ -553,6 +704,29 @@ class _KohyaTraining:
             if self.init_lora_hash:
                 values["lora_pipeline.init_lora_model_hash"] = self.init_lora_hash
         return values
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b")
+
+
+def first_error_line(lines: list[str]) -> str:
+    """The line of kohya's output that says what went wrong: the exception line of its
+    traceback (`ZeroDivisionError: …`), else the first line mentioning an error, else the
+    last line."""
+    for line in lines:
+        if _ERROR_LINE.match(line.strip()):
+            return line.strip()
+    for line in lines:
+        if "error" in line.lower():
+            return line.strip()
+    return lines[-1].strip() if lines else "no output"
 
 
 def train_with_kohya(job: TrainingJob, reporter: TrainingReporter) -> TrainingResult:

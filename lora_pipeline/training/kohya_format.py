@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -99,6 +100,11 @@ def safetensors_hashes(
     buffer.seek(0x100000)
     legacy_hash = hashlib.sha256(buffer.read(0x10000)).hexdigest()[:8]
     return model_hash, legacy_hash
+
+
+def new_session_id() -> int:
+    """A kohya `ss_session_id`: random.randint(0, 2**32), as train_network.py draws it."""
+    return random.SystemRandom().randint(0, 2**32)
 
 
 def package_version() -> str:
@@ -282,7 +288,9 @@ def kohya_metadata(
         "ss_zero_terminal_snr": False,
         "ss_output_name": title,
         "ss_training_comment": f"trigger word: {trigger_word}" if trigger_word else None,
-        "ss_session_id": int(hashlib.sha256(f"{dataset_hash}:{seed}".encode()).hexdigest()[:8], 16),
+        # Random per run, as kohya draws it: which group of epoch files belongs together (the
+        # trainer passes one id for all the files of a run in `extra`).
+        "ss_session_id": new_session_id(),
         "ss_tag_frequency": json.dumps(frequency),
         "ss_datasets": json.dumps(datasets),
         "ss_dataset_dirs": json.dumps({dataset_dir: {"n_repeats": 1, "img_count": num_images}}),

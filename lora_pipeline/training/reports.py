@@ -46,6 +46,8 @@ class TrainingResult:
     history: list[int] = field(default_factory=list)  # the global step of every trained step
     resumed_from_step: int = 0
     epoch_files: list[str] = field(default_factory=list)
+    # What trained it: {"lora_pipeline": version, "sd_scripts": commit, "torch": …}.
+    versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"path": str(self.path)}

@@ -214,6 +214,8 @@ def register_trained_lora(
         "backend": job.backend,
         "final_loss": result.final_loss,
         "resumed_from_step": result.resumed_from_step,
+        # The project's version, its libraries' and (kohya) the sd-scripts commit.
+        "versions": dict(result.versions),
         # The saved epochs the evaluation compares to pick the one to release.
         "epoch_files": [root.relative(Path(p)) for p in result.epoch_files],
     }

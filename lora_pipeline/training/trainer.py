@@ -65,9 +65,11 @@ from lora_pipeline.training.data import (
     tag_frequency,
 )
 from lora_pipeline.training.errors import OOM_ADVICE, TrainingError, TrainingInterrupted
+from lora_pipeline.training.experiment import library_versions
 from lora_pipeline.training.kohya_format import (
     LoraFormatError,
     kohya_metadata,
+    new_session_id,
     read_kohya_lora,
     save_kohya_lora,
 )
@@ -177,6 +179,8 @@ class _TrainingRun:
         self.global_step = 0
         self.epoch_files: list[str] = []
         self.init_lora_hash = ""
+        # One kohya session id for every file this run writes (epochs and final).
+        self.session_id = new_session_id()
 
     # 1. The frozen base model, and the settings it implies.
     def load_models(self) -> None:
@@ -586,6 +590,7 @@ class _TrainingRun:
                 "ss_mixed_precision": config.mixed_precision,
                 "ss_gradient_checkpointing": config.gradient_checkpointing,
                 "ss_cache_latents": config.cache_latents,
+                "ss_session_id": self.session_id,
                 "ss_training_started_at": self.started_at,
                 "ss_training_finished_at": time.time(),
                 "ss_resize_interpolation": "lanczos",
@@ -767,6 +772,7 @@ def train_lora(
         history=run.history,
         resumed_from_step=resumed_from,
         epoch_files=[p for p in run.epoch_files if Path(p).is_file()],
+        versions=library_versions("lora_pipeline", "torch", "diffusers", "peft", "transformers"),
     )
 
 

@@ -198,3 +198,10 @@ def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(LoraFormatError, match="not a readable safetensors file"):
         read_kohya_lora(broken)
+
+
+def test_the_session_id_is_random_per_run_as_kohya_draws_it() -> None:
+    ids = {kohya_metadata(**METADATA_ARGS)["ss_session_id"] for _ in range(4)}
+    assert len(ids) == 4 and all(0 <= int(i) <= 2**32 for i in ids)
+    pinned = kohya_metadata(**METADATA_ARGS, extra={"ss_session_id": 7})
+    assert pinned["ss_session_id"] == "7"
