@@ -83,6 +83,7 @@ ID_NOUNS = {
     "release_id": "release",
     "eval_id": "eval",
     "suggestion_id": "suggestion",
+    "source_id": "source",
 }
 ERROR_LOG = ("logs", "review-app.log")
 # "Insufficient Storage": the server could not store what the request needed.
@@ -130,6 +131,7 @@ def routes() -> list[BaseRoute]:
         _route("/gallery/{image_id:id}", views.gallery_view),
         Route("/ingest", views.ingest_page),
         Route("/ingest", views.ingest_action, methods=["POST"]),
+        _route("/ingest/{source_id:id}/retry", views.retry_ingest_action, methods=["POST"]),
         _route("/suggestions/{suggestion_id:id}/accept", views.accept_suggestion, methods=["POST"]),
         _route(
             "/suggestions/{suggestion_id:id}/dismiss", views.dismiss_suggestion, methods=["POST"]

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from lora_pipeline.registry import commands
-from lora_pipeline.registry.models import Feedback, GenerationJob, Image
+from lora_pipeline.registry.models import Feedback, GenerationJob, Image, Source
 from lora_pipeline.review.app import background_server, create_app
 from lora_pipeline.review.security import BROWSER_COOKIE
 from lora_pipeline_tests.review.conftest import Studio, add_cast, make_settings
@@ -293,3 +293,21 @@ def test_a_page_on_another_port_cannot_approve(
     context.close()
     with studio.registry.session() as session:
         assert session.get(Image, image_id).reviewed_by == "alice"
+
+
+def test_a_failed_ingest_is_retried_from_the_ingest_tab(studio: Studio, live: str, page) -> None:
+    with studio.registry.session() as session:
+        source = commands.create_source(session, "show", "url", "https://example.com/v", "aiko")
+        commands.set_source_state(session, source.id, "failed", error="no data for 20 s")
+        source_id = source.id
+    page.goto(f"{live}/ingest")
+    row = page.locator("tr", has_text="https://example.com/v")
+    sync_api.expect(row).to_contain_text("failed: no data for 20 s")
+    row.get_by_role("button", name=f"Retry ingest {source_id}").click()
+    page.wait_for_url(f"{live}/ingest?retried={source_id}")
+    sync_api.expect(page.locator(".notice")).to_contain_text(f"Ingest request {source_id} queued")
+    sync_api.expect(page.locator("tr", has_text="https://example.com/v")).to_contain_text("pending")
+    assert page.get_by_role("button", name=f"Retry ingest {source_id}").count() == 0
+    with studio.registry.session() as session:
+        retried = session.get(Source, source_id)
+        assert (retried.state, retried.error) == ("pending", None)

@@ -1,11 +1,13 @@
 """The review app under faults: a full disk during an upload or any other write answers 507 and
-one line (never the catch-all 500)."""
+one line (never the catch-all 500), and a failed ingest is retried from the Ingest tab's button
+(the same action as `lora-pipeline ingest retry`)."""
 
 from __future__ import annotations
 
 import errno
 import io
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -148,3 +150,77 @@ def test_any_other_os_error_is_still_the_catch_all_500(
         answer = _upload(client, studio.csrf(client), JSON)
     assert answer.status_code == 500
     assert answer.json()["error_id"] in _error_log(studio)
+
+
+# --- the Retry button --------------------------------------------------------------------------
+
+
+def _failed_source(studio: Studio, reason: str = "cannot download: no data for 20 s") -> int:
+    with studio.registry.session() as session:
+        source = commands.create_source(session, "show", "url", "https://example.com/v", "aiko")
+        commands.set_source_state(session, source.id, "failed", error=reason)
+        return source.id
+
+
+def _state(studio: Studio, source_id: int) -> tuple[str, str | None]:
+    with studio.registry.session() as session:
+        source = session.get(Source, source_id)
+        return source.state, source.error
+
+
+def _retry_forms(page: str) -> list[str]:
+    return re.findall(r'action="/ingest/(\d+)/retry"', page)
+
+
+def test_a_failed_source_has_a_retry_button_that_queues_it_again(studio: Studio) -> None:
+    failed = _failed_source(studio)
+    with studio.registry.session() as session:
+        pending = commands.create_source(session, "show", "url", "https://example.com/w", "aiko")
+        pending_id = pending.id
+    page = studio.client.get("/ingest").text
+    assert _retry_forms(page) == [str(failed)]  # only the failed one has a button
+    form = page[page.index(f'action="/ingest/{failed}/retry"') :]
+    assert f'name="csrf_token" value="{studio.csrf()}"' in form[: form.index("</form>")]
+
+    answer = studio.client.post(
+        f"/ingest/{failed}/retry", data={"csrf_token": studio.csrf()}, follow_redirects=False
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == f"/ingest?retried={failed}"
+    assert _state(studio, failed) == ("pending", None)
+    after = studio.client.get(answer.headers["location"]).text
+    assert f"Ingest request {failed} queued again" in after and _retry_forms(after) == []
+    assert _state(studio, pending_id) == ("pending", None)
+
+
+def test_retry_answers_json_and_refuses_what_is_not_failed(studio: Studio) -> None:
+    failed = _failed_source(studio)
+    token = studio.csrf()
+    answer = studio.client.post(f"/ingest/{failed}/retry", data={"csrf_token": token}, headers=JSON)
+    assert answer.json() == {"ok": True, "source_id": failed, "state": "pending"}
+    with studio.registry.session() as session:
+        commands.set_source_state(session, failed, "done")
+    refused = studio.client.post(
+        f"/ingest/{failed}/retry", data={"csrf_token": token}, headers=JSON
+    )
+    assert refused.status_code == 409
+    message = f"source {failed} is done: only a failed source can be retried"
+    assert refused.json()["error"] == message
+    for missing, status in ((999, 404), (0, 404), (2**63, 404)):
+        answer = studio.client.post(
+            f"/ingest/{missing}/retry", data={"csrf_token": token}, headers=JSON
+        )
+        assert answer.status_code == status and "\n" not in answer.json()["error"]
+    assert _state(studio, failed) == ("done", None)
+
+
+def test_retry_needs_the_csrf_token_and_the_apps_own_origin(studio: Studio) -> None:
+    failed = _failed_source(studio)
+    token = studio.csrf()
+    assert studio.client.post(f"/ingest/{failed}/retry", data={}).status_code == 403
+    foreign = studio.client.post(
+        f"/ingest/{failed}/retry",
+        data={"csrf_token": token},
+        headers={"origin": "http://127.0.0.1:9999"},
+    )
+    assert foreign.status_code == 403
+    assert _state(studio, failed)[0] == "failed"

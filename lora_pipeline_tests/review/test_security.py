@@ -55,6 +55,7 @@ def test_every_post_route_is_listed() -> None:
         "/images/1/approve",
         "/images/1/reject",
         "/ingest",
+        "/ingest/1/retry",
         "/jobs/clear-stuck",
         "/releases/1/approve",
         "/suggestions/1/accept",

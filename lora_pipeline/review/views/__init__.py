@@ -30,7 +30,7 @@ from lora_pipeline.review.views.generate import (
     jobs_json,
     request_generation_action,
 )
-from lora_pipeline.review.views.ingest import ingest_action, ingest_page
+from lora_pipeline.review.views.ingest import ingest_action, ingest_page, retry_ingest_action
 from lora_pipeline.review.views.releases import (
     eval_grid,
     release_action,
@@ -64,5 +64,6 @@ __all__ = [
     "releases_page",
     "render",
     "request_generation_action",
+    "retry_ingest_action",
     "wants_json",
 ]

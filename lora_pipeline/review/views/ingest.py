@@ -39,7 +39,10 @@ def ingest_page(request: Request) -> Response:
         projects, cast = pages.choices(session)
         sources = pages.recent_sources(session)
     created = request.query_params.get("created", "")
+    retried = request.query_params.get("retried", "")
     notice = f"Ingest request {created} created." if created.isdigit() else None
+    if retried.isdigit():
+        notice = f"Ingest request {retried} queued again; the ingest sensor runs it next."
     return render(
         request,
         "ingest.html",
@@ -84,6 +87,17 @@ async def ingest_action(request: Request, form: FormData) -> Response:
     if wants_json(request):
         return JSONResponse({"ok": True, "source_id": created.source_id, "kind": created.kind})
     return RedirectResponse(page_url("/ingest", created=created.source_id), status_code=303)
+
+
+@csrf_protected
+async def retry_ingest_action(request: Request, form: FormData) -> Response:
+    """The Retry button of a failed source: what `lora-pipeline ingest retry SOURCE` does."""
+    ctx = _context(request)
+    source_id = request.path_params["source_id"]
+    retried = await run_in_threadpool(actions.retry_ingest, ctx.registry, source_id)
+    if wants_json(request):
+        return JSONResponse({"ok": True, "source_id": retried.source_id, "state": "pending"})
+    return RedirectResponse(page_url("/ingest", retried=retried.source_id), status_code=303)
 
 
 def _safe_name(filename: str) -> str:
