@@ -27,6 +27,17 @@ def gpu_op_tags(priority: Priority) -> dict[str, str]:
     return {PRIORITY_TAG: str(STEP_PRIORITY[priority])}
 
 
+# The run tag dagster.yaml's run queue limits (tag_concurrency_limits): batch GPU runs may not
+# take every run slot, so a regeneration is never queued behind trainings waiting for the GPU.
+GPU_CLASS_TAG = "lora_pipeline/gpu_class"
+
+
+def gpu_run_tags(priority: Priority) -> dict[str, str]:
+    """The run tags of a job whose GPU work is of this priority: the run queue starts
+    interactive runs first (`dagster/priority`) and keeps a slot free of batch runs."""
+    return {PRIORITY_TAG: str(STEP_PRIORITY[priority]), GPU_CLASS_TAG: priority}
+
+
 @contextmanager
 def gpu_step(
     context: AssetExecutionContext,
