@@ -249,7 +249,7 @@ class Settings(BaseSettings):
     )
     review_decode_pixels: int = Field(
         64_000_000, ge=1_000_000, description="pixels the review app decodes at once (uploaded "
-        "images, thumbnails; about 8 bytes of memory each): more waits its turn"
+        "images, thumbnails; about 4 bytes of memory each): more waits its turn"
     )
     # Names of the values passed in code, for `describe()`.
     _overridden: frozenset[str] = PrivateAttr(default_factory=frozenset)

@@ -44,7 +44,7 @@ from lora_pipeline.media.uploads import UploadError
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.review import views
-from lora_pipeline.review.decoding import PixelBudget, Thumbnails
+from lora_pipeline.review.decoding import PixelBudget, Thumbnails, return_freed_pixels
 from lora_pipeline.review.security import (
     LOOPBACK_HOSTS,
     AccessTokenMiddleware,
@@ -325,6 +325,7 @@ def create_app(
     )
     root = DataRoot(settings.data_root)
     budget = PixelBudget(settings.review_decode_pixels)
+    return_freed_pixels()
     app.state.review = views.ReviewContext(
         settings=settings,
         registry=registry,
