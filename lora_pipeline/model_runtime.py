@@ -123,8 +123,12 @@ class ModelRuntime:
     # --- loaded models ---
 
     def generator(self) -> DiffusersGenerator:
-        model, device = self.base_model_id(), self.device_name()
-        return _loaded(("generator", model, device), lambda: DiffusersGenerator(model, device))
+        # The config folder lets a single-file checkpoint load offline, as the trainer's does.
+        model, device, config = self.base_model_id(), self.device_name(), self.single_file_config()
+        return _loaded(
+            ("generator", model, device, config),
+            lambda: DiffusersGenerator(model, device, config=config),
+        )
 
     def face_detector(self) -> FaceDetector | None:
         """The configured face detector; None when none is set."""

@@ -25,9 +25,15 @@ from PIL import Image
 from lora_pipeline.config import torch_device
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.generation.samplers import scheduler_for
+from lora_pipeline.generation.single_file import (
+    CLIP_PREFIXES,
+    SINGLE_FILE_SUFFIXES,
+    CheckpointError,
+    checkpoint_layout,
+    clip_text_encoder,
+)
 from lora_pipeline.generation_settings import check_settings
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPES = {
     "float16": torch.float16,
@@ -125,15 +131,6 @@ def resolve_model_source(model: str | Path) -> ModelSource:
     raise GenerationError(f"model not found: {text} (no such file or folder)")
 
 
-def _is_sdxl_single_file(path: str) -> bool:
-    if not path.lower().endswith(".safetensors"):
-        return False
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as reader:
-        return any(key.startswith("conditioner.embedders.1.") for key in reader.keys())  # noqa: SIM118
-
-
 def torch_dtype(preference: str, device: str) -> torch.dtype:
     """fp16 on CUDA and fp32 elsewhere for "auto"; otherwise the named dtype."""
     if preference == "auto":
@@ -143,36 +140,76 @@ def torch_dtype(preference: str, device: str) -> torch.dtype:
     return _DTYPES[preference]
 
 
+# Without a config folder diffusers fetches a single file's configs from the hub.
+NO_CONFIG_HINT = (
+    "; a single-file checkpoint loads offline with a config folder: set "
+    "LORA_PIPELINE_TOKENIZER_DIR to a CLIP tokenizer folder (e.g. ComfyUI's comfy/sd1_tokenizer)"
+)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "message", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def load_pipeline(
     model: str | Path, dtype: torch.dtype = torch.float32, config: str | Path | None = None
 ) -> Any:
-    """Load a text-to-image pipeline (SD1.x or SDXL) with the safety checker off, on the CPU.
+    """Load a text-to-image pipeline (SD1.x or SDXL) with the safety checker off, on the CPU:
+    the one loader of generation, evaluation and the built-in trainer.
 
     `config` is a diffusers folder whose component configs describe a single-file checkpoint, so
-    that it loads without fetching configs from the hub.
+    that it loads without fetching configs from the hub; every single-file layout of
+    `generation.single_file` loads. A model that cannot be loaded is a GenerationError of one line
+    naming the file and the problem.
     """
-    import diffusers
-
     source = resolve_model_source(model)
-    no_safety_checker: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     try:
         if source.kind is SourceKind.SINGLE_FILE:
-            sdxl = _is_sdxl_single_file(source.location)
-            pipeline_class = (
-                diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
-            )
-            options: dict[str, Any] = {} if sdxl else no_safety_checker
-            if config is not None:
-                options.update(config=str(config), local_files_only=True)
-            return pipeline_class.from_single_file(source.location, dtype=dtype, **options)
+            return _load_single_file(Path(source.location), dtype, config)
+        import diffusers
+
         return diffusers.AutoPipelineForText2Image.from_pretrained(
             source.location,
             dtype=dtype,
             local_files_only=source.kind is SourceKind.FOLDER,
-            **no_safety_checker,
+            safety_checker=None,
+            requires_safety_checker=False,
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise GenerationError(f"could not load the {source.kind.value} {model}: {error}") from error
+    except CheckpointError as error:
+        raise GenerationError(str(error)) from error
+    except Exception as error:  # noqa: BLE001 - diffusers raises many kinds; each becomes one line
+        hint = NO_CONFIG_HINT if source.kind is SourceKind.SINGLE_FILE and config is None else ""
+        raise GenerationError(
+            f"could not load the {source.kind.value} {model}: {_first_line(error)}{hint}"
+        ) from error
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config: str | Path | None) -> Any:
+    import diffusers
+
+    layout = checkpoint_layout(path)
+    sdxl = layout.version == "sdxl"
+    pipeline_class = (
+        diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
+    )
+    options: dict[str, Any] = (
+        {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
+    )
+    if config is not None:
+        options.update(config=str(config), local_files_only=True)
+    if layout.clip_without_text_model:
+        # diffusers finds no CLIP in this layout: the encoder is built here and handed over.
+        if config is None:
+            raise CheckpointError(
+                f"{path}: its text encoder keys have no text_model. segment, which loads only "
+                "with a config folder: set LORA_PIPELINE_TOKENIZER_DIR to a CLIP tokenizer folder"
+            )
+        prefix = CLIP_PREFIXES[layout.version]
+        options["text_encoder"] = clip_text_encoder(
+            path, prefix, Path(config) / "text_encoder", dtype
+        )
+    return pipeline_class.from_single_file(str(path), dtype=dtype, **options)
 
 
 def _file_sha256(path: Path) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
 from lora_pipeline.errors import PipelineError
+from lora_pipeline.generation.single_file import is_sdxl_checkpoint
 
 BASE_MODEL_VERSIONS = ("sd15", "sdxl")
 NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024}
@@ -35,7 +35,6 @@ _VERSION_ALIASES = {
 _EPOCHS = ((100, 8), (50, 10), (20, 15), (0, 20))
 _BATCH_SIZES = ((100, 4), (30, 2), (0, 1))
 _SDXL_HUB_ID = re.compile(r"(?:^|[^a-z])xl(?:[^a-z]|$)|sdxl", re.IGNORECASE)
-_SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 
 
 class SmartDefaultsError(PipelineError, ValueError):
@@ -83,7 +82,8 @@ def detect_base_model_version(base_model: str | None) -> str:
     if path.is_dir():
         return _version_of_folder(path)
     if path.is_file():
-        return "sdxl" if _safetensors_is_sdxl(path) else "sd15"
+        # One reader of checkpoint layouts for every stage (conditioner.embedders.1: SDXL).
+        return "sdxl" if is_sdxl_checkpoint(path) else "sd15"
     return "sdxl" if _SDXL_HUB_ID.search(base_model) else "sd15"
 
 
@@ -98,18 +98,3 @@ def _version_of_folder(folder: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return "sd15"
     return "sdxl" if "XL" in str(class_name) else "sd15"
-
-
-def _safetensors_is_sdxl(path: Path) -> bool:
-    """SDXL single files carry a second text encoder under `conditioner.embedders.1.`."""
-    if path.suffix.lower() != ".safetensors":
-        return False
-    try:
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > _SAFETENSORS_HEADER_LIMIT:
-                return False
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError, struct.error):
-        return False
-    return any(str(key).startswith("conditioner.embedders.1.") for key in header)

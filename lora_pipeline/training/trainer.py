@@ -36,7 +36,6 @@ from lora_pipeline.config import torch_device
 from lora_pipeline.files import atomic_path
 from lora_pipeline.generation.local import (
     GenerationError,
-    SourceKind,
     load_pipeline,
     resolve_model_source,
 )
@@ -197,14 +196,7 @@ class _TrainingRun:
                 self.config.base_model, self.weight_dtype, self.config.single_file_config
             )
         except GenerationError as error:
-            hint = (
-                "; a single-file checkpoint loads offline with a config folder: set "
-                "LORA_PIPELINE_TOKENIZER_DIR to a CLIP tokenizer folder (e.g. ComfyUI's "
-                "comfy/sd1_tokenizer)"
-                if self.source.kind is SourceKind.SINGLE_FILE and not self.config.single_file_config
-                else ""
-            )
-            raise TrainingError(f"{error}{hint}") from error
+            raise TrainingError(str(error)) from error
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         self.sdxl = getattr(pipe, "text_encoder_2", None) is not None
