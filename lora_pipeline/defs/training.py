@@ -103,10 +103,12 @@ class TrainingMessages(PipesTempFileMessageReader):
         self.result: TrainingResult | None = None
         self.failure: str | None = None
         self.interrupted: dict | None = None
+        self.crash: str | None = None
 
     @contextmanager
     def read_messages(self, handler: Any):
-        with super().read_messages(_Intercepting(handler, self.on_custom_message)) as params:
+        intercepting = _Intercepting(handler, self.on_custom_message, self.on_closed)
+        with super().read_messages(intercepting) as params:
             yield params
 
     def on_custom_message(self, payload: Any) -> None:
@@ -123,17 +125,29 @@ class TrainingMessages(PipesTempFileMessageReader):
         elif kind == "interrupted":
             self.interrupted = payload
 
+    def on_closed(self, params: Any) -> None:
+        # A child that died of an exception before it could report a failure still closes its
+        # Pipes session with that exception: its first line is the reason to show.
+        exception = (params or {}).get("exception") if isinstance(params, dict) else None
+        if isinstance(exception, dict) and not self.failure:
+            message = str(exception.get("message") or "").strip().splitlines()
+            name = exception.get("name") or "error"
+            self.crash = f"{name}: {message[0]}" if message else str(name)
+
 
 class _Intercepting:
     """The Pipes message handler, with custom messages also handed to a callback as they come."""
 
-    def __init__(self, handler: Any, on_custom: Any) -> None:
+    def __init__(self, handler: Any, on_custom: Any, on_closed: Any) -> None:
         self._handler = handler
         self._on_custom = on_custom
+        self._on_closed = on_closed
 
     def handle_message(self, message: dict) -> None:
         if message.get("method") == "report_custom_message":
             self._on_custom((message.get("params") or {}).get("payload"))
+        elif message.get("method") == "closed":
+            self._on_closed(message.get("params"))
         self._handler.handle_message(message)
 
     def __getattr__(self, name: str) -> Any:
@@ -188,9 +202,10 @@ def _failure(error: DagsterPipesExecutionError, messages: TrainingMessages) -> F
             f"{' (SIGKILL: most often the out-of-memory killer)' if code == -9 else ''}. "
             f"If memory ran out: {OOM_ADVICE}."
         )
+    reason = f": {messages.crash}" if messages.crash else ""
     return Failure(
-        description=f"the training process crashed (exit code {code}); its traceback is in the "
-        "step's stderr. The next run resumes from the last saved epoch."
+        description=f"the training process crashed (exit code {code}){reason}; its traceback "
+        "is in the step's stderr. The next run resumes from the last saved epoch."
     )
 
 

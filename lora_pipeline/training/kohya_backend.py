@@ -550,10 +550,14 @@ class _KohyaTraining:
         code = process.process.returncode
         if code != 0:
             tail = "\n".join(run.tail[-15:])
-            raise KohyaError(
-                f"kohya {SCRIPTS[self.version]} failed (exit code {code}): "
-                f"{first_error_line(run.tail)}\n{tail}"
+            # A signal leaves no error line: the signal is the reason (SIGKILL: most often OOM).
+            oom = " (SIGKILL: most often the out-of-memory killer)" if code == -9 else ""
+            reason = (
+                f"killed by signal {-code}{oom}"
+                if code < 0
+                else f"failed (exit code {code}): {first_error_line(run.tail)}"
             )
+            raise KohyaError(f"kohya {SCRIPTS[self.version]} {reason}\n{tail}")
         self._end_epoch(run)
         result = self._result(run, started_at)
         # Nothing of a finished run is resumed: the next run of this version trains afresh.

@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,11 @@ class ChildReporter:
         self.message(payload)
 
 
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
 def materialization_metadata(result: TrainingResult) -> dict[str, Any]:
     """What the Dagster UI shows for the trained file (raw values: Pipes infers the types)."""
     return {
@@ -176,6 +182,12 @@ def train(job: TrainingJob, reporter: ChildReporter) -> int:
         return EXIT_YIELDED if reporter.yielded else EXIT_INTERRUPTED
     except (TrainingError, OSError) as error:
         reporter.failed(str(error))
+        return EXIT_FAILED
+    except Exception as error:  # noqa: BLE001 - the parent must learn why, not only an exit code
+        # An error no layer turned into a TrainingError: its first line becomes the failure
+        # (what the Dagster UI shows), the traceback goes to stderr (the step's log).
+        traceback.print_exc()
+        reporter.failed(f"{type(error).__name__}: {first_line(error)}")
         return EXIT_FAILED
     reporter.log(
         f"trained {result.steps} steps in {time.monotonic() - started:.1f} s, "

@@ -515,3 +515,15 @@ def test_kohya_refuses_an_init_lora_it_would_load_wrongly(
     ):
         run_job(job, Recorder())
     assert not (Path(job.work_dir) / "calls.jsonl").exists(), "kohya was never started"
+
+
+def test_a_kohya_killed_by_a_signal_says_so(studio, kohya_dir: Path, tiny_sd: Path) -> None:  # noqa: ANN001
+    job = _job(studio, kohya_dir, tiny_sd)
+    (kohya_dir / "train_network.py").write_text(
+        "import os, signal\nprint('epoch 1/3')\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    with pytest.raises(KohyaError) as failed:
+        run_job(job, Recorder())
+    assert str(failed.value).splitlines()[0] == (
+        "kohya train_network.py killed by signal 9 (SIGKILL: most often the out-of-memory killer)"
+    )

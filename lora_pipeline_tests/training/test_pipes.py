@@ -96,3 +96,44 @@ def test_a_cancelled_child_saves_its_step_and_resumes(
     assert result["resumed_from_step"] == interrupted["step"]
     assert result["history"] == list(range(1, 7))
     assert output.is_file()
+
+
+def test_a_checkpoint_that_cannot_load_fails_the_asset_with_its_one_line_reason(
+    tiny_sd: Path, examples: list[TrainingExample], tmp_path: Path
+) -> None:
+    """Not "the training process crashed (exit code 1)": the loader's line reaches Dagster."""
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "lora-not-checkpoint.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": __import__("torch").zeros(1)}, broken)
+    config = resume_config(tiny_sd, tmp_path / "state")
+    from dataclasses import replace
+
+    job = TrainingJob(replace(config, base_model=str(broken)), examples, tmp_path / "l.safetensors")
+    failed, _ = _materialize(DagsterInstance.ephemeral(), job, None)
+    failure = next(e for e in failed.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    message = str(failure.event_specific_data.error.message)
+    assert f"training failed: {broken} has no UNet weights (model.diffusion_model.*)" in message
+    assert "exit code" not in message
+
+
+def test_an_unexpected_error_in_the_child_is_reported_by_its_first_line(
+    tiny_sd: Path, examples: list[TrainingExample], tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    from lora_pipeline.training import pipes_entry
+
+    def explode(job: TrainingJob, reporter: object) -> TrainingResult:
+        raise RuntimeError("Error(s) in loading state_dict for CLIPTextModel:\n\tMissing key(s)")
+
+    monkeypatch.setattr(pipes_entry, "run_job", explode)
+    job = TrainingJob(resume_config(tiny_sd, tmp_path), examples, tmp_path / "l.safetensors")
+    reports: list[dict] = []
+    reporter = pipes_entry.ChildReporter(None, job, pipes_entry.StopFlag())
+    monkeypatch.setattr(reporter, "message", reports.append)
+    assert pipes_entry.train(job, reporter) == pipes_entry.EXIT_FAILED
+    assert reports == [
+        {
+            "kind": "failure",
+            "message": "RuntimeError: Error(s) in loading state_dict for CLIPTextModel:",
+        }
+    ]
