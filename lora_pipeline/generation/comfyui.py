@@ -70,6 +70,36 @@ class ComfyUIValidationError(ComfyUIError):
         self.node_errors = node_errors
 
 
+class ComfyUIMissingNodesError(ComfyUIError):
+    """The workflow uses node types the server does not have (checked before queueing)."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+# Custom-node packs the shipped templates use, by the prefix of their node types, so that a
+# server without them is told which pack to install rather than only which node is missing.
+CUSTOM_NODE_PACKS = {
+    "ADE_": "ComfyUI-AnimateDiff-Evolved (github.com/Kosinkadink/ComfyUI-AnimateDiff-Evolved)",
+    "VHS_": "ComfyUI-VideoHelperSuite (github.com/Kosinkadink/ComfyUI-VideoHelperSuite)",
+}
+
+
+def describe_missing_nodes(base_url: str, missing: list[str]) -> str:
+    """One line: which node types the server lacks and the packs that provide them."""
+    packs = sorted(
+        {
+            pack
+            for node in missing
+            for prefix, pack in CUSTOM_NODE_PACKS.items()
+            if node.startswith(prefix)
+        }
+    )
+    hint = f"; install the custom nodes {' and '.join(packs)}" if packs else ""
+    return f"ComfyUI at {base_url} does not have the node types {', '.join(missing)}{hint}"
+
+
 class ComfyUIExecutionError(ComfyUIError):
     """A node raised while the prompt ran (an `execution_error`)."""
 
@@ -310,6 +340,9 @@ class ComfyUIClient:
         self._http = httpx.Client(
             base_url=str(self._url), timeout=http_timeout, transport=transport
         )
+        # The node types the server has, read once per client (a server that installs custom
+        # nodes must restart, and the project's clients live for one run).
+        self._node_types: frozenset[str] | None = None
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -412,6 +445,7 @@ class ComfyUIClient:
         parallel threads must not share one.
         """
         deadline = _Deadline.after(timeout or self.timeout)
+        self.check_nodes(workflow)
         client_id = uuid.uuid4().hex
         with self._socket(client_id) as socket:
             prompt_id = self.queue_prompt(workflow, client_id)
@@ -615,6 +649,23 @@ class ComfyUIClient:
     def list_checkpoints(self) -> list[str]:
         """The names CheckpointLoaderSimple accepts."""
         return self._names("checkpoints")
+
+    def node_types(self) -> frozenset[str]:
+        """Every node type the server has (GET /object_info), read once per client."""
+        if self._node_types is None:
+            body = self._json("GET", "object_info")
+            if not isinstance(body, dict) or not body:
+                raise ComfyUIConnectionError(f"ComfyUI at {self.base_url} sent no node types")
+            self._node_types = frozenset(body)
+        return self._node_types
+
+    def check_nodes(self, workflow: Workflow) -> None:
+        """Refuse, before queueing, a workflow with node types the server does not have: one
+        line naming them and the custom-node packs that provide them."""
+        used = {n.get("class_type") for n in workflow.values() if isinstance(n, dict)}
+        missing = sorted(str(t) for t in used - self.node_types() if t is not None)
+        if missing:
+            raise ComfyUIMissingNodesError(describe_missing_nodes(self.base_url, missing), missing)
 
     def object_info(self, node_class: str) -> dict[str, Any]:
         """A node class's schema ({} when ComfyUI does not have that node)."""

@@ -171,6 +171,7 @@ def test_generation_goes_through_comfyui_when_it_is_configured(
 ) -> None:
     settings, registry, instance = studio
     with FakeComfyUI() as fake:
+        fake.custom_node_packs |= {"AnimateDiff-Evolved", "VideoHelperSuite"}  # for video
         monkeypatch.setenv("LORA_PIPELINE_COMFYUI_URL", fake.base_url)
         monkeypatch.setenv("LORA_PIPELINE_COMFYUI_CHECKPOINT", "random_sd15.safetensors")
         with registry.session() as session:

@@ -10,7 +10,13 @@ is reported in `execution_cached` and not run again.
 
 Switches a test can flip: `stuck` (the sampler waits for an interrupt), `corrupt_loras` (a
 LoraLoader raises SafetensorError), `websocket_enabled` (the handshake is refused),
-`ws_drop_after` (the socket is closed after that many frames), `step_delay`.
+`ws_drop_after` (the socket is closed after that many frames), `step_delay`,
+`custom_node_packs` (which custom-node packs are installed: none by default, like a stock
+server).
+
+Its node types are stock ComfyUI v0.8.0's: `/object_info` answers from the capture of the real
+server (543 node types) plus the installed packs' nodes, and a prompt with any other node type
+is refused with the real "Cannot execute because node … does not exist."
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
+import gzip
 import hashlib
 import io
 import json
@@ -53,6 +61,17 @@ VIDEO_FORMATS = ["image/gif", "image/webp", "video/h264-mp4", "video/webm"]
 
 def sample(name: str) -> Any:
     return json.loads((SAMPLES / name).read_text())
+
+
+@functools.cache
+def _stock_object_info_text() -> str:
+    with gzip.open(SAMPLES / "object_info_v0.8.0.json.gz", "rt") as capture:
+        return capture.read()
+
+
+def stock_object_info() -> dict[str, Any]:
+    """GET /object_info of a stock ComfyUI v0.8.0 (captured from the real server)."""
+    return json.loads(_stock_object_info_text())
 
 
 def now_ms() -> int:
@@ -130,6 +149,12 @@ NODES: dict[str, Node] = {
             "context_length": Input("INT"),
             "context_stride": Input("INT"),
             "context_overlap": Input("INT"),
+            # AnimateDiff-Evolved's optional inputs of this node.
+            "fuse_method": Input("COMBO", "fuse_methods", required=False),
+            "use_on_equal_length": Input("BOOLEAN", required=False),
+            "start_percent": Input("FLOAT", required=False),
+            "guarantee_steps": Input("INT", required=False),
+            "prev_context": Input("CONTEXT_OPTIONS", required=False),
         },
         ("CONTEXT_OPTIONS",),
     ),
@@ -151,10 +176,19 @@ NODES: dict[str, Node] = {
             "format": Input("COMBO", "video_formats"),
             "pingpong": Input("BOOLEAN"),
             "save_output": Input("BOOLEAN"),
+            # The h264-mp4 format's own widgets, which VideoHelperSuite adds for that format.
+            "pix_fmt": Input("STRING", required=False),
+            "crf": Input("INT", required=False),
+            "save_metadata": Input("BOOLEAN", required=False),
         },
         (),
         output_node=True,
     ),
+}
+# The custom-node packs the fake can have installed, and the node types each brings.
+CUSTOM_NODE_PACKS: dict[str, tuple[str, ...]] = {
+    "AnimateDiff-Evolved": ("ADE_StandardUniformContextOptions", "ADE_AnimateDiffLoaderGen1"),
+    "VideoHelperSuite": ("VHS_VideoCombine",),
 }
 _VALUE_TYPES: dict[str, tuple[type, ...]] = {
     "INT": (int,),
@@ -239,7 +273,9 @@ class FakeComfyUI:
         self.motion_models = ["mm_sd_v15_v2.ckpt"]
         self.samplers, self.schedulers = list(SAMPLERS), list(SCHEDULERS)
         self.beta_schedules, self.video_formats = list(BETA_SCHEDULES), list(VIDEO_FORMATS)
+        self.fuse_methods = ["flat", "pyramid", "relative"]
         self.corrupt_loras: set[str] = set()
+        self.custom_node_packs: set[str] = set()
         self.stuck = False
         self.websocket_enabled = True
         self.ws_drop_after: int | None = None
@@ -304,6 +340,7 @@ class FakeComfyUI:
             Route("/view", self._get_view, methods=["GET"]),
             Route("/system_stats", self._get_system_stats, methods=["GET"]),
             Route("/models/{folder}", self._get_models, methods=["GET"]),
+            Route("/object_info", self._get_all_object_info, methods=["GET"]),
             Route("/object_info/{node_class:path}", self._get_object_info, methods=["GET"]),
             WebSocketRoute("/ws", self._websocket),
         ]
@@ -411,11 +448,13 @@ class FakeComfyUI:
                     "Cannot execute because a node is missing the class_type property.",
                     f"Node ID '#{node_id}'",
                 )
-            if node["class_type"] not in NODES:
+            if node["class_type"] not in self.node_types():
                 return invalid_prompt(
                     f"Cannot execute because node {node['class_type']} does not exist.",
                     f"Node ID '#{node_id}'",
                 )
+            if node["class_type"] not in NODES:
+                raise NotImplementedError(f"the fake ComfyUI cannot run {node['class_type']}")
             node.setdefault("inputs", {})
         outputs = [i for i, n in prompt.items() if NODES[n["class_type"]].output_node]
         if not outputs:
@@ -581,13 +620,44 @@ class FakeComfyUI:
             return Response(status_code=404)
         return JSONResponse(folders[folder])
 
+    def node_types(self) -> set[str]:
+        """The node types this server has: stock v0.8.0's and the installed packs'."""
+        packs = (CUSTOM_NODE_PACKS[name] for name in self.custom_node_packs)
+        return set(stock_object_info()).union(*packs)
+
+    def object_info(self) -> dict[str, Any]:
+        info = stock_object_info()
+        info["LoraLoader"] = sample("object_info_LoraLoader.json")["LoraLoader"]
+        info["LoraLoader"]["input"]["required"]["lora_name"][0] = list(self.loras)
+        info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] = list(self.checkpoints)
+        for pack in self.custom_node_packs:
+            info.update(
+                {name: self._pack_node_info(name, pack) for name in CUSTOM_NODE_PACKS[pack]}
+            )
+        return info
+
+    def _pack_node_info(self, name: str, pack: str) -> dict[str, Any]:
+        """An object_info entry for a custom node, from the fake's own definition of it."""
+        node = NODES[name]
+        inputs: dict[str, dict[str, list[Any]]] = {"required": {}, "optional": {}}
+        for input_name, spec in node.inputs.items():
+            kind = list(getattr(self, spec.choices)) if spec.choices else spec.type
+            inputs["required" if spec.required else "optional"][input_name] = [kind]
+        return {
+            "input": inputs,
+            "output": list(node.outputs),
+            "output_node": node.output_node,
+            "name": name,
+            "python_module": f"custom_nodes.ComfyUI-{pack}",
+        }
+
+    async def _get_all_object_info(self, request: Request) -> Response:
+        return JSONResponse(self.object_info())
+
     async def _get_object_info(self, request: Request) -> Response:
         node_class = request.path_params["node_class"]
-        if node_class != "LoraLoader":
-            return JSONResponse({})
-        info = sample("object_info_LoraLoader.json")
-        info["LoraLoader"]["input"]["required"]["lora_name"][0] = list(self.loras)
-        return JSONResponse(info)
+        info = self.object_info()
+        return JSONResponse({node_class: info[node_class]} if node_class in info else {})
 
     # --- websocket ----------------------------------------------------------------------------
 

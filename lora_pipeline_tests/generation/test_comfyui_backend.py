@@ -58,6 +58,8 @@ AIKO_LORA = LoraSpec(Path("/data/loras/aiko/aiko-0123abcd.safetensors"), strengt
 def fake() -> Iterator[FakeComfyUI]:
     with FakeComfyUI() as server:
         server.loras.append("aiko-0123abcd.safetensors")
+        # The custom nodes the AnimateDiff video template needs (a stock server lacks them).
+        server.custom_node_packs |= {"AnimateDiff-Evolved", "VideoHelperSuite"}
         yield server
 
 
