@@ -449,6 +449,11 @@ def test_the_sd_scripts_commit_and_versions_are_recorded(
     with registry.session() as session:
         row = session.get(LoraRelease, release.release_id)
         assert row.hyperparameters["versions"]["sd_scripts"] == head.strip()
+    from lora_pipeline.evaluation.service import write_model_card
+
+    card = write_model_card(registry, root, release.release_id).read_text()
+    versions_row = next(line for line in card.splitlines() if line.startswith("| versions |"))
+    assert head.strip() in versions_row and package_version() in versions_row
 
 
 def test_missing_kohya_is_a_clear_error(studio, tmp_path: Path, tiny_sd: Path) -> None:  # noqa: ANN001
