@@ -22,11 +22,11 @@ import httpx
 
 from lora_pipeline.config import Settings, env_name
 from lora_pipeline.errors import PipelineError
+from lora_pipeline.generation.echo_brain import EchoBrainClient, EchoBrainError
 from lora_pipeline.registry import commands, suggestions
 from lora_pipeline.registry.db import Registry
 
 ECHO_BRAIN_URL_ENV = env_name("echo_brain_url")
-ECHO_BRAIN_ENHANCE_PATH = "/api/echo/enhance"
 MIN_STRUCTURED_REJECTIONS = 3
 # A note phrase said in this many rejections becomes part of the prompt.
 FREQUENT_NOTE_COUNT = 2
@@ -244,42 +244,21 @@ class EchoBrainAdvisor:
     def __init__(
         self, url: str, timeout_s: float = 15.0, client: httpx.Client | None = None
     ) -> None:
-        if not url.lower().startswith(("http://", "https://")):
-            raise AdvisorError(f"Echo Brain URL {url!r} must start with http:// or https://")
-        self.url = url.rstrip("/")
-        self._timeout = timeout_s
-        self._client = client
+        try:
+            self._echo = EchoBrainClient(url, timeout_s, client)
+        except EchoBrainError as error:
+            raise AdvisorError(str(error)) from None
+        self.url = self._echo.url
 
     def advise(self, request: AdviceRequest) -> Advice | None:
-        body = {"prompt": request.design_prompt, "context": _context(request)}
-        endpoint = self.url + ECHO_BRAIN_ENHANCE_PATH
         try:
-            if self._client is not None:
-                response = self._client.post(endpoint, json=body, timeout=self._timeout)
-            else:
-                response = httpx.post(endpoint, json=body, timeout=self._timeout)
-        except httpx.HTTPError as error:
-            raise AdvisorError(f"Echo Brain at {self.url} is offline: {error}") from None
-        if response.status_code != 200:
-            raise AdvisorError(
-                f"Echo Brain answered {response.status_code}: {response.text[:200].strip()}"
-            )
-        return self._advice(response, request)
-
-    def _advice(self, response: httpx.Response, request: AdviceRequest) -> Advice | None:
-        try:
-            answer = response.json()
-        except ValueError:
-            raise AdvisorError("Echo Brain answered something that is not JSON") from None
-        suggestion = answer.get("suggestion") if isinstance(answer, dict) else None
-        if suggestion is not None and not isinstance(suggestion, str):
-            raise AdvisorError("Echo Brain's 'suggestion' must be text")
-        if not suggestion or suggestion.strip() == request.design_prompt.strip():
+            enhancement = self._echo.enhance(request.design_prompt, _context(request))
+        except EchoBrainError as error:
+            raise AdvisorError(str(error)) from None
+        best = enhancement.suggestions[0] if enhancement.suggestions else ""
+        if not best or best == request.design_prompt.strip():
             return None
-        rationale = answer.get("rationale", "")
-        return Advice(
-            suggestion.strip(), rationale if isinstance(rationale, str) else "", self.name
-        )
+        return Advice(best, enhancement.rationale, self.name)
 
 
 def _context(request: AdviceRequest) -> dict[str, Any]:

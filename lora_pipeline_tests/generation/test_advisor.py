@@ -3,10 +3,7 @@ the suggestion made after three structured rejections."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from lora_pipeline.registry import commands, suggestions
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.registry.models import PromptSuggestion
+from lora_pipeline_tests.generation.fake_echo_brain import FakeEchoBrain
 
 
 def request(*rejections: tuple[tuple[str, ...], str], prompt: str = "teal hair, yellow raincoat"):
@@ -101,42 +99,6 @@ def test_nothing_to_improve_gives_no_advice() -> None:
 
 
 # --- Echo Brain -----------------------------------------------------------------------------------
-
-
-class FakeEchoBrain:
-    """Echo Brain's enhance endpoint on 127.0.0.1, answering what the test sets."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.status = 200
-        self.answer: Any = {"suggestion": "", "rationale": ""}
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                length = int(self.headers["content-length"])
-                fake.requests.append(
-                    {"path": self.path, "body": json.loads(self.rfile.read(length))}
-                )
-                body = fake.answer if isinstance(fake.answer, bytes) else json.dumps(fake.answer)
-                data = body if isinstance(body, bytes) else body.encode()
-                self.send_response(fake.status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
