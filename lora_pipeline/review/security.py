@@ -370,7 +370,8 @@ class BodyLimitMiddleware:
             return
         limit = self.limits.get(scope["path"], self.default_limit)
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        # isascii: isdigit() alone takes "²", which int() refuses.
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
             error = BodyTooLarge(limit)
             await message_page(413, "Too large", str(error.detail))(scope, receive, send)
             return

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import select
@@ -204,5 +204,35 @@ def test_the_ingest_command_of_anything(cli_home: Path, capsys, source: str, fps
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     assert code == 0 or (code == 2 and err.count("\n") == 1 and err.startswith("error: "))
+    data_root = cli_home / "data"
+    assert all(p.resolve().is_relative_to(data_root.resolve()) for p in data_root.rglob("*"))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=contents, name=names)
+def test_ingest_now_of_anything_leaves_no_source_running(
+    cli_home: Path, capsys, data: bytes, name: str
+) -> None:
+    """`ingest FILE --now` runs the ingest in the CLI's process: whatever the file, its source
+    ends done or failed (never running), in one line, and nothing lands outside the data root."""
+    from lora_pipeline.cli import main
+
+    capsys.readouterr()
+    registry = Registry(f"sqlite:///{cli_home / 'registry.db'}")
+    with registry.session(readonly=True) as session:
+        before = set(session.scalars(select(Source.id)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = _write(Path(folder), name, data)
+        code = main(["ingest", str(path), "--character", "aiko", "--now"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert code == 0 or (code == 2 and err.count("\n") == 1 and err.startswith("error: "))
+    with registry.session(readonly=True) as session:
+        states = dict(session.execute(select(Source.id, Source.state)).tuples().all())
+    registry.dispose()
+    assert "running" not in states.values()
+    new = {states[i] for i in set(states) - before}
+    event(f"exit {code}, new sources {sorted(new)}")  # --hypothesis-show-statistics
+    assert new <= {"done", "failed"} and (code == 0) == (new == {"done"})
     data_root = cli_home / "data"
     assert all(p.resolve().is_relative_to(data_root.resolve()) for p in data_root.rglob("*"))

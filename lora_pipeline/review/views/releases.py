@@ -24,8 +24,9 @@ def releases_page(request: Request) -> Response:
     done, outcome = params.get("done", ""), params.get("outcome", "")
     demoted = params.get("demoted", "")
     notice = error = None
-    if done.isdigit() and outcome in RELEASE_STATUSES:
-        others = demoted.split(",") if re.fullmatch(r"\d+(,\d+)*", demoted) else []
+    # ASCII digits only: str.isdigit() and \d take "²" and "٣" too, which int() refuses.
+    if re.fullmatch(r"[0-9]+", done) and outcome in RELEASE_STATUSES:
+        others = demoted.split(",") if re.fullmatch(r"[0-9]+(,[0-9]+)*", demoted) else []
         notice = releases.describe(int(done), outcome, others)
         if params.get("card") == "stale":
             error = (
