@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.dataset.service import DatasetRef, training_examples
@@ -81,6 +82,24 @@ def lora_output_file(
 ) -> Path:
     name = f"{dataset.character}-{_run_name(dataset, parent_release_id)}.safetensors"
     return root.dir("loras", dataset.character) / name
+
+
+def free_output_file(
+    session: Session, root: DataRoot, dataset: DatasetRef, character_id: int, parent: int | None
+) -> Path:
+    """The LoRA file of a new training of `dataset`: its usual name, or `-run2`, `-run3`, … when
+    a release already owns that file (a rerun of a trained version must not overwrite the file
+    an earlier release, perhaps the active one, was registered with). An interrupted run finds
+    the same name again, since its release is registered only when it finishes."""
+    first = lora_output_file(root, dataset, parent)
+    taken = set(
+        session.scalars(select(LoraRelease.path).where(LoraRelease.character_id == character_id))
+    )
+    candidate, number = first, 1
+    while root.relative(candidate) in taken:
+        number += 1
+        candidate = first.with_name(f"{first.stem}-run{number}{first.suffix}")
+    return candidate
 
 
 def _why_not_continue(release: LoraRelease, config: TrainingConfig, file: Path) -> str | None:
@@ -157,7 +176,13 @@ def plan_character_training(
             if continue_from_failed
             else None
         )
-    parent_id = parent.release_id if parent else None
+        parent_id = parent.release_id if parent else None
+        output_file = free_output_file(session, root, dataset, character.id, parent_id)
+    if output_file != lora_output_file(root, dataset, parent_id):
+        log(
+            f"dataset version {dataset.version_hash[:12]} was trained before: this training "
+            f"writes {output_file.name}, the earlier releases keep their files"
+        )
     if parent is not None:
         unset = {k: v for k, v in parent.network.items() if getattr(config, k) is None}
         config = replace(config, init_lora=str(parent.file), **unset)
@@ -173,7 +198,6 @@ def plan_character_training(
         sample_cfg=cfg,
         sample_seed=seed,
     )
-    output_file = lora_output_file(root, dataset, parent_id)
     if kohya is None:
         return TrainingJob(config, examples, output_file, parent_release_id=parent_id)
     return TrainingJob(

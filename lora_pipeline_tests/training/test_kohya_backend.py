@@ -164,14 +164,16 @@ def kohya_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _job(studio, kohya_dir: Path, tiny_sd: Path) -> TrainingJob:  # noqa: ANN001
+def _job(studio, kohya_dir: Path, tiny_sd: Path, log=lambda _: None) -> TrainingJob:  # noqa: ANN001
     registry, root, dataset, split = studio
     config = TrainingConfig(
         base_model=str(tiny_sd), epochs=3, batch_size=2, rank=4, alpha=2.0, device="cpu"
     )
     # the tiny model's byte-level CLIP tokenizer stands in for the studio's tokenizer folder
     kohya = KohyaSetup(kohya_dir, tokenizer_dir=tiny_sd / "tokenizer")
-    return plan_character_training(registry, root, dataset, split, config, kohya, samples=False)
+    return plan_character_training(
+        registry, root, dataset, split, config, kohya, samples=False, log=log
+    )
 
 
 def test_progress_lines_of_kohya_are_understood() -> None:
@@ -532,3 +534,21 @@ def test_a_kohya_killed_by_a_signal_says_so(studio, kohya_dir: Path, tiny_sd: Pa
     assert str(failed.value).splitlines()[0] == (
         "kohya train_network.py killed by signal 9 (SIGKILL: most often the out-of-memory killer)"
     )
+
+
+def test_a_rerun_of_a_registered_version_keeps_the_earlier_releases_file(
+    studio, kohya_dir: Path, tiny_sd: Path
+) -> None:  # noqa: ANN001
+    registry, root, dataset, _ = studio
+    job = _job(studio, kohya_dir, tiny_sd)
+    first = register_trained_lora(registry, root, dataset, job, run_job(job, Recorder()))
+    kept = root.path(first.relpath).read_bytes()
+
+    notes: list[str] = []
+    again = _job(studio, kohya_dir, tiny_sd, log=notes.append)
+    assert again.output_file.name == f"aiko-{'d' * 12}-run2.safetensors"
+    assert again.work_dir == job.work_dir  # the same kohya work folder: a rerun, said as such
+    assert any("was trained before" in note for note in notes)
+    second = register_trained_lora(registry, root, dataset, again, run_job(again, Recorder()))
+    assert second.release_id != first.release_id and second.relpath != first.relpath
+    assert root.path(first.relpath).read_bytes() == kept
