@@ -1,5 +1,5 @@
-"""Schedules: sweep stuck generation jobs and ingests whose run died, and check every dataset
-version nightly."""
+"""Schedules: sweep generation jobs and ingests whose run ended or died, and stuck ones, and
+check every dataset version nightly."""
 
 from datetime import timedelta
 
@@ -20,7 +20,7 @@ from lora_pipeline.dataset.quality import files_match_manifest
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.generation.service import clear_stuck_jobs
 from lora_pipeline.media.claims import is_claimed
-from lora_pipeline.registry import queries
+from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.commands.sources import fail_dead_sources
 from lora_pipeline.registry.models import Source
 
@@ -31,13 +31,25 @@ STUCK_AFTER = timedelta(minutes=30)
 def sweep_stuck_generation_jobs(
     context: OpExecutionContext, registry: RegistryResource, models: ModelsResource
 ) -> None:
-    """Generation jobs pending or running for over 30 minutes are marked failed; those sent
-    to ComfyUI are stopped there too."""
+    """Running generation jobs whose Dagster run has ended are marked failed at once; jobs
+    pending or running for over 30 minutes too (a run whose process died without Dagster
+    noticing), and those sent to ComfyUI are stopped there."""
+    with registry.get().session() as session:
+        ended = commands.fail_jobs_of_ended_runs(
+            session, lambda run_id: ended_run(context.instance, run_id)
+        )
+    context.log.info(f"marked {len(ended)} generation jobs whose run ended failed: {ended}")
     client = models.runtime().comfyui_client()
     cleared = clear_stuck_jobs(registry.get(), STUCK_AFTER, client.cancel if client else None)
     context.log.info(f"marked {len(cleared.failed)} stuck generation jobs failed: {cleared.failed}")
     if cleared.cancelled or cleared.cancel_errors:
         context.log.info(f"ComfyUI: {cleared.cancelled}; could not stop: {cleared.cancel_errors}")
+
+
+def ended_run(instance: DagsterInstance, run_id: str) -> str | None:
+    """How a run ended ("failure", "canceled", ...); None while it is alive or unknown here."""
+    run = instance.get_run_by_id(run_id)
+    return run.status.value.lower() if run is not None and run.is_finished else None
 
 
 def dead_ingest_reason(instance: DagsterInstance, run_id: str | None) -> str:
@@ -98,7 +110,10 @@ def check_dataset_versions(
         raise Failure(f"dataset versions changed on disk: {sorted(broken)}", metadata=broken)
 
 
-@job(description="Mark generation jobs stuck for 30 minutes, and ingests whose run died, failed.")
+@job(
+    description="Mark generation jobs whose run ended or stuck for 30 minutes, and ingests "
+    "whose run died, failed."
+)
 def sweep_stuck_jobs_job() -> None:
     sweep_stuck_generation_jobs()
     fail_dead_ingests()

@@ -32,6 +32,7 @@ from lora_pipeline.registry.commands.images import (
 )
 from lora_pipeline.registry.commands.jobs import (
     create_generation_job,
+    fail_jobs_of_ended_runs,
     fail_stuck_jobs,
     mark_job,
     record_job_output,
@@ -87,6 +88,7 @@ __all__ = [
     "checkpoint_key",
     "create_generation_job",
     "create_source",
+    "fail_jobs_of_ended_runs",
     "fail_stuck_jobs",
     "get_character",
     "get_image",

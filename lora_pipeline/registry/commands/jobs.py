@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -191,5 +191,36 @@ def fail_stuck_jobs(
         )
         if _updated_rows(session, statement) == 1:
             _reload(session, GenerationJob, job_id)  # the identity map may hold the old status
+            failed.append(job_id)
+    return failed
+
+
+def fail_jobs_of_ended_runs(session: Session, ended: Callable[[str], str | None]) -> list[int]:
+    """Fail every running job whose Dagster run has ended (`ended(run_id)` says how, e.g.
+    "failure"; None while the run lives or is unknown): a run that ended without finishing its
+    job (crashed, cancelled, its worker lost) never will, so the job need not wait out the
+    stuck timeout. Returns their ids; a job that finishes meanwhile keeps its outcome."""
+    running = session.execute(
+        select(GenerationJob.id, GenerationJob.run_id)
+        .where(GenerationJob.status == "running", GenerationJob.run_id.is_not(None))
+        .order_by(GenerationJob.id)
+    ).all()
+    outcomes: dict[str, str | None] = {}
+    failed: list[int] = []
+    now = utcnow()
+    for job_id, run_id in running:
+        if run_id not in outcomes:  # one look-up per run, however many jobs it ran
+            outcomes[run_id] = ended(run_id)
+        how = outcomes[run_id]
+        if how is None:
+            continue
+        error = f"its run {run_id[:8]} ended ({how}) before the job finished; request it again"
+        statement = (
+            update(GenerationJob)
+            .where(GenerationJob.id == job_id, GenerationJob.status == "running")
+            .values(status="failed", error=error, finished_at=now)
+        )
+        if _updated_rows(session, statement) == 1:
+            _reload(session, GenerationJob, job_id)
             failed.append(job_id)
     return failed
