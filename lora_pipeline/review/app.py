@@ -40,7 +40,7 @@ from lora_pipeline.errors import (
 from lora_pipeline.generation.negatives import NegativeTableError
 from lora_pipeline.generation_settings import MAX_SEED, InvalidSettingError
 from lora_pipeline.media.store import DataRoot, UnsafePathError
-from lora_pipeline.media.uploads import UploadError
+from lora_pipeline.media.uploads import UploadError, sweep_incoming
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.review import views
@@ -324,6 +324,7 @@ def create_app(
         routes=app_routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
     )
     root = DataRoot(settings.data_root)
+    sweep_incoming(root)  # what uploads cut short by a crash of an earlier run left
     budget = PixelBudget(settings.review_decode_pixels)
     return_freed_pixels()
     app.state.review = views.ReviewContext(

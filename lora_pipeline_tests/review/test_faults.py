@@ -224,3 +224,48 @@ def test_retry_needs_the_csrf_token_and_the_apps_own_origin(studio: Studio) -> N
     )
     assert foreign.status_code == 403
     assert _state(studio, failed)[0] == "failed"
+
+
+# --- what an upload may not do -----------------------------------------------------------------
+
+
+def test_a_playlist_upload_is_refused_in_one_line(studio: Studio, tmp_path: Path) -> None:
+    from lora_pipeline.media.video import make_synthetic_video
+
+    secret = make_synthetic_video(tmp_path / "private" / "elsewhere.mp4", 1.0, 64, 48, scenes=1)
+    playlist = f"#EXTM3U\n#EXTINF:1,\n{secret}\n#EXT-X-ENDLIST\n".encode()
+    answer = studio.client.post(
+        "/ingest",
+        data={"csrf_token": studio.csrf(), "mode": "single", "character": "aiko"},
+        files={"file": ("clip.m3u8", playlist, "application/vnd.apple.mpegurl")},
+        headers=JSON,
+    )
+    assert answer.status_code == 400
+    message = answer.json()["error"]
+    assert "playlist or manifest" in message and "\n" not in message
+    assert _left_behind(studio) == []
+    with studio.registry.session() as session:
+        assert session.scalars(select(Source)).all() == []
+
+
+def test_a_refused_upload_leaves_nothing_in_the_data_root(studio: Studio) -> None:
+    answer = studio.client.post(
+        "/ingest",
+        data={"csrf_token": studio.csrf(), "mode": "single", "character": "aiko", "fps": "500"},
+        files={"file": ("still.png", _png(), "image/png")},
+        headers=JSON,
+    )
+    assert answer.status_code == 400 and "fps" in answer.json()["error"]
+    assert _left_behind(studio) == []
+
+
+def test_the_app_sweeps_what_crashed_uploads_left_when_it_starts(studio: Studio) -> None:
+    incoming = studio.root.path("uploads/incoming")
+    leftover = incoming / "tmpcrash" / "upload.mp4"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half an upload")
+    old = 1_000_000_000  # 2001: long before any upload in progress
+    os.utime(leftover, (old, old))
+    os.utime(leftover.parent, (old, old))
+    create_app(studio.settings)
+    assert not leftover.parent.exists()
