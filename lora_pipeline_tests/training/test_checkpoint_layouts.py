@@ -222,3 +222,22 @@ def test_the_runtime_gives_local_generation_the_config_folder(
     runtime = resource.runtime()
     generator = runtime.generator()
     assert generator.config == runtime.single_file_config() is not None
+
+
+def test_sdxls_first_encoder_without_text_model_is_built_exactly(
+    tiny_sd: Path, tmp_path: Path
+) -> None:
+    """SDXL keeps CLIP-L under conditioner.embedders.0.transformer.: the encoder the loader
+    builds for that layout without `text_model.` has exactly the file's weights."""
+    from transformers import CLIPTextModel
+
+    from lora_pipeline.generation.single_file import clip_text_encoder
+
+    encoder = CLIPTextModel.from_pretrained(tiny_sd / "text_encoder")
+    prefix = "conditioner.embedders.0.transformer."
+    state = {prefix + k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    path = tmp_path / "xl-clip.safetensors"
+    save_file({k: v.half().contiguous() for k, v in state.items()}, path)
+    built = clip_text_encoder(path, prefix, tiny_sd / "text_encoder", torch.float32)
+    for key, tensor in encoder.state_dict().items():
+        assert torch.equal(built.state_dict()[key], tensor.half().float()), key
