@@ -237,6 +237,22 @@ def make_state_steps_global(work_dir: Path, offset: int) -> None:
         (state / "train_state.json").write_text(json.dumps(values), "utf-8")
 
 
+def make_file_steps_global(lora_file: Path, offset: int) -> None:
+    """An epoch file a resumed kohya saved says ss_steps from its restart: add `offset` once."""
+    if offset <= 0:
+        return
+    try:
+        tensors, metadata = read_kohya_lora(lora_file)
+    except LoraFormatError:
+        return
+    if GLOBAL_STEP_MARK in metadata:
+        return
+    metadata = {k: v for k, v in metadata.items() if not k.startswith("sshs_")}
+    metadata["ss_steps"] = str(_int(metadata.get("ss_steps")) + offset)
+    metadata[GLOBAL_STEP_MARK] = str(offset)
+    save_kohya_lora(lora_file, tensors, metadata)
+
+
 def clear_states(work_dir: Path) -> None:
     """Remove every kohya state of the work folder (the final `lora-state` too)."""
     for state in work_dir.glob(f"{OUTPUT_NAME}*-state"):
@@ -635,6 +651,8 @@ class _KohyaTraining:
         if not run.epoch:
             return
         epoch_files = sorted(self.work_dir.glob(f"{OUTPUT_NAME}-{run.epoch:06d}.safetensors"))
+        for epoch_file in epoch_files:
+            make_file_steps_global(epoch_file, self.offset)
         samples = sorted(
             str(p) for p in (self.work_dir / "sample").glob(f"{OUTPUT_NAME}_e{run.epoch:06d}_*.png")
         )

@@ -299,6 +299,8 @@ def test_a_crashed_kohya_run_fails_clearly_and_resumes_from_its_state(
     assert (result.steps, result.resumed_from_step) == (9, 3)
     assert read_kohya_lora(result.path)[1]["ss_steps"] == "9"  # kohya wrote 6
     assert result.history == list(range(4, 10))
+    epoch_2 = read_kohya_lora(Path(job.work_dir) / "lora-000002.safetensors")[1]
+    assert epoch_2["ss_steps"] == "6"  # kohya wrote 3, from its restart
     assert "resuming kohya from its saved state lora-000001-state (step 3)" in reporter.lines
 
 
