@@ -136,6 +136,10 @@ def routes() -> list[BaseRoute]:
         _route(
             "/suggestions/{suggestion_id:id}/dismiss", views.dismiss_suggestion, methods=["POST"]
         ),
+        Route("/echo-brain", views.echo_brain_page),
+        Route("/echo-brain/chat", views.echo_brain_chat, methods=["POST"]),
+        Route("/echo-brain/enhance", views.echo_brain_enhance, methods=["POST"]),
+        Route("/echo-brain/accept", views.echo_brain_accept, methods=["POST"]),
         Route("/healthz", views.healthz),
         Route("/favicon.ico", views.favicon),
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),

@@ -22,6 +22,12 @@ from lora_pipeline.review.views.characters import (
     dismiss_suggestion,
 )
 from lora_pipeline.review.views.common import ReviewContext, favicon, healthz, render, wants_json
+from lora_pipeline.review.views.echo_brain import (
+    echo_brain_accept,
+    echo_brain_chat,
+    echo_brain_enhance,
+    echo_brain_page,
+)
 from lora_pipeline.review.views.gallery import gallery_page, gallery_view
 from lora_pipeline.review.views.generate import (
     clear_stuck,
@@ -46,6 +52,10 @@ __all__ = [
     "characters_page",
     "clear_stuck",
     "dismiss_suggestion",
+    "echo_brain_accept",
+    "echo_brain_chat",
+    "echo_brain_enhance",
+    "echo_brain_page",
     "eval_grid",
     "favicon",
     "gallery_page",
