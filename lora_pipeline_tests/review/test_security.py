@@ -51,6 +51,9 @@ def post_routes() -> list[str]:
 
 def test_every_post_route_is_listed() -> None:
     assert sorted(post_routes()) == [
+        "/echo-brain/accept",
+        "/echo-brain/chat",
+        "/echo-brain/enhance",
         "/generate",
         "/images/1/approve",
         "/images/1/reject",
