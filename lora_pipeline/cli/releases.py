@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lora_pipeline.cli.common import Subcommands, registry, settings, typed
+from lora_pipeline.cli.common import Subcommands, login_name, registry, settings, typed
 from lora_pipeline.generation_settings import POSITIVE_WHOLE
 from lora_pipeline.registry import commands, queries
 
@@ -47,8 +47,15 @@ def cmd_release_change(args: argparse.Namespace) -> None:
 
     current = settings()
     root = DataRoot(current.data_root)
+    override = getattr(args, "override", None)
     change = change_release(
-        registry(current), root, args.release_id, args.action, current.comfyui_loras_dir
+        registry(current),
+        root,
+        args.release_id,
+        args.action,
+        current.comfyui_loras_dir,
+        override_reason=override,
+        reviewer=(args.reviewer or login_name()) if override else None,
     )
     print(f"release {change.release_id}: {change.previous} -> {change.status}")
     for other in change.demoted:
@@ -74,4 +81,12 @@ def register(sub: Subcommands) -> None:
     ):
         change = release.add_parser(name, help=text)
         change.add_argument("release_id", type=typed("release id", POSITIVE_WHOLE))
+        if name in ("approve", "activate"):
+            change.add_argument(
+                "--override",
+                metavar="REASON",
+                help="approve although the gate is unverified (nothing measured the "
+                "character); the reason is recorded with the reviewer and in the model card",
+            )
+            change.add_argument("--reviewer", help="who overrides (default: the login name)")
         change.set_defaults(func=cmd_release_change)

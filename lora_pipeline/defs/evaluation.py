@@ -77,8 +77,12 @@ def eval_grid(
     yield AssetCheckResult(
         check_name="release_gate",
         passed=ref.verdict == "pass",
-        severity=AssetCheckSeverity.ERROR,
-        description="; ".join(ref.gate_reasons) or "every gated score reached its threshold",
+        # Unverified is not a failure: a reviewer may approve it with a recorded override.
+        severity=(
+            AssetCheckSeverity.WARN if ref.verdict == "unverified" else AssetCheckSeverity.ERROR
+        ),
+        description=(f"{ref.verdict}: " if ref.verdict != "pass" else "")
+        + ("; ".join(ref.gate_reasons) or "every gated score reached its threshold"),
         metadata={
             "release_id": ref.release_id,
             "scores": MetadataValue.json(ref.scores),

@@ -80,6 +80,8 @@ class ModelCard:
     author: str = ""
     source_url: str = ""
     notes: str = ""
+    # An unverified gate overridden by a reviewer: "<reviewer> on <date> (eval N): <reason>".
+    gate_override: str = ""
 
 
 def render_model_card(card: ModelCard) -> str:
@@ -160,11 +162,18 @@ def _evaluation(card: ModelCard) -> list[str]:
         "",
         f"**{_one_line(card.verdict) or NOT_RECORDED}**",
         *([""] + reasons if reasons else []),
+        *_override(card),
         "",
         "### Best epoch",
         "",
         best,
     ]
+
+
+def _override(card: ModelCard) -> list[str]:
+    if not card.gate_override:
+        return []
+    return ["", f"**Gate overridden** by {_one_line(card.gate_override)}"]
 
 
 def _provenance(card: ModelCard) -> list[str]:

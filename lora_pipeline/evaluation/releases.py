@@ -96,11 +96,15 @@ def change_release(
     release_id: int,
     action_name: str,
     loras_dir: Path | None = None,
+    *,
+    override_reason: str | None = None,
+    reviewer: str | None = None,
 ) -> ReleaseChange:
     """Apply a release action; `GateError`/`ConflictError` (nothing changed) when it does not
     apply, then rewrite the model cards of the releases whose status changed. An activated
     release's file is put into ComfyUI's loras folder (`loras_dir`), where the workflows'
-    LoraLoaders look for it."""
+    LoraLoaders look for it. `override_reason` and `reviewer` approve (or activate) a release
+    whose gate is unverified; the registry records them and the model card shows them."""
     action = action_named(action_name)
     with registry.session() as session:
         release = session.get(LoraRelease, release_id)
@@ -110,7 +114,9 @@ def change_release(
         if previous not in action.sources:
             raise ConflictError(_refusal(release_id, previous, action))
         active = _active_ids(session) - {release_id}
-        changed = commands.set_release_status(session, release_id, action.status)
+        changed = commands.set_release_status(
+            session, release_id, action.status, override_reason=override_reason, reviewer=reviewer
+        )
         demoted = tuple(sorted(active - _active_ids(session)))
         lora_file = root.path(changed.path)
     problems: list[str] = []
@@ -188,3 +194,14 @@ def dataset_label(session: Any, version_id: int | None) -> str:
 def gate_reasons(evaluation: Eval) -> list[str]:
     reasons = (evaluation.scores or {}).get("gate_reasons") or []
     return [str(reason) for reason in reasons] if isinstance(reasons, list) else [str(reasons)]
+
+
+def gate_override_line(release: LoraRelease) -> str:
+    """Who overrode an unverified gate, when, on which eval and why; "" when no one did."""
+    if not release.gate_override_reason:
+        return ""
+    when = f"{release.gate_override_at:%Y-%m-%d %H:%M} UTC" if release.gate_override_at else ""
+    return (
+        f"{release.gate_override_by} on {when} (eval {release.gate_override_eval_id}): "
+        f"{release.gate_override_reason}"
+    )

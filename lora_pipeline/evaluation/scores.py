@@ -264,23 +264,54 @@ def _threshold(name: str, value: object) -> float:
     return float(value)
 
 
+# The scores that say whether the LoRA draws *the character* (identity) following its prompts
+# (CLIP). Quality and LoRA effect only say that something changed and nothing broke: a gate
+# with neither of these measured cannot tell a good LoRA from a bad one.
+FIDELITY_SCORES = ("identity", "clip_score")
+
+
+def not_measured(scores: Mapping[str, float | None]) -> list[str]:
+    """The gated scores that have no value (no model configured, or NaN)."""
+    return [name for name in GATED_SCORES if not _is_measured(scores.get(name))]
+
+
+def _is_measured(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
 def gate_verdict(
     scores: Mapping[str, float | None], thresholds: GateThresholds
 ) -> tuple[str, list[str]]:
-    """("pass", []) or ("fail", reasons): every gated score must be measured and reach its
-    threshold. A score whose threshold is None does not gate, measured or not; other keys of
-    `scores` are ignored."""
-    reasons = []
+    """("pass", []), ("fail", reasons) or ("unverified", reasons).
+
+    - fail: a measured score is below its threshold (the reasons also name what was not
+      measured);
+    - unverified: nothing failed, but a score the project gates on was not measured, or neither
+      identity nor CLIP score was (then nothing says the LoRA draws the character, and a gate
+      that cannot fail must not say pass);
+    - pass: every gated score was measured and reached its threshold.
+
+    A score whose threshold is None does not gate; other keys of `scores` are ignored.
+    """
+    failed, unmeasured = [], []
     for name, threshold_name in GATED_SCORES.items():
         threshold = getattr(thresholds, threshold_name)
         if threshold is None:
             continue
         value = scores.get(name)
-        if value is None or math.isnan(value):
-            reasons.append(f"{name} not measured")
+        if not _is_measured(value):
+            unmeasured.append(f"{name} not measured")
         elif value < threshold:
-            reasons.append(f"{name} {value:.4g} < {threshold:g}")
-    return ("fail" if reasons else "pass"), reasons
+            failed.append(f"{name} {value:.4g} < {threshold:g}")
+    if not any(_is_measured(scores.get(name)) for name in FIDELITY_SCORES):
+        ungated = [n for n in FIDELITY_SCORES if f"{n} not measured" not in unmeasured]
+        if ungated:
+            unmeasured.append(
+                f"{' and '.join(ungated)} not measured: nothing says it draws the character"
+            )
+    if failed:
+        return "fail", failed + unmeasured
+    return ("unverified" if unmeasured else "pass"), unmeasured
 
 
 def choose_best_epoch(
@@ -309,4 +340,4 @@ def choose_best_epoch(
 
 
 def _measured(value: float | None) -> float:
-    return -math.inf if value is None or math.isnan(value) else float(value)
+    return float(value) if _is_measured(value) else -math.inf

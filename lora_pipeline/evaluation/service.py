@@ -36,6 +36,7 @@ from lora_pipeline.evaluation.grid import (
     strength_label,
 )
 from lora_pipeline.evaluation.model_card import ModelCard, render_model_card
+from lora_pipeline.evaluation.releases import gate_override_line
 from lora_pipeline.evaluation.scores import (
     GATED_SCORES,
     Embedder,
@@ -463,7 +464,9 @@ def _model_card(
         author=settings.get("author") or dataset_provenance.get("author", ""),
         source_url=settings.get("source_url") or dataset_provenance.get("url", ""),
         notes=settings.get("notes") or dataset_provenance.get("notes", ""),
+        gate_override=gate_override_line(release),
     )
+
 
 
 def _shot_distribution(root: DataRoot, slug: str, version: DatasetVersion | None) -> dict[str, int]:

@@ -38,7 +38,8 @@ RELEASE_STATUSES = ("candidate", "approved", "active", "rejected")
 REGENERATION_STATES = ("none", "queued", "requested", "done", "failed")
 MODEL_KINDS = ("checkpoint", "lora", "vlm", "tagger", "face_detector", "embedding")
 RELEASE_SCOPES = ("project", "baseline")
-EVAL_VERDICTS = ("pending", "pass", "fail")
+# "unverified": nothing failed, but nothing measured whether the LoRA draws the character.
+EVAL_VERDICTS = ("pending", "pass", "fail", "unverified")
 
 # Explicit constraint names: Alembic can only alter or drop a constraint it can name, and
 # SQLite batch migrations need the names to be the same on every database.
@@ -337,6 +338,12 @@ class LoraRelease(Base):
     # The Dagster run that trained it.
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    # Approved although its latest eval was unverified: who decided it, why, when, and on
+    # which eval (a newer eval needs a new decision).
+    gate_override_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    gate_override_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    gate_override_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    gate_override_eval_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (
         # At most one active project release per character and checkpoint, and one active

@@ -127,6 +127,7 @@ def routes() -> list[BaseRoute]:
         Route("/releases.json", views.releases_json),
         _route("/releases/{release_id:id}/{action}", views.release_action, methods=["POST"]),
         _route("/evals/{eval_id:id}/grid", views.eval_grid),
+        _route("/evals/{eval_id:id}/cells/{index:int}", views.eval_cell),
         Route("/gallery", views.gallery_page),
         _route("/gallery/{image_id:id}", views.gallery_view),
         Route("/ingest", views.ingest_page),

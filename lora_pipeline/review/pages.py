@@ -5,6 +5,7 @@ Plain dataclasses, so the templates never touch a database session.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +17,9 @@ from sqlalchemy.orm import Session
 
 from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
 from lora_pipeline.evaluation import releases as release_actions
+from lora_pipeline.evaluation.grid import strength_label
+from lora_pipeline.evaluation.releases import gate_override_line
+from lora_pipeline.evaluation.scores import GATED_SCORES, not_measured
 from lora_pipeline.generation.service import VIDEO_SUFFIXES, request_settings
 from lora_pipeline.media.store import DataRoot, UnsafePathError
 from lora_pipeline.registry import commands, queries, suggestions
@@ -428,6 +432,34 @@ def choices(session: Session) -> tuple[list[tuple[str, str]], list[tuple[str, st
 
 
 @dataclass(frozen=True)
+class ScoreRow:
+    """One gated score as the gate saw it: its value, its threshold and what came of it."""
+
+    name: str
+    value: str
+    threshold: str
+    # "ok", "below", "not measured" (gated but no value) or "not gated".
+    result: str
+
+
+@dataclass(frozen=True)
+class GridRow:
+    prompt: str
+    seed: int
+    # The cell image URLs, one per strength column.
+    cells: list[str]
+
+
+@dataclass(frozen=True)
+class GridTable:
+    """The eval grid as an HTML table: labels in the page (readable at any size), each cell
+    the rendered image itself."""
+
+    columns: list[str]
+    rows: list[GridRow]
+
+
+@dataclass(frozen=True)
 class EvalView:
     id: int
     verdict: str
@@ -435,6 +467,12 @@ class EvalView:
     gate_reasons: list[str]
     has_grid: bool
     created_at: datetime
+    score_rows: list[ScoreRow] = field(default_factory=list)
+    not_measured: list[str] = field(default_factory=list)
+    grid: GridTable | None = None
+    # Epoch -> score -> formatted value, when training saved several epochs.
+    per_epoch: dict[int, dict[str, str]] = field(default_factory=dict)
+    best_epoch: int | None = None
 
     @property
     def grid_url(self) -> str | None:
@@ -453,6 +491,14 @@ class ReleaseRow:
     path: str
     eval: EvalView | None
     actions: tuple[str, ...]
+    # An unverified gate overridden for the latest eval: who, when, why (else "").
+    gate_override: str = ""
+
+    @property
+    def needs_override(self) -> bool:
+        """Approving or activating it needs a reviewer's override with a reason."""
+        unverified = self.eval is not None and self.eval.verdict == "unverified"
+        return unverified and not self.gate_override
 
     def as_json(self) -> dict[str, Any]:
         evaluation = self.eval
@@ -473,8 +519,12 @@ class ReleaseRow:
                 "scores": evaluation.scores,
                 "gate_reasons": evaluation.gate_reasons,
                 "grid": evaluation.grid_url or "",
+                "not_measured": evaluation.not_measured,
+                "thresholds": {row.name: row.threshold for row in evaluation.score_rows},
             },
             "actions": list(self.actions),
+            "needs_override": self.needs_override,
+            "gate_override": self.gate_override,
         }
 
 
@@ -490,6 +540,8 @@ def _eval_view(session: Session, root: DataRoot, release_id: int) -> EvalView | 
     evaluation = queries.latest_eval(session, release_id)
     if evaluation is None:
         return None
+    recorded = evaluation.scores or {}
+    per_epoch = recorded.get("per_epoch") or {}
     return EvalView(
         id=evaluation.id,
         verdict=evaluation.verdict,
@@ -497,10 +549,79 @@ def _eval_view(session: Session, root: DataRoot, release_id: int) -> EvalView | 
         gate_reasons=release_actions.gate_reasons(evaluation),
         has_grid=_grid_file(root, evaluation) is not None,
         created_at=evaluation.created_at,
+        score_rows=_score_rows(evaluation),
+        not_measured=not_measured({name: recorded.get(name) for name in GATED_SCORES}),
+        grid=_grid_table(evaluation),
+        per_epoch={
+            int(epoch): {name: _score_text(values.get(name)) for name in GATED_SCORES}
+            for epoch, values in sorted(per_epoch.items(), key=lambda item: int(item[0]))
+            if str(epoch).isdigit() and isinstance(values, dict)
+        }
+        if isinstance(per_epoch, dict) and len(per_epoch) > 1
+        else {},
+        best_epoch=best if isinstance(best := recorded.get("best_epoch"), int) else None,
     )
 
 
+def _score_text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return "not measured"
+    return f"{float(value):.4g}"
+
+
+def _score_rows(evaluation: Eval) -> list[ScoreRow]:
+    """Each gated score against the thresholds the eval was gated with (recorded in its
+    settings; an eval recorded without them shows "not recorded")."""
+    recorded = evaluation.scores or {}
+    thresholds = (evaluation.settings or {}).get("thresholds")
+    rows = []
+    for name, threshold_name in GATED_SCORES.items():
+        value = recorded.get(name)
+        measured = _score_text(value) != "not measured"
+        if not isinstance(thresholds, dict):
+            threshold, result = "not recorded", "ok" if measured else "not measured"
+        elif thresholds.get(threshold_name) is None:
+            threshold, result = "not gated", "not gated" if measured else "not measured"
+        else:
+            limit = float(thresholds[threshold_name])
+            threshold = f"≥ {limit:g}"
+            result = "not measured" if not measured else ("ok" if value >= limit else "below")
+        rows.append(ScoreRow(name, _score_text(value), threshold, result))
+    return rows
+
+
+def _grid_table(evaluation: Eval) -> GridTable | None:
+    """Rows (prompt, seed) × columns (strength), in the order the grid rendered its cells;
+    None when the recorded spec and cells do not match."""
+    spec = (evaluation.settings or {}).get("spec") or {}
+    prompts, seeds = spec.get("prompts") or [], spec.get("seeds") or []
+    strengths = spec.get("strengths") or []
+    cells = evaluation.image_paths or []
+    if not (prompts and seeds and strengths) or len(cells) != len(prompts) * len(seeds) * len(
+        strengths
+    ):
+        return None
+    rows, index = [], 0
+    for prompt in prompts:
+        for seed in seeds:
+            urls = [f"/evals/{evaluation.id}/cells/{index + n}" for n in range(len(strengths))]
+            rows.append(GridRow(str(prompt), int(seed), urls))
+            index += len(strengths)
+    return GridTable([strength_label(float(s)) for s in strengths], rows)
+
+
+def eval_cell(session: Session, root: DataRoot, eval_id: int, index: int) -> Path | None:
+    """One cell image of an eval, only if it is an image file inside the data root."""
+    evaluation = session.get(Eval, eval_id)
+    cells = evaluation.image_paths if evaluation is not None else []
+    if not 0 <= index < len(cells) or not isinstance(cells[index], str):
+        return None
+    return _image_file(root, cells[index])
+
+
 def _release_row(session: Session, root: DataRoot, release: LoraRelease) -> ReleaseRow:
+    evaluation = _eval_view(session, root, release.id)
+    overridden = evaluation is not None and release.gate_override_eval_id == evaluation.id
     return ReleaseRow(
         id=release.id,
         status=release.status,
@@ -510,8 +631,9 @@ def _release_row(session: Session, root: DataRoot, release: LoraRelease) -> Rele
         dataset=release_actions.dataset_label(session, release.dataset_version_id),
         parent_id=release.parent_release_id,
         path=release.path,
-        eval=_eval_view(session, root, release.id),
+        eval=evaluation,
         actions=release_actions.allowed_actions(release.status),
+        gate_override=gate_override_line(release) if overridden else "",
     )
 
 
@@ -536,10 +658,14 @@ def releases(
 
 
 def _grid_file(root: DataRoot, evaluation: Eval) -> Path | None:
-    if PurePosixPath(evaluation.grid_path).suffix.lower() not in GRID_TYPES:
+    return _image_file(root, evaluation.grid_path)
+
+
+def _image_file(root: DataRoot, relpath: str) -> Path | None:
+    if PurePosixPath(relpath).suffix.lower() not in GRID_TYPES:
         return None
     try:
-        path = root.path(evaluation.grid_path)
+        path = root.path(relpath)
     except UnsafePathError:
         return None
     return path if path.is_file() else None

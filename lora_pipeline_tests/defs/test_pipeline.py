@@ -128,7 +128,7 @@ def test_whole_graph_for_one_character(studio, monkeypatch) -> None:
     event = instance.get_latest_materialization_event(AssetKey("eval_grid"))
     metadata = event.asset_materialization.metadata
     assert metadata["grid"].value.startswith("![eval grid")
-    assert metadata["verdict"].value in ("pass", "fail")
+    assert metadata["verdict"].value in ("pass", "fail", "unverified")
     assert metadata["best_epoch"].value in (1, 2)  # the two saved epochs were compared
     assert Path(metadata["model_card"].value).is_file()
     # Trained: the sensor is quiet until the approved set changes.

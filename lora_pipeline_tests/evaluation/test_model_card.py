@@ -160,3 +160,16 @@ def test_table_cells_escape_pipes_and_newlines() -> None:
     for line in text.splitlines():
         if line.startswith("|"):
             assert len(re.split(r"(?<!\\)\|", line)) in (4, 5), line
+
+
+def test_an_overridden_unverified_gate_is_on_the_card() -> None:
+    card = replace(
+        CARD,
+        verdict="unverified",
+        verdict_reasons=["identity and clip_score not measured"],
+        gate_override="mika on 2026-12-03 21:40 UTC (eval 4): checked the grid by eye",
+    )
+    text = render_model_card(card)
+    assert "**unverified**\n\n- identity and clip_score not measured" in text
+    assert "**Gate overridden** by mika on 2026-12-03 21:40 UTC (eval 4): checked the grid" in text
+    assert "Gate overridden" not in render_model_card(CARD)

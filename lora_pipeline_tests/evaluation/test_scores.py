@@ -18,6 +18,7 @@ from lora_pipeline.evaluation.scores import (
     clip_score,
     gate_verdict,
     identity_similarity,
+    not_measured,
     quality_score,
 )
 from lora_pipeline.vision.reference import ReferenceIdentifier
@@ -220,10 +221,31 @@ def test_gate_verdict_and_reasons() -> None:
     # No CLIP model configured: the score is not measured, which gates only with a threshold.
     unmeasured = {**good, "clip_score": None}
     assert gate_verdict(unmeasured, GateThresholds(min_identity=0.7)) == ("pass", [])
-    assert gate_verdict(unmeasured, strict) == ("fail", ["clip_score not measured"])
-    no_effect = gate_verdict({"quality": 0.9}, GateThresholds())
-    assert no_effect == ("fail", ["lora_effect not measured"])
-    assert gate_verdict({**good, "quality": float("nan")}, strict)[1] == ["quality not measured"]
+    # A gated score that was not measured leaves the verdict unverified: it neither passes nor
+    # fails (a reviewer may override it, with a reason).
+    assert gate_verdict(unmeasured, strict) == ("unverified", ["clip_score not measured"])
+    assert gate_verdict({**good, "quality": float("nan")}, strict) == (
+        "unverified",
+        ["quality not measured"],
+    )
+    # A measured failure wins, and the reasons still say what was not measured.
+    low = {**unmeasured, "identity": 0.5}
+    assert gate_verdict(low, strict) == ("fail", ["identity 0.5 < 0.7", "clip_score not measured"])
+
+
+def test_the_gate_never_passes_when_nothing_measured_the_character() -> None:
+    # Quality and LoRA effect measured, identity and CLIP not (no models configured): before,
+    # "pass", a gate that could not fail.
+    blind = {"identity": None, "clip_score": None, "quality": 0.9, "lora_effect": 0.01}
+    verdict, reasons = gate_verdict(blind, GateThresholds())
+    assert verdict == "unverified"
+    assert reasons == ["identity and clip_score not measured: nothing says it draws the character"]
+    assert not_measured(blind) == ["identity", "clip_score"]
+    assert gate_verdict({"quality": 0.9}, GateThresholds())[0] == "unverified"
+    # Either fidelity score measured is enough when the project gates on nothing else.
+    assert gate_verdict({**blind, "clip_score": 28.0}, GateThresholds()) == ("pass", [])
+    # A failing measured score still fails.
+    assert gate_verdict({**blind, "quality": 0.1}, GateThresholds())[0] == "fail"
 
 
 def test_best_epoch_ordering() -> None:

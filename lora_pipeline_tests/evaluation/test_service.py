@@ -230,6 +230,13 @@ def test_the_model_card_lists_every_field_and_follows_the_status(
     assert f"](<../../evals/aiko/{release_id}/1/grid.png>)" in text
     assert (card.parent / f"../../evals/aiko/{release_id}/1/grid.png").resolve().is_file()
     assert "candidate" in text
+    # No identity or CLIP model: nothing measured the character, so the gate is unverified
+    # and approving it takes a reviewer's override, which the card then shows.
+    assert ref.verdict == "unverified" and "**unverified**" in text
     with registry.session() as session:
-        commands.set_release_status(session, release_id, "approved")
-    assert "approved" in write_model_card(registry, root, release_id).read_text()
+        commands.set_release_status(
+            session, release_id, "approved", override_reason="checked by eye", reviewer="mika"
+        )
+    text = write_model_card(registry, root, release_id).read_text()
+    assert "approved" in text and "**Gate overridden** by mika on " in text
+    assert text.rstrip().count("checked by eye") == 1

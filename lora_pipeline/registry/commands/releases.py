@@ -29,6 +29,7 @@ from lora_pipeline.registry.models import (
     Eval,
     LoraRelease,
     Model,
+    utcnow,
 )
 
 
@@ -143,14 +144,22 @@ def checkpoint_key(checkpoint: str | None) -> str:
     return name
 
 
-def _check_gate(session: Session, release: LoraRelease, status: str) -> None:
+def _check_gate(
+    session: Session,
+    release: LoraRelease,
+    status: str,
+    override_reason: str | None,
+    reviewer: str | None,
+) -> dict[str, Any]:
     """Approval and activation need the release's latest eval to have passed the gate (an
-    approved release re-evaluated below a raised threshold cannot be activated either);
-    taking an active release out of production (active -> approved) needs nothing."""
+    approved release re-evaluated below a raised threshold cannot be activated either), or to
+    be unverified and overridden: by this decision (its reason and reviewer, returned as the
+    columns to record) or by an earlier one on the same eval. Taking an active release out of
+    production (active -> approved) needs nothing."""
     approving = status == "approved" and release.status == "candidate"
     activating = status == "active" and release.status != "active"
     if not (approving or activating):
-        return
+        return {}
     latest = session.scalar(
         select(Eval).where(Eval.lora_release_id == release.id).order_by(Eval.id.desc()).limit(1)
     )
@@ -159,18 +168,46 @@ def _check_gate(session: Session, release: LoraRelease, status: str) -> None:
             f"release {release.id} has not been evaluated yet; run eval_grid before "
             f"making it {status}"
         )
-    if latest.verdict != "pass":
-        reasons = "; ".join((latest.scores or {}).get("gate_reasons") or []) or latest.verdict
+    if latest.verdict == "pass":
+        return {}
+    reasons = "; ".join((latest.scores or {}).get("gate_reasons") or []) or latest.verdict
+    if latest.verdict != "unverified":
         raise GateError(
             f"release {release.id} did not pass the evaluation gate (eval {latest.id}: "
             f"{reasons}); it cannot be made {status}"
         )
+    if release.gate_override_eval_id == latest.id and not override_reason:
+        return {}
+    reason = _optional_text(override_reason, "override reason", 2000)
+    who = _optional_text(reviewer, "reviewer", 128)
+    if not reason or not who:
+        raise GateError(
+            f"release {release.id} is unverified (eval {latest.id}: {reasons}): nothing measured "
+            f"whether it draws the character. Making it {status} needs an explicit override "
+            "with a reason and the reviewer's name"
+        )
+    return {
+        "gate_override_reason": reason,
+        "gate_override_by": who,
+        "gate_override_at": utcnow(),
+        "gate_override_eval_id": latest.id,
+    }
 
 
-def set_release_status(session: Session, release_id: int, status: str) -> LoraRelease:
+def set_release_status(
+    session: Session,
+    release_id: int,
+    status: str,
+    *,
+    override_reason: str | None = None,
+    reviewer: str | None = None,
+) -> LoraRelease:
     """Move a release along candidate -> approved -> active, or to rejected.
 
-    Approving or activating needs a passing eval (`GateError` otherwise). Making one active
+    Approving or activating needs a passing eval (`GateError` otherwise). An *unverified* eval
+    (nothing failed, nothing measured whether it draws the character) can be overridden by a
+    reviewer with a reason; the override is recorded on the release for that eval, so its
+    activation later needs no second override, but a newer eval does. Making one active
     demotes the previous active release of the character on the same checkpoint to approved
     (and, for a baseline release, the previous active baseline of that checkpoint), so
     production generations use exactly one LoRA of each kind.
@@ -179,7 +216,7 @@ def set_release_status(session: Session, release_id: int, status: str) -> LoraRe
     _choice(status, RELEASE_STATUSES, "release status")
     if release.status not in _RELEASE_TRANSITIONS[status]:
         raise ConflictError(f"release {release.id} is {release.status}; it cannot become {status}")
-    _check_gate(session, release, status)
+    override = _check_gate(session, release, status, override_reason, reviewer)
     character = session.get(Character, release.character_id)
     assert character is not None  # foreign key
     try:
@@ -192,7 +229,7 @@ def set_release_status(session: Session, release_id: int, status: str) -> LoraRe
             statement = (
                 update(LoraRelease)
                 .where(LoraRelease.id == release.id, LoraRelease.status == release.status)
-                .values(status=status)
+                .values(status=status, **override)
             )
             if _updated_rows(session, statement) != 1:
                 raise ConflictError(

@@ -38,6 +38,7 @@ from lora_pipeline.review.views.generate import (
 )
 from lora_pipeline.review.views.ingest import ingest_action, ingest_page, retry_ingest_action
 from lora_pipeline.review.views.releases import (
+    eval_cell,
     eval_grid,
     release_action,
     releases_json,
@@ -56,6 +57,7 @@ __all__ = [
     "echo_brain_chat",
     "echo_brain_enhance",
     "echo_brain_page",
+    "eval_cell",
     "eval_grid",
     "favicon",
     "gallery_page",

@@ -96,6 +96,9 @@ async def release_action(request: Request, form: FormData) -> Response:
             release_id,
             name,
             ctx.settings.comfyui_loras_dir,
+            # An unverified gate's override: the reason and who gives it (else refused).
+            override_reason=_text(form, "override_reason") or None,
+            reviewer=_text(form, "reviewer") or None,
         )
     except ConflictError as error:
         return _release_failed(request, character, 409, user_message(error))
@@ -134,4 +137,15 @@ def eval_grid(request: Request) -> Response:
     path = _find_file(request, pages.eval_grid, "eval_id")
     if path is None:
         raise HTTPException(404, f"no grid image for eval {request.path_params['eval_id']}")
+    return FileResponse(path)
+
+
+def eval_cell(request: Request) -> Response:
+    """One cell of an eval grid at full size, from inside the data root only."""
+    ctx = _context(request)
+    eval_id, index = request.path_params["eval_id"], request.path_params["index"]
+    with ctx.registry.session(readonly=True) as session:
+        path = pages.eval_cell(session, ctx.root, eval_id, index)
+    if path is None:
+        raise HTTPException(404, f"no cell {index} in eval {eval_id}")
     return FileResponse(path)
