@@ -146,9 +146,12 @@ def checkpoint_layout(path: Path) -> CheckpointLayout:
 
 
 def is_sdxl_checkpoint(path: Path) -> bool:
-    """Whether a single-file checkpoint is SDXL (False for anything not a readable one)."""
+    """Whether a single-file checkpoint is SDXL (False for anything not a readable one).
+
+    Only its key names decide, not whether it is complete: choosing the training defaults must
+    not fail where loading it would give the clearer error."""
     try:
-        return checkpoint_layout(path).version == "sdxl"
+        return any(key.startswith(SDXL_MARKER) for key in checkpoint_keys(Path(path)))
     except CheckpointError:
         return False
 
