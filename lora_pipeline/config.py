@@ -243,6 +243,10 @@ class Settings(BaseSettings):
     echo_brain_url: str | None = Field(
         None, description="Echo Brain prompt advisor service (default: the built-in advisor)"
     )
+    dagster_ui_url: str = Field(
+        "http://127.0.0.1:3000", description="the Dagster web UI as reviewers reach it: the "
+        "review app links each run to `<url>/runs/<run id>`"
+    )
     review_token: str | None = Field(
         None, description="the review app's login token (needed for a non-loopback `--host`; "
         "at least 16 characters, no spaces)"
@@ -432,7 +436,7 @@ _CURRENT_LOCK = threading.Lock()
 # Settings never printed, and settings whose value is a path that must exist, or a URL.
 _SECRETS = frozenset({"review_token"})
 _EXISTING_PATHS = ("tokenizer_dir", "kohya_scripts_dir", "comfyui_output_dir", "comfyui_loras_dir")
-_URLS = ("comfyui_url", "echo_brain_url")
+_URLS = ("comfyui_url", "echo_brain_url", "dagster_ui_url")
 
 
 def env_name(field_name: str) -> str:

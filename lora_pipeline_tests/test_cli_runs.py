@@ -120,6 +120,17 @@ def test_train_queues_a_run_for_the_daemon(cast: Path, capsys) -> None:
         "aiko",
     )
     assert summary["started_by"].startswith("cli:")
+    # The review app sees the same queued run through the source `lora-pipeline review` hands
+    # it (run_summaries, unfinished only), and links it to the Dagster UI.
+    from lora_pipeline.cli.common import registry, settings
+    from lora_pipeline.cli.review import dagster_runs
+    from lora_pipeline.review.pipeline_state import character_states
+
+    current = settings()
+    with registry(current).session() as session:
+        state = character_states(session, current, dagster_runs(current)())["aiko"]
+    assert state["label"] == "training queued"
+    assert state["lines"][0]["url"] == f"{current.dagster_ui_url}/runs/{run_id}"
 
 
 def test_status_json_for_scripts(cast: Path, capsys) -> None:

@@ -7,10 +7,12 @@ import json
 import sys
 
 from lora_pipeline.cli.common import CliError, Subcommands, login_name, registry, settings, typed
+from lora_pipeline.config import Settings
 from lora_pipeline.errors import user_message
 from lora_pipeline.generation_settings import POSITIVE_WHOLE
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.models import Image
+from lora_pipeline.review.pipeline_state import RunSource
 
 
 def cmd_review_serve(args: argparse.Namespace) -> None:
@@ -22,7 +24,28 @@ def cmd_review_serve(args: argparse.Namespace) -> None:
     check_bind(args.host, token)
     login = " (log in once with /?token=YOUR-TOKEN)" if token else ""
     print(f"review app on http://{args.host}:{args.port}/{login}", flush=True)
-    serve(current, host=args.host, port=args.port, access_token=token)
+    serve(
+        current, host=args.host, port=args.port, access_token=token, runs=dagster_runs(current)
+    )
+
+
+def dagster_runs(current: Settings) -> RunSource:
+    """The unfinished runs of the instance, as `lora-pipeline runs` reads them: the review app
+    shows them but may not import Dagster, so the CLI hands it this."""
+    opened: list = []
+
+    def unfinished() -> list:
+        # Opened at the first poll, not at start: a home whose instance is not set up yet
+        # (no `init`) still serves the app, and shows runs once there is one.
+        if not current.dagster_home.is_dir():
+            return []
+        from lora_pipeline.defs.instance import open_instance, run_summaries
+
+        if not opened:
+            opened.append(open_instance(current.dagster_home))
+        return run_summaries(opened[0], limit=100, unfinished_only=True)
+
+    return unfinished
 
 
 def cmd_review_list(args: argparse.Namespace) -> None:

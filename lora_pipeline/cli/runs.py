@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(
         f"training of {args.character} queued as run {run_id}: the daemon starts it when the "
         f"GPU is free (`lora-pipeline runs --character {args.character}`; in the UI "
-        f"http://127.0.0.1:3000/runs/{run_id})"
+        f"{current.dagster_ui_url.rstrip('/')}/runs/{run_id})"
     )
 
 

@@ -131,12 +131,29 @@ class RunSummary:
         return {**asdict(self), "created": self.created.isoformat()}
 
 
+# Runs not finished yet: what the review app shows as queued or running.
+UNFINISHED = (
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+)
+
+
 def run_summaries(
-    instance: DagsterInstance, character: str | None = None, limit: int = 20
+    instance: DagsterInstance,
+    character: str | None = None,
+    limit: int = 20,
+    unfinished_only: bool = False,
 ) -> list[RunSummary]:
-    """The newest runs of the code location, optionally of one character."""
+    """The newest runs of the code location, optionally of one character, optionally only
+    those not finished (the review app polls these)."""
     tags = {"dagster/partition": character} if character else {}
-    records = instance.get_run_records(filters=RunsFilter(tags=tags), limit=limit)
+    statuses = list(UNFINISHED) if unfinished_only else None
+    records = instance.get_run_records(
+        filters=RunsFilter(tags=tags, statuses=statuses), limit=limit
+    )
     return [_summary(instance, record.dagster_run, record.create_timestamp) for record in records]
 
 

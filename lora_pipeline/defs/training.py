@@ -11,6 +11,7 @@ step boundary and exits; the step lets the lock go, waits for the GPU again (aft
 interactive work) and starts the child once more, which resumes from that state.
 """
 
+import logging
 import re
 import sys
 import time
@@ -55,6 +56,9 @@ from lora_pipeline.training.service import (
     plan_character_training,
     register_trained_lora,
 )
+from lora_pipeline.training.status import now_iso, status_path, update_status
+
+log = logging.getLogger(__name__)
 
 CHILD_MODULE = "lora_pipeline.training.pipes_entry"
 
@@ -210,7 +214,10 @@ def _failure(error: DagsterPipesExecutionError, messages: TrainingMessages) -> F
 
 
 def run_training_process(
-    context: AssetExecutionContext, job: TrainingJob, env: dict | None = None
+    context: AssetExecutionContext,
+    job: TrainingJob,
+    env: dict | None = None,
+    status_file: Path | None = None,
 ) -> tuple[TrainingResult, dict]:
     """Train `job` in a child process through Dagster Pipes; the result and the metadata the
     child reported for the materialization."""
@@ -223,7 +230,10 @@ def run_training_process(
             invocation = client.run(
                 context=context,
                 command=[sys.executable, "-m", CHILD_MODULE],
-                extras={"job": job.to_dict()},
+                extras={
+                    "job": job.to_dict(),
+                    **({"status_file": str(status_file)} if status_file else {}),
+                },
                 env=env,
             )
     except DagsterPipesExecutionError as error:
@@ -264,6 +274,21 @@ def train_sharing_the_gpu(
             "the kohya backend cannot pause at a step for interactive GPU work: it runs to the end"
         )
     pauses, paused_at = GpuPauses(), None
+    # What the review app shows of this training (training/status.py).
+    partition = context.partition_key if context.has_partition_key else None
+    status = status_path(settings.data_root, partition) if partition else None
+    _status(
+        status,
+        run_id=context.run_id,
+        state="waiting",
+        step=0,
+        paused_count=0,
+        paused_jobs=0,
+        paused_s=0.0,
+        paused_since=None,
+        sample=None,
+        started_at=now_iso(),
+    )
     while True:
         escalate = settings.training_max_pause_s
         with gpu_step(context, models, "batch", escalate_after_s=escalate):
@@ -274,14 +299,34 @@ def train_sharing_the_gpu(
                     f"interactive job(s), {pauses.seconds:.1f} s in all"
                 )
             context.log.info(runtime.release_gpu())
+            _status(status, state="running", paused_since=None, paused_s=round(pauses.seconds, 1))
             try:
-                result, reported = run_training_process(context, job)
+                result, reported = run_training_process(context, job, status_file=status)
             except TrainingYielded as yielded:
                 pauses.count, pauses.jobs = pauses.count + 1, pauses.jobs + yielded.waiting
                 context.log.info(f"training {yielded}: the GPU goes to them first")
                 paused_at = time.monotonic()
+                _status(
+                    status,
+                    state="paused",
+                    paused_since=now_iso(),
+                    paused_count=pauses.count,
+                    paused_jobs=pauses.jobs,
+                    paused_s=round(pauses.seconds, 1),
+                )
                 continue
+        _status(status, state="trained", step=result.steps, total_steps=result.steps)
         return result, reported, pauses
+
+
+def _status(path: Path | None, **values: Any) -> None:
+    """Update the training's status file; a display must never fail a training."""
+    if path is None:
+        return
+    try:
+        update_status(path, **values)
+    except OSError as error:
+        log.warning("training status %s not written: %s", path, error)
 
 
 @asset(

@@ -45,6 +45,7 @@ from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.review import views
 from lora_pipeline.review.decoding import PixelBudget, Thumbnails, return_freed_pixels
+from lora_pipeline.review.pipeline_state import RunSource
 from lora_pipeline.review.security import (
     LOOPBACK_HOSTS,
     AccessTokenMiddleware,
@@ -141,6 +142,8 @@ def routes() -> list[BaseRoute]:
         Route("/echo-brain/chat", views.echo_brain_chat, methods=["POST"]),
         Route("/echo-brain/enhance", views.echo_brain_enhance, methods=["POST"]),
         Route("/echo-brain/accept", views.echo_brain_accept, methods=["POST"]),
+        Route("/state.json", views.state_json),
+        Route("/state/{slug}/sample", views.training_sample),
         Route("/healthz", views.healthz),
         Route("/favicon.ico", views.favicon),
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
@@ -282,6 +285,7 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
     cancel_prompt: Callable[[str], object] | None = None,
+    runs: RunSource | None = None,
 ) -> Starlette:
     """The review app on the registry and data root of `settings`.
 
@@ -341,6 +345,7 @@ def create_app(
         decode_budget=budget,
         thumbnails=Thumbnails(root, budget),
         cancel_prompt=cancel_prompt if cancel_prompt is not None else comfyui_canceller(settings),
+        runs=runs,
     )
     return app
 
@@ -363,13 +368,14 @@ def serve(
     port: int = DEFAULT_PORT,
     access_token: str | None = None,
     log_level: str = "info",
+    runs: RunSource | None = None,
 ) -> None:
-    """Run the review app until interrupted."""
+    """Run the review app until interrupted; `runs` gives it the Dagster runs to show."""
     import uvicorn
 
     check_bind(host, access_token)
     # Behind a token, any Host header is fine: the token is what keeps strangers out.
-    app = create_app(settings, access_token=access_token)
+    app = create_app(settings, access_token=access_token, runs=runs)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 

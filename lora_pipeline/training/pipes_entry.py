@@ -37,6 +37,7 @@ from lora_pipeline.training.backends import run_job
 from lora_pipeline.training.errors import TrainingError, TrainingInterrupted
 from lora_pipeline.training.job import ProgressThrottle, TrainingJob, YieldWatch, progress_line
 from lora_pipeline.training.reports import EpochReport, TrainingProgress, TrainingResult
+from lora_pipeline.training.status import StatusWriter
 
 EXIT_FAILED = 2
 # EX_TEMPFAIL: the job paused for interactive GPU work; its state is saved, run it again.
@@ -84,8 +85,16 @@ class StopFlag:
 class ChildReporter:
     """Reports of a running job, as Pipes messages (or stdout lines without Dagster)."""
 
-    def __init__(self, pipes: Any | None, job: TrainingJob, stop: StopFlag) -> None:
+    def __init__(
+        self,
+        pipes: Any | None,
+        job: TrainingJob,
+        stop: StopFlag,
+        status_file: str | None = None,
+    ) -> None:
         self._pipes = pipes
+        # The review app shows step, loss, ETA and the latest sample from this file.
+        self._status = StatusWriter(Path(status_file) if status_file else None)
         self._job = job
         self._stop = stop
         self._throttle = ProgressThrottle()
@@ -109,6 +118,14 @@ class ChildReporter:
             self._pipes.report_custom_message(payload)
 
     def progress(self, progress: TrainingProgress) -> None:
+        self._status.progress(
+            step=progress.step,
+            total_steps=progress.total_steps,
+            epoch=progress.epoch,
+            epochs=self._epochs,
+            loss=round(float(progress.loss), 6),
+            eta_s=round(float(progress.eta_s), 1),
+        )
         if self._throttle.due(progress):
             self.log(progress_line(progress, self._epochs))
 
@@ -120,6 +137,16 @@ class ChildReporter:
             f"{report.seconds:.1f} s{saved}"
         )
         self.message({"kind": "epoch", **asdict(report)})
+        sample = report.sample_paths[0] if report.sample_paths else None
+        self._status.write(
+            state="running",
+            step=report.step,
+            total_steps=report.total_steps,
+            epoch=report.epoch,
+            epochs=report.epochs,
+            epoch_loss=round(float(report.mean_loss), 6),
+            **({"sample": str(sample)} if sample else {}),
+        )
         if self._kill_after_epoch == report.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -214,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with open_dagster_pipes() as pipes:
         job = TrainingJob.from_dict(pipes.get_extra("job"))
-        code = train(job, ChildReporter(pipes, job, stop))
+        status_file = pipes.get_extra("status_file") if "status_file" in pipes.extras else None
+        code = train(job, ChildReporter(pipes, job, stop, status_file))
     return code
 
 

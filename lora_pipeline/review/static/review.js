@@ -232,3 +232,56 @@
     if (document.body.dataset.page === "generate") setUpGenerate();
   });
 })();
+
+// Pipeline state (Characters and Approve tabs): polled, so that a regeneration queued behind a
+// training, a training's step, loss, ETA and pauses, its evaluation and the release it made
+// show without a reload.
+(function pipelineState() {
+  const POLL_MS = 2000;
+  function boxes() { return document.querySelectorAll(".pipeline-state[data-state-for]"); }
+  if (!boxes().length) return;
+  function render(box, state) {
+    const label = box.querySelector(".state-label");
+    label.textContent = state ? state.label : "";
+    const list = box.querySelector(".state-lines");
+    list.replaceChildren();
+    for (const line of (state ? state.lines : [])) {
+      const item = document.createElement("li");
+      item.className = `state-${line.kind} state-${line.state}`;
+      const text = line.url ? document.createElement("a") : document.createElement("span");
+      if (line.url) { text.href = line.url; text.target = "_blank"; text.rel = "noopener"; }
+      text.textContent = line.text;
+      item.append(text);
+      list.append(item);
+    }
+    let sample = box.querySelector("img.state-sample");
+    const url = state && state.training && state.training.sample_url;
+    if (url) {
+      if (!sample) {
+        sample = document.createElement("img");
+        sample.className = "state-sample";
+        sample.alt = `latest training sample of ${box.dataset.stateFor}`;
+        box.append(sample);
+      }
+      // The file is replaced at each epoch: a changing query makes the browser fetch it again.
+      const fresh = `${url}?step=${state.training.step}`;
+      if (sample.getAttribute("src") !== fresh) sample.setAttribute("src", fresh);
+    } else if (sample) {
+      sample.remove();
+    }
+  }
+  async function poll() {
+    try {
+      const response = await fetch("/state.json", { headers: { accept: "application/json" } });
+      if (response.ok) {
+        const body = await response.json();
+        for (const box of boxes()) render(box, body.characters[box.dataset.stateFor]);
+        document.body.dataset.stateUpdated = String(Date.now());
+      }
+    } catch (error) {
+      // The app restarting: try again at the next tick.
+    }
+    setTimeout(poll, POLL_MS);
+  }
+  setTimeout(poll, POLL_MS);
+})();

@@ -44,6 +44,7 @@ from lora_pipeline.review.views.releases import (
     releases_json,
     releases_page,
 )
+from lora_pipeline.review.views.state import state_json, training_sample
 
 __all__ = [
     "ReviewContext",
@@ -77,5 +78,7 @@ __all__ = [
     "render",
     "request_generation_action",
     "retry_ingest_action",
+    "state_json",
+    "training_sample",
     "wants_json",
 ]

@@ -18,6 +18,7 @@ from lora_pipeline.registry.errors import ConflictError, InvalidInputError
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected, page_url
 from lora_pipeline.review.views.common import _context, _find_file, _text, render, wants_json
+from lora_pipeline.review.views.state import states as pipeline_states
 
 CATEGORY_LABELS = {
     "wrong_appearance": "Wrong appearance",
@@ -72,6 +73,12 @@ def _queue_page(
         error=error,
         notice=notice,
         here=page_url("/approve", **filters),
+        # Where each character stands in the pipeline (kept current by review.js).
+        states={
+            slug: state
+            for slug, state in pipeline_states(request).items()
+            if not filters["character"] or slug == filters["character"]
+        },
     )
 
 

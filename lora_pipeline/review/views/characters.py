@@ -14,6 +14,7 @@ from lora_pipeline.registry import suggestions
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected
 from lora_pipeline.review.views.common import _context, _local_target, _text, render, wants_json
+from lora_pipeline.review.views.state import states as pipeline_states
 
 
 def characters_page(request: Request) -> Response:
@@ -23,7 +24,9 @@ def characters_page(request: Request) -> Response:
     notice = None
     if request.query_params.get("accepted"):
         notice = "Suggestion accepted: the design prompt is updated for all future generations."
-    return render(request, "characters.html", characters=cast, notice=notice)
+    return render(
+        request, "characters.html", characters=cast, notice=notice, states=pipeline_states(request)
+    )
 
 
 @csrf_protected

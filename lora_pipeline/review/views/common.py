@@ -15,6 +15,7 @@ from lora_pipeline.config import Settings
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.review.decoding import PixelBudget, Thumbnails
+from lora_pipeline.review.pipeline_state import RunSource
 
 Found = TypeVar("Found")
 
@@ -33,6 +34,8 @@ class ReviewContext:
     thumbnails: Thumbnails
     # Stops a ComfyUI prompt when its job is cleared as stuck; None without ComfyUI.
     cancel_prompt: Callable[[str], object] | None = None
+    # The Dagster runs (queued, running) for the pipeline state; None: registry and files only.
+    runs: RunSource | None = None
 
 
 def _context(request: Request) -> ReviewContext:
