@@ -5,6 +5,9 @@ explicit override (reason + reviewer, behind the CSRF check) gets past."""
 from __future__ import annotations
 
 import html
+from pathlib import Path
+
+import pytest
 
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.models import LoraRelease
@@ -114,3 +117,43 @@ def test_an_unverified_release_is_approved_only_with_a_recorded_override(studio:
     assert "Gate overridden by mika on" in page and 'name="override_reason"' not in page
     # Activation of the same eval needs no second override.
     assert post(studio, f"/releases/{release_id}/activate", headers=JSON).json()["ok"] is True
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium is missing")
+def test_in_chromium_an_unverified_release_is_approved_only_with_an_override(
+    studio: Studio, tmp_path: Path
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from lora_pipeline.review.app import background_server
+    from lora_pipeline_tests.review.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    release_id = add_release(studio)
+    eval_id = add_unverified_eval(studio, release_id)
+    with background_server(studio.app) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/releases?character=aiko")
+        detail = page.locator(f"#eval-{eval_id}")
+        sync_api.expect(detail.locator(".verdict")).to_have_text("unverified")
+        sync_api.expect(detail.locator(".not-measured")).to_contain_text("identity, clip_score")
+        sync_api.expect(detail.locator("table.eval-grid th.prompt").first).to_have_text(PROMPTS[0])
+        # The cells are shown at their own size, not squeezed into a thumbnail.
+        cell = detail.locator("table.eval-grid img").first
+        sync_api.expect(cell).to_be_visible()
+        assert page.evaluate("img => img.naturalWidth", cell.element_handle()) == 48
+        page.screenshot(path=str(tmp_path / "releases-unverified.png"), full_page=True)
+        form = page.locator(f'form[action="/releases/{release_id}/approve"]')
+        # The browser itself refuses an empty reason: the form is required.
+        form.locator("button").click()
+        assert status_of(studio, release_id) == "candidate"
+        form.locator('input[name="override_reason"]').fill(REASON)
+        form.locator('input[name="reviewer"]').fill("mika")
+        form.locator("button").click()
+        sync_api.expect(page.locator(".notice")).to_contain_text(
+            f"Release {release_id} is now approved."
+        )
+        sync_api.expect(page.locator(".gate-override")).to_contain_text("Gate overridden by mika")
+        page.screenshot(path=str(tmp_path / "releases-overridden.png"), full_page=True)
+        browser.close()
+    assert status_of(studio, release_id) == "approved"
+    assert f"(eval {eval_id}): {REASON}" in card_text(studio, "aiko", 1)
