@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,12 +109,18 @@ def add_cast(registry: Registry) -> None:
         commands.add_character(session, "other", "mio", "Mio", design_prompt="red scarf")
 
 
-@pytest.fixture
-def studio(tmp_path: Path) -> Iterator[Studio]:
-    settings = make_settings(tmp_path / "home")
+@contextmanager
+def open_studio(settings: Settings) -> Iterator[Studio]:
+    """The app on `settings`, its registry with the cast, and a browser on it."""
     app = create_app(settings)
     registry = Registry(settings.database_url)
     add_cast(registry)
     with app_client(app) as client:
         yield Studio(settings, registry, DataRoot(settings.data_root), app, client)
     registry.dispose()
+
+
+@pytest.fixture
+def studio(tmp_path: Path) -> Iterator[Studio]:
+    with open_studio(make_settings(tmp_path / "home")) as opened:
+        yield opened

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands
-from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import PromptSuggestion
-from lora_pipeline.review.app import background_server, create_app
+from lora_pipeline.review.app import background_server
 from lora_pipeline_tests.generation.fake_echo_brain import FakeEchoBrain
-from lora_pipeline_tests.review.conftest import Studio, add_cast, app_client, make_settings
+from lora_pipeline_tests.review.conftest import Studio, make_settings, open_studio
 
 
 @pytest.fixture
@@ -41,12 +39,8 @@ def echo() -> Iterator[FakeEchoBrain]:
 @pytest.fixture
 def studio(tmp_path: Path, echo: FakeEchoBrain) -> Iterator[Studio]:
     settings = make_settings(tmp_path / "home").model_copy(update={"echo_brain_url": echo.url})
-    app = create_app(settings)
-    registry = Registry(settings.database_url)
-    add_cast(registry)
-    with app_client(app) as client:
-        yield Studio(settings, registry, DataRoot(settings.data_root), app, client)
-    registry.dispose()
+    with open_studio(settings) as opened:
+        yield opened
 
 
 def design_prompt(studio: Studio, slug: str) -> str:
@@ -136,14 +130,9 @@ def test_offline_unhealthy_and_bad_input_are_one_line(studio: Studio, echo: Fake
 
 
 def test_without_a_url_the_tab_says_it_is_not_configured(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "home")
-    registry = Registry(settings.database_url)
-    app = create_app(settings)
-    add_cast(registry)
-    with app_client(app) as client:
-        page = client.get("/echo-brain").text
-        assert "not configured" in page and "LORA_PIPELINE_ECHO_BRAIN_URL" in page
-    registry.dispose()
+    with open_studio(make_settings(tmp_path / "home")) as studio:
+        page = studio.client.get("/echo-brain").text
+    assert "not configured" in page and "LORA_PIPELINE_ECHO_BRAIN_URL" in page
 
 
 CHROMIUM = "/usr/bin/chromium"
