@@ -20,6 +20,7 @@ from lora_pipeline.media.video import make_synthetic_video
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.models import Image
+from lora_pipeline.training.status import read_status, status_path
 from lora_pipeline_tests.generation.fake_comfyui import FakeComfyUI
 
 ALL_ASSETS = [asset.key.to_user_string() for asset in ASSETS]
@@ -131,6 +132,11 @@ def test_whole_graph_for_one_character(studio, monkeypatch) -> None:
     assert metadata["verdict"].value in ("pass", "fail", "unverified")
     assert metadata["best_epoch"].value in (1, 2)  # the two saved epochs were compared
     assert Path(metadata["model_card"].value).is_file()
+    # What the review app shows of the training: its status file, written by the run worker
+    # and the training child, ends trained at its last step, with the run that trained it.
+    status = read_status(status_path(settings.data_root, "aiko"))
+    assert status["state"] == "trained" and status["run_id"] == trained.run_id
+    assert status["step"] == status["total_steps"] > 0
     # Trained: the sensor is quiet until the approved set changes.
     assert training_sensor(context).run_requests == []
 
