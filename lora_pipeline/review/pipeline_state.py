@@ -25,6 +25,7 @@ from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
 from lora_pipeline.media.store import DataRoot, UnsafePathError
 from lora_pipeline.registry.models import (
     Character,
+    DatasetVersion,
     Eval,
     Feedback,
     GenerationJob,
@@ -204,8 +205,16 @@ def character_states(
                 )
             )
         count = approved.get(character.id, 0)
+        # A release trained on fewer images than are approved now is not the last word: more
+        # were approved since, and the training sensor will train them.
+        trained_on = (
+            session.get(DatasetVersion, release.dataset_version_id)
+            if release is not None and release.dataset_version_id
+            else None
+        )
+        stale = trained_on is not None and trained_on.image_count != count
         states[character.slug] = {
-            "label": _label(count, training, release, verdict),
+            "label": _label(count, training, None if stale else release, verdict),
             "approved": count,
             "lines": lines,
             "training": {k: v for k, v in training.items() if k != "line"} if training else None,

@@ -144,6 +144,9 @@ def test_training_queued_running_paused_then_trained(studio: Studio, runs: list[
     page = studio.client.get("/").text
     assert f"trained: release {release_id} (gate: unverified)" in page
     assert 'data-state-for="aiko"' in studio.client.get("/approve?character=aiko").text
+    # A release trained on 3 images while 10 are approved: ready for training again.
+    add_release(studio, n=2, dataset="0123456789abcdef")
+    assert state(studio)["label"] == "ready for training"
 
 
 def test_the_sample_is_served_only_from_inside_the_data_root(
