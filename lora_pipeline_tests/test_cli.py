@@ -341,3 +341,17 @@ def test_ids_typed_on_the_command_line_use_the_shared_parser(cast: Path, capsys)
 def test_project_show_of_an_unknown_project(cast: Path, capsys) -> None:
     code, _, err = run(capsys, "project", "show", "nope")
     assert code == 2 and "unknown project 'nope'" in one_error_line(err)
+
+
+def test_release_approve_of_an_unverified_eval_needs_override(cast: Path, capsys) -> None:
+    release = add_release(1, "unverified", ("identity and clip_score not measured",))
+    code, _, err = run(capsys, "release", "approve", str(release))
+    assert code == 2 and "needs an explicit override" in one_error_line(err)
+    assert release_status(release) == "candidate"
+    code, out, err = run(
+        capsys, "release", "approve", str(release), "--override", "eyeballed", "--reviewer", "mika"
+    )
+    assert code == 0, err
+    assert release_status(release) == "approved"
+    card = cast / "data" / "loras" / "aiko" / "v1.model-card.md"
+    assert "**Gate overridden** by mika on " in card.read_text()
