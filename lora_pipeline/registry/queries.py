@@ -322,6 +322,18 @@ def image_hashes(session: Session, character_id: int) -> list[tuple[int, str | N
     return [(row.id, row.phash, row.path) for row in session.execute(query)]
 
 
+def unassigned_comfyui_outputs(session: Session, limit: int = 200) -> list[ComfyuiOutputFile]:
+    """Output files remembered without an ingest request (no character or project matched
+    their name), newest first."""
+    query = (
+        select(ComfyuiOutputFile)
+        .where(ComfyuiOutputFile.source_id.is_(None))
+        .order_by(ComfyuiOutputFile.id.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
 def seen_comfyui_outputs(session: Session) -> set[tuple[str, int, int]]:
     """(relpath, size, mtime_ns) of every ComfyUI output file already recorded."""
     query = select(ComfyuiOutputFile.relpath, ComfyuiOutputFile.size, ComfyuiOutputFile.mtime_ns)

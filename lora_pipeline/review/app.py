@@ -85,6 +85,7 @@ ID_NOUNS = {
     "eval_id": "eval",
     "suggestion_id": "suggestion",
     "source_id": "source",
+    "output_id": "ComfyUI output file",
 }
 ERROR_LOG = ("logs", "review-app.log")
 # "Insufficient Storage": the server could not store what the request needed.
@@ -131,6 +132,9 @@ def routes() -> list[BaseRoute]:
         _route("/evals/{eval_id:id}/cells/{index:int}", views.eval_cell),
         Route("/gallery", views.gallery_page),
         _route("/gallery/{image_id:id}", views.gallery_view),
+        _route(
+            "/gallery/comfyui/{output_id:id}/ingest", views.ingest_output_action, methods=["POST"]
+        ),
         Route("/ingest", views.ingest_page),
         Route("/ingest", views.ingest_action, methods=["POST"]),
         _route("/ingest/{source_id:id}/retry", views.retry_ingest_action, methods=["POST"]),

@@ -54,6 +54,7 @@ def test_every_post_route_is_listed() -> None:
         "/echo-brain/accept",
         "/echo-brain/chat",
         "/echo-brain/enhance",
+        "/gallery/comfyui/1/ingest",
         "/generate",
         "/images/1/approve",
         "/images/1/reject",

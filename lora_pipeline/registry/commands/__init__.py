@@ -19,7 +19,7 @@ from lora_pipeline.registry.commands.characters import (
     update_character,
     update_design_prompt,
 )
-from lora_pipeline.registry.commands.comfyui import record_comfyui_output
+from lora_pipeline.registry.commands.comfyui import assign_comfyui_output, record_comfyui_output
 from lora_pipeline.registry.commands.datasets import record_dataset_version
 from lora_pipeline.registry.commands.images import (
     REJECTION_CATEGORIES,
@@ -97,6 +97,7 @@ __all__ = [
     "mark_feedback_regeneration",
     "mark_job",
     "reseed_job",
+    "assign_comfyui_output",
     "record_comfyui_output",
     "record_dataset_version",
     "record_eval",

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from lora_pipeline.registry.commands._rows import _existing_after_race, _get, _try_insert
+from lora_pipeline.registry.commands._rows import (
+    _existing_after_race,
+    _get,
+    _try_insert,
+    _updated_rows,
+)
 from lora_pipeline.registry.commands._validate import (
     _MAX_BIGINT,
     _int,
     _optional_text,
     _relative_path,
 )
+from lora_pipeline.registry.commands.characters import get_character
+from lora_pipeline.registry.commands.sources import create_source
+from lora_pipeline.registry.errors import ConflictError
 from lora_pipeline.registry.models import ComfyuiOutputFile, Source
 
 
@@ -46,3 +54,27 @@ def record_comfyui_output(
     if _try_insert(session, row):
         return row, True
     return _existing_after_race(session, lookup, f"ComfyUI output {relpath}"), False
+
+
+def assign_comfyui_output(session: Session, output_id: int, character_slug: str) -> Source:
+    """Ingest a remembered output file that matched no character into `character_slug`'s
+    dataset (a single-mode source, like a file named after the character); once only."""
+    row = _get(session, ComfyuiOutputFile, output_id, "ComfyUI output file")
+    character = get_character(session, character_slug)
+    source = create_source(
+        session,
+        character.project.slug,
+        "comfyui_output",
+        row.relpath,
+        character_slug=character.slug,
+        max_frames=1,
+    )
+    claim = (
+        update(ComfyuiOutputFile)
+        .where(ComfyuiOutputFile.id == row.id, ComfyuiOutputFile.source_id.is_(None))
+        .values(source_id=source.id, note=None)
+    )
+    if _updated_rows(session, claim) != 1:
+        # Assigned meanwhile (another reviewer, or a rescan): roll this source back with it.
+        raise ConflictError(f"ComfyUI output {row.relpath} is already being ingested")
+    return source

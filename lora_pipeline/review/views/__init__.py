@@ -28,7 +28,7 @@ from lora_pipeline.review.views.echo_brain import (
     echo_brain_enhance,
     echo_brain_page,
 )
-from lora_pipeline.review.views.gallery import gallery_page, gallery_view
+from lora_pipeline.review.views.gallery import gallery_page, gallery_view, ingest_output_action
 from lora_pipeline.review.views.generate import (
     clear_stuck,
     generate_page,
@@ -68,6 +68,7 @@ __all__ = [
     "image_file",
     "image_thumbnail",
     "ingest_action",
+    "ingest_output_action",
     "ingest_page",
     "job_output",
     "jobs_json",
