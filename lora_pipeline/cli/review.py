@@ -24,9 +24,7 @@ def cmd_review_serve(args: argparse.Namespace) -> None:
     check_bind(args.host, token)
     login = " (log in once with /?token=YOUR-TOKEN)" if token else ""
     print(f"review app on http://{args.host}:{args.port}/{login}", flush=True)
-    serve(
-        current, host=args.host, port=args.port, access_token=token, runs=dagster_runs(current)
-    )
+    serve(current, host=args.host, port=args.port, access_token=token, runs=dagster_runs(current))
 
 
 def dagster_runs(current: Settings) -> RunSource:
@@ -112,7 +110,28 @@ def cmd_review_reject(args: argparse.Namespace) -> None:
     print(f"rejected {args.image_id}; negative terms for the regeneration: {avoided}")
 
 
+def cmd_image_tag(args: argparse.Namespace) -> None:
+    if not (args.add or args.remove or args.asset_type):
+        raise CliError("say what to change: --add TAG, --remove TAG or --asset-type TYPE")
+    with registry(settings()).session() as session:
+        images = commands.tag_images(
+            session, args.image_ids, args.add, args.remove, args.asset_type
+        )
+        tagged = [(image.id, commands.stored_tags(image)) for image in images]
+    for image_id, tags in tagged:
+        print(f"image {image_id}: {', '.join(tags) or 'no tags'}")
+
+
 def register(sub: Subcommands) -> None:
+    image = sub.add_parser("image", help="tag images (tags and asset types select datasets)")
+    image_actions = image.add_subparsers(dest="action", required=True)
+    tag = image_actions.add_parser("tag", help="add or remove tags, set the asset type")
+    tag.add_argument("image_ids", type=typed("image id", POSITIVE_WHOLE), nargs="+")
+    tag.add_argument("--add", action="append", default=[], metavar="TAG", help="repeatable")
+    tag.add_argument("--remove", action="append", default=[], metavar="TAG", help="repeatable")
+    tag.add_argument("--asset-type", help="e.g. character, ui_icon (stored as asset_type:TYPE)")
+    tag.set_defaults(func=cmd_image_tag)
+
     review_app = sub.add_parser(
         "review", help="start the review web app on 127.0.0.1, or review from the terminal"
     )

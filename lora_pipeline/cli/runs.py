@@ -15,6 +15,7 @@ from lora_pipeline import actions
 from lora_pipeline.cli.common import CliError, Subcommands, login_name, registry, settings, typed
 from lora_pipeline.config import Settings
 from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
+from lora_pipeline.dataset.selection import DatasetSelection, SelectionError, image_tags
 from lora_pipeline.generation.service import (
     DEFAULT_STUCK_MINUTES,
     MAX_REQUEST_COUNT,
@@ -24,6 +25,7 @@ from lora_pipeline.generation.service import (
 )
 from lora_pipeline.generation_settings import LIMITS, Limit
 from lora_pipeline.registry import commands, queries
+from lora_pipeline.registry.commands.images import ASSET_TYPE_PREFIX
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import JOB_STATUSES, GenerationJob
 
@@ -103,7 +105,8 @@ def _generate_now(current: Settings, store: Registry, slug: str, job_ids: list[i
 
 def cmd_train(args: argparse.Namespace) -> None:
     current = settings()
-    _check_can_train(current, registry(current), args.character)
+    selection = _selection(args)
+    _check_can_train(current, registry(current), args.character, selection)
     config = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name)}
     if args.backend:
         config["backend"] = args.backend
@@ -116,7 +119,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         instance,
         TRAINING_JOB,
         args.character,
-        {"ops": {"trained_lora": {"config": config}}},
+        {
+            "ops": {
+                "trained_lora": {"config": config},
+                "approved_dataset": {
+                    "config": {"tags": list(selection.tags), "tag_match": selection.match}
+                },
+            }
+        },
         {"lora_pipeline/started_by": f"cli:{login_name()}"},
     )
     print(
@@ -126,15 +136,31 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
-def _check_can_train(current: Settings, store: Registry, slug: str) -> None:
+def _selection(args: argparse.Namespace) -> DatasetSelection:
+    """The dataset rule of seed 003: approved images, filtered by tags (all, or any)."""
+    tags = list(args.tag) + ([ASSET_TYPE_PREFIX + args.asset_type] if args.asset_type else [])
+    try:
+        return DatasetSelection(tuple(tags), "any" if args.tag_any else "all")
+    except SelectionError as error:
+        raise CliError(str(error)) from None
+
+
+def _check_can_train(
+    current: Settings, store: Registry, slug: str, selection: DatasetSelection
+) -> None:
     """The prerequisites, each refused in one line before anything is queued."""
     with store.session(readonly=True) as session:
         character = commands.get_character(session, slug)
-        approved = queries.image_counts(session, character.id)["approved"]
-    if approved < MIN_APPROVED_IMAGES:
+        approved = [
+            image
+            for image in queries.approved_images(session, character.id)
+            if selection.accepts(image_tags(image.provenance or {}, image.origin))
+        ]
+    if len(approved) < MIN_APPROVED_IMAGES:
+        rule = f" matching {', '.join(selection.tags)}" if selection.tags else ""
         raise CliError(
-            f"{slug} has {approved}/{MIN_APPROVED_IMAGES} approved images: approve more first "
-            "(`lora-pipeline review list`)"
+            f"{slug} has {len(approved)}/{MIN_APPROVED_IMAGES} approved images{rule}: approve "
+            "more first (`lora-pipeline review list`)"
         )
     from lora_pipeline.model_runtime import ModelRuntime
 
@@ -235,6 +261,11 @@ def register(sub: Subcommands) -> None:
         train.add_argument(option, dest=name, type=typed(option, limit))
     train.add_argument("--backend", choices=("auto", "builtin", "kohya"))
     train.add_argument("--no-samples", action="store_true", help="no sample image per epoch")
+    train.add_argument(
+        "--tag", action="append", default=[], help="only approved images with this tag (repeatable)"
+    )
+    train.add_argument("--tag-any", action="store_true", help="any of the --tag tags, not all")
+    train.add_argument("--asset-type", help="only approved images of this asset type")
     train.set_defaults(func=cmd_train)
 
     runs = sub.add_parser("runs", help="the newest Dagster runs and where they are")

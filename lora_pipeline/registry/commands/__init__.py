@@ -29,6 +29,8 @@ from lora_pipeline.registry.commands.images import (
     mark_feedback_regeneration,
     reject_image,
     set_image_phash,
+    stored_tags,
+    tag_images,
 )
 from lora_pipeline.registry.commands.jobs import (
     create_generation_job,
@@ -108,6 +110,8 @@ __all__ = [
     "reject_image",
     "select_release_file",
     "set_image_phash",
+    "stored_tags",
+    "tag_images",
     "set_job_prompt_id",
     "set_project_checkpoint",
     "set_release_status",

@@ -236,3 +236,47 @@ def set_image_phash(session: Session, image_id: int, phash: str) -> Image:
     image.phash = _phash(phash)
     session.flush()
     return image
+
+
+# Seed 003's tag queries: an asset type is the tag `asset_type:<type>` (one per image).
+ASSET_TYPE_PREFIX = "asset_type:"
+MAX_TAG_LENGTH = 64
+
+
+def _tag(value: object) -> str:
+    tag = _text(value, "tag", required=True, max_length=MAX_TAG_LENGTH)
+    if "," in tag or any(c.isspace() and c != " " for c in tag):
+        raise InvalidInputError(f"tag {tag!r} may not hold commas, tabs or line breaks")
+    return tag
+
+
+def stored_tags(image: Image) -> list[str]:
+    """The tags stored in an image's provenance (a list; a mapping reads as key:value)."""
+    raw = (image.provenance or {}).get("tags")
+    if isinstance(raw, dict):
+        return [f"{key}:{value}" for key, value in raw.items()]
+    return [str(tag) for tag in raw] if isinstance(raw, list) else []
+
+
+def tag_images(
+    session: Session,
+    image_ids: Sequence[int],
+    add: Sequence[str] = (),
+    remove: Sequence[str] = (),
+    asset_type: str | None = None,
+) -> list[Image]:
+    """Add and remove tags (case-insensitively) and set the asset type of each image; the
+    tags live in the image's provenance, where dataset selection reads them."""
+    added, removed = [_tag(t) for t in add], {_tag(t).casefold() for t in remove}
+    if asset_type is not None:
+        added.append(_tag(ASSET_TYPE_PREFIX + _text(asset_type, "asset type", required=True)))
+    images = [get_image(session, _id(image_id, "image")) for image_id in image_ids]
+    for image in images:
+        kept = [t for t in stored_tags(image) if t.casefold() not in removed]
+        if asset_type is not None:
+            kept = [t for t in kept if not t.casefold().startswith(ASSET_TYPE_PREFIX)]
+        tags = list(dict.fromkeys(kept + added).keys())
+        # A new dict: the JSON column sees the change.
+        image.provenance = {**(image.provenance or {}), "tags": tags}
+    session.flush()
+    return images
