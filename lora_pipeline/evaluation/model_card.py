@@ -233,3 +233,14 @@ def _score(value: float | None) -> str:
 
 def _date(value: date | datetime | str) -> str:
     return value.isoformat() if isinstance(value, date) else str(value)
+
+
+def gate_override_line(release: Any) -> str:
+    """Who overrode an unverified gate, when, on which eval and why; "" when no one did."""
+    if not release.gate_override_reason:
+        return ""
+    when = f"{release.gate_override_at:%Y-%m-%d %H:%M} UTC" if release.gate_override_at else ""
+    return (
+        f"{release.gate_override_by} on {when} (eval {release.gate_override_eval_id}): "
+        f"{release.gate_override_reason}"
+    )

@@ -194,14 +194,3 @@ def dataset_label(session: Any, version_id: int | None) -> str:
 def gate_reasons(evaluation: Eval) -> list[str]:
     reasons = (evaluation.scores or {}).get("gate_reasons") or []
     return [str(reason) for reason in reasons] if isinstance(reasons, list) else [str(reasons)]
-
-
-def gate_override_line(release: LoraRelease) -> str:
-    """Who overrode an unverified gate, when, on which eval and why; "" when no one did."""
-    if not release.gate_override_reason:
-        return ""
-    when = f"{release.gate_override_at:%Y-%m-%d %H:%M} UTC" if release.gate_override_at else ""
-    return (
-        f"{release.gate_override_by} on {when} (eval {release.gate_override_eval_id}): "
-        f"{release.gate_override_reason}"
-    )

@@ -35,8 +35,7 @@ from lora_pipeline.evaluation.grid import (
     render_eval_grid,
     strength_label,
 )
-from lora_pipeline.evaluation.model_card import ModelCard, render_model_card
-from lora_pipeline.evaluation.releases import gate_override_line
+from lora_pipeline.evaluation.model_card import ModelCard, gate_override_line, render_model_card
 from lora_pipeline.evaluation.scores import (
     GATED_SCORES,
     Embedder,
@@ -466,7 +465,6 @@ def _model_card(
         notes=settings.get("notes") or dataset_provenance.get("notes", ""),
         gate_override=gate_override_line(release),
     )
-
 
 
 def _shot_distribution(root: DataRoot, slug: str, version: DatasetVersion | None) -> dict[str, int]:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
 from lora_pipeline.evaluation import releases as release_actions
 from lora_pipeline.evaluation.grid import strength_label
-from lora_pipeline.evaluation.releases import gate_override_line
+from lora_pipeline.evaluation.model_card import gate_override_line
 from lora_pipeline.evaluation.scores import GATED_SCORES, not_measured
 from lora_pipeline.generation.service import VIDEO_SUFFIXES, request_settings
 from lora_pipeline.media.store import DataRoot, UnsafePathError
