@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,16 @@ from lora_pipeline.registry.db import Registry
 from lora_pipeline.review.app import create_app
 
 BASE_URL = "http://127.0.0.1"
+# Debian's Chromium, which scripts/setup.sh installs, driven by Playwright.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # What a browser sends with a form posted from the app's own page.
 OWN_ORIGIN = {"origin": BASE_URL}
 _FORM_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -124,3 +135,15 @@ def open_studio(settings: Settings) -> Iterator[Studio]:
 def studio(tmp_path: Path) -> Iterator[Studio]:
     with open_studio(make_settings(tmp_path / "home")) as opened:
         yield opened
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium per test module, for every page test of the review app."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; scripts/setup.sh does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -20,31 +20,14 @@ from lora_pipeline.registry import commands
 from lora_pipeline.registry.models import Feedback, GenerationJob, Image, Source
 from lora_pipeline.review.app import background_server, create_app
 from lora_pipeline.review.security import BROWSER_COOKIE
-from lora_pipeline_tests.review.conftest import Studio, add_cast, make_settings
+from lora_pipeline_tests.review.conftest import CHROMIUM, Studio, add_cast, make_settings
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TOKEN = "browser-test-token"
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
 )
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ HTTP, and by clicking in Chromium."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,16 +134,10 @@ def test_without_a_url_the_tab_says_it_is_not_configured(tmp_path: Path) -> None
     assert "not configured" in page and "LORA_PIPELINE_ECHO_BRAIN_URL" in page
 
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing")
-def test_chat_and_enhance_by_clicking(studio: Studio, tmp_path: Path) -> None:
+def test_chat_and_enhance_by_clicking(studio: Studio, tmp_path: Path, browser) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    from lora_pipeline_tests.review.test_browser import CHROMIUM_ARGS
 
-    with background_server(studio.app) as live, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with background_server(studio.app) as live:
         page = browser.new_page()
         page.goto(f"{live}/echo-brain")
         sync_api.expect(page.locator("#echo-status")).to_contain_text("online")
@@ -159,5 +152,4 @@ def test_chat_and_enhance_by_clicking(studio: Studio, tmp_path: Path) -> None:
         suggestion.get_by_role("button").click()
         sync_api.expect(page.locator(".notice")).to_contain_text("Design prompt of aiko updated")
         page.screenshot(path=str(tmp_path / "echo-brain.png"), full_page=True)
-        browser.close()
     assert design_prompt(studio, "aiko") == "teal hair, yellow raincoat, red boots"

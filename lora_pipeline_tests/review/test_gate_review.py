@@ -119,18 +119,15 @@ def test_an_unverified_release_is_approved_only_with_a_recorded_override(studio:
     assert post(studio, f"/releases/{release_id}/activate", headers=JSON).json()["ok"] is True
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium is missing")
 def test_in_chromium_an_unverified_release_is_approved_only_with_an_override(
-    studio: Studio, tmp_path: Path
+    studio: Studio, tmp_path: Path, browser
 ) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     from lora_pipeline.review.app import background_server
-    from lora_pipeline_tests.review.test_browser import CHROMIUM, CHROMIUM_ARGS
 
     release_id = add_release(studio)
     eval_id = add_unverified_eval(studio, release_id)
-    with background_server(studio.app) as url, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with background_server(studio.app) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/releases?character=aiko")
         detail = page.locator(f"#eval-{eval_id}")
@@ -154,6 +151,5 @@ def test_in_chromium_an_unverified_release_is_approved_only_with_an_override(
         )
         sync_api.expect(page.locator(".gate-override")).to_contain_text("Gate overridden by mika")
         page.screenshot(path=str(tmp_path / "releases-overridden.png"), full_page=True)
-        browser.close()
     assert status_of(studio, release_id) == "approved"
     assert f"(eval {eval_id}): {REASON}" in card_text(studio, "aiko", 1)

@@ -162,26 +162,16 @@ def test_the_sample_is_served_only_from_inside_the_data_root(
 
 # --- in Chromium: the page changes by itself --------------------------------------------------
 
-browser_only = pytest.mark.skipif(
-    not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium is missing"
-)
 
-
-@browser_only
 def test_the_characters_tab_follows_a_training_without_a_reload(
-    studio: Studio, runs: list[FakeRun], tmp_path: Path
+    studio: Studio, runs: list[FakeRun], tmp_path: Path, browser
 ) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     from lora_pipeline.review.app import background_server
-    from lora_pipeline_tests.review.test_browser import CHROMIUM, CHROMIUM_ARGS
 
     approve_ten(studio)
     hold_gpu(studio, "run 0badc0de generated_images [kenji]")
-    with (
-        background_server(studio.app) as url,
-        sync_api.sync_playwright() as playwright,
-    ):
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with background_server(studio.app) as url:
         page = browser.new_page()
         page.goto(f"{url}/")
         card = page.locator('[data-state-for="aiko"]')
@@ -208,5 +198,4 @@ def test_the_characters_tab_follows_a_training_without_a_reload(
         expected = f"trained: release {release_id} (gate: unverified)"
         sync_api.expect(card.locator(".state-label")).to_have_text(expected)
         page.screenshot(path=str(tmp_path / "state-trained.png"), full_page=True)
-        browser.close()
     assert (tmp_path / "state-trained.png").stat().st_size > 0
