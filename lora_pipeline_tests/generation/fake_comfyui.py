@@ -69,6 +69,12 @@ def _stock_object_info_text() -> str:
         return capture.read()
 
 
+@functools.cache
+def stock_node_types() -> frozenset[str]:
+    """The node types of a stock ComfyUI v0.8.0 (parsed once, not at every prompt)."""
+    return frozenset(stock_object_info())
+
+
 def stock_object_info() -> dict[str, Any]:
     """GET /object_info of a stock ComfyUI v0.8.0 (captured from the real server)."""
     return json.loads(_stock_object_info_text())
@@ -623,7 +629,7 @@ class FakeComfyUI:
     def node_types(self) -> set[str]:
         """The node types this server has: stock v0.8.0's and the installed packs'."""
         packs = (CUSTOM_NODE_PACKS[name] for name in self.custom_node_packs)
-        return set(stock_object_info()).union(*packs)
+        return set(stock_node_types()).union(*packs)
 
     def object_info(self) -> dict[str, Any]:
         info = stock_object_info()
