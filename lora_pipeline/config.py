@@ -149,6 +149,23 @@ class Settings(BaseSettings):
     comfyui_project: str | None = Field(
         None, description="project of ComfyUI output files whose name matches no character"
     )
+    # The stock image-to-video template's model files, as ComfyUI lists them (None: the
+    # template's own, Comfy-Org's Wan 2.1 I2V 480p release names).
+    comfyui_video_model: str | None = Field(
+        None, description="the image-to-video UNet in ComfyUI's `models/diffusion_models` "
+        "(default `wan2.1_i2v_480p_14B_fp16.safetensors`)"
+    )
+    comfyui_video_text_encoder: str | None = Field(
+        None, description="its text encoder in `models/text_encoders` "
+        "(default `umt5_xxl_fp8_e4m3fn_scaled.safetensors`)"
+    )
+    comfyui_video_vae: str | None = Field(
+        None, description="its VAE in `models/vae` (default `wan_2.1_vae.safetensors`)"
+    )
+    comfyui_video_clip_vision: str | None = Field(
+        None, description="its CLIP vision model in `models/clip_vision` "
+        "(default `clip_vision_h.safetensors`)"
+    )
     # --- ingest ---
     identifier: str | None = Field(
         None, description="`llava:<path or hub id>`, `ollama:<url>#<model>` or `reference:<clip "

@@ -30,6 +30,7 @@ from lora_pipeline.generation.comfyui import ComfyUIClient, ComfyUIError
 from lora_pipeline.generation.local import SINGLE_FILE_SUFFIXES, DiffusersGenerator
 from lora_pipeline.generation.profiles import CharacterProfile, character_profile
 from lora_pipeline.generation.service import Backends
+from lora_pipeline.generation.workflows import VideoModels
 from lora_pipeline.gpu_lock import GpuLock
 from lora_pipeline.model_configs import config_folder_for
 from lora_pipeline.registry import commands
@@ -193,8 +194,9 @@ class ModelRuntime:
 
     def backends(self, slug: str, registry: Registry | None = None) -> Backends:
         """What draws the character's images, with its generation profile (`for_character`):
-        ComfyUI (images and AnimateDiff clips, the profile's templates, else the shipped ones)
-        when its URL is set, else in-process diffusers."""
+        ComfyUI when its URL is set (images and clips, the profile's templates, else the shipped
+        ones: for clips the one the server can run, AnimateDiff or stock image-to-video), else
+        in-process diffusers."""
         runtime = self.for_character(slug, registry)
         profile = runtime.profile or CharacterProfile(slug)
         client = runtime.comfyui_client()
@@ -213,6 +215,12 @@ class ModelRuntime:
                 filename_prefix=slug,
                 template=profile.video_workflow,
                 timeout=timeout,
+                video_models=VideoModels(
+                    unet=runtime.settings.comfyui_video_model,
+                    text_encoder=runtime.settings.comfyui_video_text_encoder,
+                    vae=runtime.settings.comfyui_video_vae,
+                    clip_vision=runtime.settings.comfyui_video_clip_vision,
+                ),
             ),
         )
 

@@ -294,3 +294,17 @@ def test_editing_a_profile_changes_the_next_trainings_checkpoint(
     assert run(capsys, "profile", "set", "demo", "default", "--unset", "checkpoint")[0] == 0
     train()
     assert trained_on == [studio_model, str(checkpoint.resolve()), studio_model]
+
+
+def test_a_profile_says_which_shipped_video_template(cast: Path, capsys) -> None:
+    code, out, _ = run(capsys, "profile", "add", "demo", "clips", "--video-workflow", "stock")
+    assert code == 0 and "shipped stock" in out, out
+    (profile,) = profiles(capsys)
+    stored = profile["video_workflow_template"]
+    assert {n["class_type"] for n in stored.values()} >= {"WanImageToVideo", "SaveVideo"}
+    code, out, _ = run(capsys, "profile", "set", "demo", "clips", "--video-workflow", "animatediff")
+    assert code == 0 and "shipped animatediff" in out, out
+    (profile,) = profiles(capsys)
+    assert "ADE_AnimateDiffLoaderGen1" in json.dumps(profile["video_workflow_template"])
+    code, out, _ = run(capsys, "profile", "set", "demo", "clips", "--unset", "video-workflow")
+    assert code == 0 and profiles(capsys)[0]["video_workflow_template"] is None

@@ -26,6 +26,8 @@ UNSETTABLE = {
 }
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 TEMPLATE_FIELDS = {"image": "workflow_template", "video": "video_workflow_template"}
+# `--video-workflow` names of the shipped video templates (generation/workflows/).
+SHIPPED_VIDEO = {"animatediff": "video", "stock": "video_i2v"}
 
 
 def checkpoint_argument(text: str) -> str:
@@ -45,10 +47,13 @@ def checkpoint_argument(text: str) -> str:
 
 
 def workflow_argument(text: str, kind: str) -> dict[str, Any]:
-    """A workflow template file (ComfyUI's "Save (API format)"), checked by filling it."""
+    """A workflow template file (ComfyUI's "Save (API format)"), checked by filling it; for
+    videos also a shipped template's name (SHIPPED_VIDEO), so a profile can say which."""
     from lora_pipeline.generation.profiles import check_template
-    from lora_pipeline.generation.workflows import WorkflowError
+    from lora_pipeline.generation.workflows import WorkflowError, load_template
 
+    if kind == "video" and text in SHIPPED_VIDEO:
+        return load_template(SHIPPED_VIDEO[text])
     path = Path(text).expanduser()
     try:
         if path.stat().st_size > MAX_WORKFLOW_BYTES:
@@ -171,7 +176,14 @@ def _print_rows(profile: GenerationProfile, model: Model | None, base_model: str
 
 
 def _template(workflow: dict[str, Any] | None) -> str:
-    return "(shipped)" if workflow is None else f"custom, {len(workflow)} nodes"
+    from lora_pipeline.generation.workflows import load_template
+
+    if workflow is None:
+        return "(shipped)"
+    for name, template in SHIPPED_VIDEO.items():
+        if workflow == load_template(template):
+            return f"shipped {name}"
+    return f"custom, {len(workflow)} nodes"
 
 
 def _profile_options(parser: argparse.ArgumentParser) -> None:
@@ -187,7 +199,10 @@ def _profile_options(parser: argparse.ArgumentParser) -> None:
         "--workflow", metavar="FILE.json", help="image template, ComfyUI 'Save (API format)'"
     )
     parser.add_argument(
-        "--video-workflow", metavar="FILE.json", help="video template, ComfyUI API format"
+        "--video-workflow",
+        metavar="FILE.json",
+        help="video template, ComfyUI API format, or a shipped one: 'animatediff' (custom nodes) "
+        "or 'stock' (image-to-video); unset: the one the server can run",
     )
     parser.add_argument("--lora-strength", metavar="X", help="strength of production LoRAs")
     parser.add_argument(

@@ -31,9 +31,11 @@ from lora_pipeline.generation.local import (
 )
 from lora_pipeline.generation.workflows import (
     VIDEO_MAX_FRAMES,
+    VideoModels,
     Workflow,
     WorkflowSettings,
     character_workflow,
+    video_template_for,
 )
 from lora_pipeline.media.images import load_image
 
@@ -96,8 +98,10 @@ class _ComfyUIBackend:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         on_queued: Callable[[str], None] | None = None,
+        video_models: VideoModels | None = None,
     ) -> None:
         self.client = client
+        self.video_models = video_models or VideoModels()
         self.checkpoint = checkpoint
         self.lora = lora
         self.filename_prefix = filename_prefix
@@ -130,19 +134,25 @@ class _ComfyUIBackend:
             filename_prefix=self.filename_prefix,
             frames=frames,
             frame_rate=frame_rate,
+            video_models=self.video_models,
         )
+        kind = self._template_name()
         stack = lora_stack(lora if lora is not None else self.lora)
         if not stack:
-            return character_workflow(self.kind, settings, template=self.template)
+            return character_workflow(kind, settings, template=self.template)
         *below, top = stack
         return character_workflow(
-            self.kind,
+            kind,
             settings,
             comfyui_lora_name(top),
             top.strength,
             self.template,
             below=[(comfyui_lora_name(spec), spec.strength) for spec in below],
         )
+
+    def _template_name(self) -> str:
+        """The shipped template used when the backend was given none."""
+        return self.kind
 
     def _queued(self, prompt_id: str) -> None:
         self.last_prompt_id = prompt_id
@@ -182,10 +192,17 @@ class ComfyUIImageBackend(_ComfyUIBackend):
 
 
 class ComfyUIVideoBackend(_ComfyUIBackend):
-    """Short clips with the AnimateDiff template (capped at 512×512 and 16 frames)."""
+    """Short clips (capped at 512×512 and 16 frames) with the given template, else the shipped
+    one the server can run: AnimateDiff's where its custom nodes are installed, else the stock
+    image-to-video one (a keyframe with the character's checkpoint and LoRA, animated)."""
 
     name = "comfyui"
     kind = "video"
+
+    def _template_name(self) -> str:
+        if self.template is not None:
+            return self.kind
+        return video_template_for(self.client.node_types())
 
     def render(
         self,
@@ -195,5 +212,5 @@ class ComfyUIVideoBackend(_ComfyUIBackend):
         frame_rate: float = 8.0,
     ) -> RenderedFile:
         workflow = self._workflow(request, lora, frames=frames, frame_rate=frame_rate)
-        output = self._run(workflow).first("gifs")  # Video Combine reports its file as "gifs"
+        output = self._run(workflow).first_video()
         return RenderedFile(output.filename, self.client.fetch(output))

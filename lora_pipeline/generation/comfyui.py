@@ -162,6 +162,11 @@ class PromptResult:
         saved = [f for f in files if f.type == "output"]
         return (saved or files)[0]
 
+    def first_video(self) -> OutputFile:
+        """The clip: VideoHelperSuite's Video Combine reports it as "gifs", stock SaveVideo as
+        "images" (with "animated": [true])."""
+        return self.first("gifs" if any(f.kind == "gifs" for f in self.outputs) else "images")
+
 
 @dataclass(frozen=True)
 class _Deadline:

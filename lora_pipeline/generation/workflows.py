@@ -2,9 +2,13 @@
 
 A template is the graph ComfyUI's "Save (API format)" writes: `{node_id: {class_type, inputs}}`
 where a link is `[source_node_id, output_index]`. The shipped templates live in `workflows/`:
-`image` (checkpoint → LoraLoader → text encode ×2 → empty latent → KSampler → VAE decode → save)
-and `video` (the same chain through AnimateDiff-Evolved's Gen1 loader into VideoHelperSuite's
-Video Combine). Nodes are found by class, never by id, so a user's own template works as well.
+`image` (checkpoint → LoraLoader → text encode ×2 → empty latent → KSampler → VAE decode → save),
+`video` (the same chain through AnimateDiff-Evolved's Gen1 loader into VideoHelperSuite's
+Video Combine: custom nodes) and `video_i2v`, stock ComfyUI nodes only: the image chain draws a
+keyframe with the character's checkpoint and LoRA, which a stock image-to-video model
+(`WanImageToVideo`, its own UNet, text encoder, VAE and CLIP vision) animates into
+`CreateVideo` → `SaveVideo`. Nodes are found by class, never by id, so a user's own template
+works as well.
 
 Every LoraLoader gets the character's LoRA (seed 001: "all workflows include a LoraLoader
 node"); a character without an active LoRA gets the template with its LoraLoaders removed and
@@ -26,7 +30,8 @@ from lora_pipeline.generation_settings import LIMITS, InvalidSettingError, check
 
 Workflow = dict[str, dict[str, Any]]
 
-TEMPLATES = ("image", "video")
+TEMPLATES = ("image", "video", "video_i2v")
+VIDEO_TEMPLATES = ("video", "video_i2v")
 LORA_LOADER = "LoraLoader"
 CHECKPOINT_LOADER = "CheckpointLoaderSimple"
 SAMPLER = "KSampler"
@@ -34,7 +39,21 @@ TEXT_ENCODER = "CLIPTextEncode"
 LATENT = "EmptyLatentImage"
 ANIMATEDIFF_LOADER = "ADE_AnimateDiffLoaderGen1"
 VIDEO_COMBINE = "VHS_VideoCombine"
-OUTPUT_NODES = ("SaveImage", VIDEO_COMBINE)
+SAVE_VIDEO = "SaveVideo"
+CREATE_VIDEO = "CreateVideo"
+OUTPUT_NODES = ("SaveImage", VIDEO_COMBINE, SAVE_VIDEO)
+# Stock image-to-video nodes the builder fills: (the step of their width and height, the step
+# of their length: Wan's latent holds 1 + 4k frames).
+IMAGE_TO_VIDEO = {"WanImageToVideo": (16, 4)}
+# Nodes that pass conditioning through: output index → the input it carries on.
+CONDITIONING_PASSTHROUGH = {name: {0: "positive", 1: "negative"} for name in IMAGE_TO_VIDEO}
+# The model loaders of the image-to-video chain, by the `VideoModels` field they take.
+VIDEO_MODEL_INPUTS = {
+    "unet": ("UNETLoader", "unet_name"),
+    "text_encoder": ("CLIPLoader", "clip_name"),
+    "vae": ("VAELoader", "vae_name"),
+    "clip_vision": ("CLIPVisionLoader", "clip_name"),
+}
 # AnimateDiff's SD1.5 motion modules were trained on 16-frame windows at 512 px; more costs VRAM
 # and time without making the short review clips better.
 VIDEO_MAX_SIZE = 512
@@ -45,6 +64,22 @@ _FILE_NAME_LIMIT = 255
 
 class WorkflowError(PipelineError, ValueError):
     """A template or setting that cannot make a valid ComfyUI workflow; one readable line."""
+
+
+@dataclass(frozen=True)
+class VideoModels:
+    """The image-to-video model's files as ComfyUI lists them; None keeps the template's."""
+
+    unet: str | None = None
+    text_encoder: str | None = None
+    vae: str | None = None
+    clip_vision: str | None = None
+
+    def __post_init__(self) -> None:
+        for label in VIDEO_MODEL_INPUTS:
+            value = getattr(self, label)
+            if value is not None:
+                _check_name(value, f"video {label.replace('_', ' ')}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +103,7 @@ class WorkflowSettings:
     frames: int = VIDEO_MAX_FRAMES
     frame_rate: float = 8.0
     motion_model: str | None = None
+    video_models: VideoModels = VideoModels()
 
     def __post_init__(self) -> None:
         _check_name(self.checkpoint, "checkpoint")
@@ -117,7 +153,7 @@ def _check_name(value: object, label: str) -> None:
 
 
 def load_template(name: str) -> Workflow:
-    """A shipped template by name ("image" or "video"), as a fresh, validated copy."""
+    """A shipped template by name (one of TEMPLATES), as a fresh, validated copy."""
     if name not in TEMPLATES:
         raise WorkflowError(f"unknown workflow template {name!r}; use one of {TEMPLATES}")
     text = resources.files(__package__).joinpath(f"workflows/{name}.json").read_text("utf-8")
@@ -164,7 +200,19 @@ def _require(workflow: Workflow, *class_types: str) -> list[dict[str, Any]]:
 
 
 def is_video_workflow(workflow: Workflow) -> bool:
-    return any(node["class_type"].startswith("ADE_") for node in workflow.values())
+    return any(
+        node["class_type"].startswith("ADE_")
+        or node["class_type"] in (*IMAGE_TO_VIDEO, VIDEO_COMBINE, CREATE_VIDEO, SAVE_VIDEO)
+        for node in workflow.values()
+    )
+
+
+def video_template_for(node_types: frozenset[str]) -> str:
+    """The shipped video template a server with `node_types` can run: AnimateDiff's, whose
+    every frame comes from the character's checkpoint and LoRA, when its custom nodes are
+    installed, else the stock image-to-video one."""
+    needed = {node["class_type"] for node in load_template("video").values()}
+    return "video" if needed <= node_types else "video_i2v"
 
 
 def fit_video_size(width: int, height: int) -> tuple[int, int]:
@@ -174,7 +222,15 @@ def fit_video_size(width: int, height: int) -> tuple[int, int]:
 
 
 def _text_node(workflow: Workflow, link: object, sampler_input: str) -> dict[str, Any]:
+    """The text encoder a sampler's conditioning comes from, through the nodes that pass
+    conditioning on (an image-to-video node's positive and negative outputs)."""
     node = workflow[link[0]] if _is_link(link) else None
+    for _ in range(len(workflow)):  # a cycle of pass-through nodes ends the walk
+        carried = CONDITIONING_PASSTHROUGH.get(node["class_type"], {}) if node else {}
+        source = node["inputs"].get(carried[link[1]]) if link[1] in carried else None
+        if not _is_link(source) or source[0] not in workflow:
+            break
+        link, node = source, workflow[source[0]]
     if node is None or node["class_type"] != TEXT_ENCODER:
         raise WorkflowError(f"the KSampler's {sampler_input} input must come from {TEXT_ENCODER}")
     return node
@@ -190,32 +246,66 @@ def _set_prompts(workflow: Workflow, settings: WorkflowSettings) -> None:
         negative["inputs"]["text"] = settings.negative_prompt
 
 
+def _samples_video_model(workflow: Workflow, sampler: dict[str, Any]) -> bool:
+    latent = sampler["inputs"].get("latent_image")
+    return _is_link(latent) and workflow[latent[0]]["class_type"] in IMAGE_TO_VIDEO
+
+
 def _set_sampling(workflow: Workflow, settings: WorkflowSettings) -> None:
     for sampler in _require(workflow, SAMPLER):
-        sampler["inputs"].update(
-            seed=settings.seed,
-            steps=settings.steps,
-            cfg=float(settings.cfg),
-            sampler_name=settings.sampler_name,
-            scheduler=settings.scheduler,
-        )
+        sampler["inputs"].update(seed=settings.seed, steps=settings.steps)
+        # The character's cfg, sampler and scheduler are its checkpoint's; an image-to-video
+        # model's sampler keeps the template's, which suit that model (Wan: cfg 6, uni_pc).
+        if not _samples_video_model(workflow, sampler):
+            sampler["inputs"].update(
+                cfg=float(settings.cfg),
+                sampler_name=settings.sampler_name,
+                scheduler=settings.scheduler,
+            )
 
 
 def _set_video(workflow: Workflow, settings: WorkflowSettings, frames: int) -> None:
-    for latent in _require(workflow, LATENT):
-        latent["inputs"]["batch_size"] = frames
+    to_video = _nodes_of(workflow, *IMAGE_TO_VIDEO)
+    if not to_video:
+        # AnimateDiff: one latent per frame.
+        for latent in _require(workflow, LATENT):
+            latent["inputs"]["batch_size"] = frames
     for loader in _nodes_of(workflow, ANIMATEDIFF_LOADER):
         if settings.motion_model is not None:
             loader["inputs"]["model_name"] = settings.motion_model
     for combine in _nodes_of(workflow, VIDEO_COMBINE):
         combine["inputs"]["frame_rate"] = settings.frame_rate
+    for create in _nodes_of(workflow, CREATE_VIDEO):
+        create["inputs"]["fps"] = float(settings.frame_rate)
+    for field_name, (class_type, input_name) in VIDEO_MODEL_INPUTS.items():
+        name = getattr(settings.video_models, field_name)
+        for loader in _nodes_of(workflow, class_type) if name is not None else ():
+            loader["inputs"][input_name] = name
+
+
+def _set_image_to_video(
+    workflow: Workflow, width: int, height: int, frames: int
+) -> tuple[int, int]:
+    """The image-to-video nodes' size (rounded down to their step) and length (1 + k·step
+    frames, at most `frames`); that size, at which the keyframe is drawn too."""
+    for node in _nodes_of(workflow, *IMAGE_TO_VIDEO):
+        size_step, frame_step = IMAGE_TO_VIDEO[node["class_type"]]
+        width = max(size_step, width // size_step * size_step)
+        height = max(size_step, height // size_step * size_step)
+        node["inputs"].update(
+            width=width,
+            height=height,
+            length=1 + (frames - 1) // frame_step * frame_step,
+            batch_size=1,
+        )
+    return width, height
 
 
 def build_workflow(template: Workflow, settings: WorkflowSettings) -> Workflow:
     """A copy of `template` filled with `settings`; the template itself is left unchanged.
 
-    A video template (one with AnimateDiff nodes) is capped at 512×512 (scaled down keeping
-    the aspect ratio) and 16 frames.
+    A video template (AnimateDiff or image-to-video nodes) is capped at 512×512 (scaled down
+    keeping the aspect ratio) and 16 frames.
     """
     workflow = copy.deepcopy(validate_workflow(template))
     for loader in _require(workflow, CHECKPOINT_LOADER):
@@ -223,10 +313,10 @@ def build_workflow(template: Workflow, settings: WorkflowSettings) -> Workflow:
     _set_prompts(workflow, settings)
     _set_sampling(workflow, settings)
     width, height = settings.width, settings.height
-    video = is_video_workflow(workflow)
-    if video:
-        width, height = fit_video_size(width, height)
-        _set_video(workflow, settings, min(settings.frames, VIDEO_MAX_FRAMES))
+    if is_video_workflow(workflow):
+        frames = min(settings.frames, VIDEO_MAX_FRAMES)
+        _set_video(workflow, settings, frames)
+        width, height = _set_image_to_video(workflow, *fit_video_size(width, height), frames)
     for latent in _require(workflow, LATENT):
         latent["inputs"].update(width=width, height=height)
     for output in _require(workflow, *OUTPUT_NODES):

@@ -102,7 +102,10 @@ class Node:
     output_node: bool = False
 
 
-LINK_TYPES = {"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "CONTEXT_OPTIONS"}
+LINK_TYPES = {
+    "MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "CONTEXT_OPTIONS",
+    "CLIP_VISION", "CLIP_VISION_OUTPUT", "VIDEO",
+}
 NODES: dict[str, Node] = {
     "CheckpointLoaderSimple": Node(
         {"ckpt_name": Input("COMBO", "checkpoints", "The name of the checkpoint (model) to load.")},
@@ -146,6 +149,51 @@ NODES: dict[str, Node] = {
         {
             "images": Input("IMAGE", tooltip="The images to save."),
             "filename_prefix": Input("STRING"),
+        },
+        (),
+        output_node=True,
+    ),
+    # The stock image-to-video nodes (v0.8.0's inputs; their folders' files are the fake's).
+    "UNETLoader": Node(
+        {"unet_name": Input("COMBO", "diffusion_models"), "weight_dtype": Input("STRING")},
+        ("MODEL",),
+    ),
+    "ModelSamplingSD3": Node({"model": Input("MODEL"), "shift": Input("FLOAT")}, ("MODEL",)),
+    "CLIPLoader": Node(
+        {
+            "clip_name": Input("COMBO", "text_encoders"),
+            "type": Input("STRING"),
+            "device": Input("STRING", required=False),
+        },
+        ("CLIP",),
+    ),
+    "VAELoader": Node({"vae_name": Input("COMBO", "vaes")}, ("VAE",)),
+    "CLIPVisionLoader": Node({"clip_name": Input("COMBO", "clip_visions")}, ("CLIP_VISION",)),
+    "CLIPVisionEncode": Node(
+        {"clip_vision": Input("CLIP_VISION"), "image": Input("IMAGE"), "crop": Input("STRING")},
+        ("CLIP_VISION_OUTPUT",),
+    ),
+    "WanImageToVideo": Node(
+        {
+            "positive": Input("CONDITIONING"),
+            "negative": Input("CONDITIONING"),
+            "vae": Input("VAE"),
+            "width": Input("INT"),
+            "height": Input("INT"),
+            "length": Input("INT"),
+            "batch_size": Input("INT"),
+            "clip_vision_output": Input("CLIP_VISION_OUTPUT", required=False),
+            "start_image": Input("IMAGE", required=False),
+        },
+        ("CONDITIONING", "CONDITIONING", "LATENT"),
+    ),
+    "CreateVideo": Node({"images": Input("IMAGE"), "fps": Input("FLOAT")}, ("VIDEO",)),
+    "SaveVideo": Node(
+        {
+            "video": Input("VIDEO"),
+            "filename_prefix": Input("STRING"),
+            "format": Input("STRING"),
+            "codec": Input("STRING"),
         },
         (),
         output_node=True,
@@ -202,6 +250,14 @@ _VALUE_TYPES: dict[str, tuple[type, ...]] = {
     "STRING": (str,),
     "BOOLEAN": (bool,),
 }
+
+
+_STOCK_VIDEO_NODES = frozenset(
+    {
+        "UNETLoader", "ModelSamplingSD3", "CLIPLoader", "VAELoader", "CLIPVisionLoader",
+        "CLIPVisionEncode", "WanImageToVideo", "CreateVideo", "SaveVideo",
+    }
+)
 
 
 def is_link(value: object) -> bool:
@@ -277,6 +333,11 @@ class FakeComfyUI:
         self.checkpoints = ["random_sd15.safetensors"]
         self.loras = ["random_kohya_r4.safetensors"]
         self.motion_models = ["mm_sd_v15_v2.ckpt"]
+        # The stock video template's model files (Comfy-Org's Wan 2.1 I2V names).
+        self.diffusion_models = ["wan2.1_i2v_480p_14B_fp16.safetensors"]
+        self.text_encoders = ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"]
+        self.vaes = ["wan_2.1_vae.safetensors"]
+        self.clip_visions = ["clip_vision_h.safetensors"]
         self.samplers, self.schedulers = list(SAMPLERS), list(SCHEDULERS)
         self.beta_schedules, self.video_formats = list(BETA_SCHEDULES), list(VIDEO_FORMATS)
         self.fuse_methods = ["flat", "pyramid", "relative"]
@@ -620,7 +681,14 @@ class FakeComfyUI:
         )
 
     async def _get_models(self, request: Request) -> Response:
-        folders = {"checkpoints": self.checkpoints, "loras": self.loras}
+        folders = {
+            "checkpoints": self.checkpoints,
+            "loras": self.loras,
+            "diffusion_models": self.diffusion_models,
+            "text_encoders": self.text_encoders,
+            "vae": self.vaes,
+            "clip_vision": self.clip_visions,
+        }
         folder = request.path_params["folder"]
         if folder not in folders:
             return Response(status_code=404)
@@ -636,6 +704,13 @@ class FakeComfyUI:
         info["LoraLoader"] = sample("object_info_LoraLoader.json")["LoraLoader"]
         info["LoraLoader"]["input"]["required"]["lora_name"][0] = list(self.loras)
         info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] = list(self.checkpoints)
+        for node, name, files in (
+            ("UNETLoader", "unet_name", self.diffusion_models),
+            ("CLIPLoader", "clip_name", self.text_encoders),
+            ("VAELoader", "vae_name", self.vaes),
+            ("CLIPVisionLoader", "clip_name", self.clip_visions),
+        ):
+            info[node]["input"]["required"][name][0] = list(files)
         for pack in self.custom_node_packs:
             info.update(
                 {name: self._pack_node_info(name, pack) for name in CUSTOM_NODE_PACKS[pack]}
@@ -888,7 +963,39 @@ class FakeComfyUI:
             return (_decode(inputs["samples"]),), None
         if class_type == "SaveImage":
             return (), {"images": self._save_images(run, inputs)}
+        if class_type in _STOCK_VIDEO_NODES:
+            return await self._stock_video_node(class_type, inputs)
         return (), {"gifs": [await self._save_video(inputs)]}
+
+    async def _stock_video_node(
+        self, class_type: str, inputs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict | None]:
+        """The image-to-video chain: loaders name their file; WanImageToVideo's latent holds
+        `length` frames seeded by the start image, so the clip follows the keyframe."""
+        if class_type == "WanImageToVideo":
+            start = inputs.get("start_image") or []
+            image = hashlib.sha256(b"".join(frame.tobytes() for frame in start)).hexdigest()
+            latent = {
+                "width": inputs["width"],
+                "height": inputs["height"],
+                "batch_size": inputs["length"],
+                "start_image": image,
+            }
+            return (inputs["positive"], inputs["negative"], latent), None
+        if class_type == "CreateVideo":
+            return ({"frames": inputs["images"], "fps": inputs["fps"]},), None
+        if class_type == "SaveVideo":
+            video = inputs["video"]
+            subfolder, filename = self._output_name(inputs["filename_prefix"], "mp4")
+            data = await asyncio.to_thread(_encode_mp4, video["frames"], video["fps"])
+            self.files[("output", subfolder, filename)] = data
+            saved = {"filename": filename, "subfolder": subfolder, "type": "output"}
+            return (), {"images": [saved], "animated": [True]}  # as ComfyUI's PreviewVideo
+        if class_type == "CLIPVisionEncode":
+            image = hashlib.sha256(b"".join(f.tobytes() for f in inputs["image"])).hexdigest()
+            return ({"clip_vision": inputs["clip_vision"], "image": image},), None
+        model = inputs.get("model", {})
+        return ({**model, class_type: {k: v for k, v in inputs.items() if k != "model"}},), None
 
     async def _sample(self, run: Run, node_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
         steps = inputs["steps"]

@@ -1,7 +1,8 @@
 """Workflows run only where their nodes exist: the shipped templates checked against the
 `/object_info` captured from a stock ComfyUI v0.8.0 (node types, input names, link types and
-choices), and a server without the video template's custom nodes refusing it before anything is
-queued, in one line naming the nodes and the packs that provide them."""
+choices), a server without the AnimateDiff template's custom nodes refusing it before anything
+is queued, in one line naming the nodes and the packs that provide them, and the stock
+image-to-video template chosen where those packs are missing."""
 
 from __future__ import annotations
 
@@ -12,9 +13,19 @@ import pytest
 
 from lora_pipeline.generation.backends import ComfyUIImageBackend, ComfyUIVideoBackend
 from lora_pipeline.generation.comfyui import ComfyUIClient, ComfyUIMissingNodesError
-from lora_pipeline.generation.local import GenerationRequest
-from lora_pipeline.generation.workflows import WorkflowSettings, character_workflow
-from lora_pipeline_tests.generation.fake_comfyui import FakeComfyUI, stock_object_info
+from lora_pipeline.generation.local import GenerationRequest, LoraSpec
+from lora_pipeline.generation.workflows import (
+    VideoModels,
+    WorkflowSettings,
+    character_workflow,
+    load_template,
+    video_template_for,
+)
+from lora_pipeline_tests.generation.fake_comfyui import (
+    FakeComfyUI,
+    stock_node_types,
+    stock_object_info,
+)
 
 VIDEO_PACKS = {"AnimateDiff-Evolved", "VideoHelperSuite"}
 SETTINGS = WorkflowSettings(
@@ -104,8 +115,11 @@ def test_the_video_template_needs_two_custom_node_packs(fake: FakeComfyUI) -> No
 
 
 def test_a_stock_server_refuses_the_video_template_before_queueing(fake: FakeComfyUI) -> None:
+    animatediff = load_template("video")
     with ComfyUIClient(fake.base_url, timeout=20, poll_interval=0.02) as client:
-        backend = ComfyUIVideoBackend(client, "random_sd15.safetensors", filename_prefix="aiko")
+        backend = ComfyUIVideoBackend(
+            client, "random_sd15.safetensors", filename_prefix="aiko", template=animatediff
+        )
         with pytest.raises(ComfyUIMissingNodesError) as refused:
             backend.render(REQUEST, frames=8)
     message = str(refused.value)
@@ -128,3 +142,84 @@ def test_the_node_types_are_read_once_per_client(fake: FakeComfyUI) -> None:
             backend.generate(GenerationRequest("aiko", "", seed, steps=2, width=64, height=64))
     reads = [r for r in fake.requests if r[:2] == ("GET", "/object_info")]
     assert len(reads) == 1 and len(fake.prompts) == 2
+
+
+def _by_class(workflow: dict[str, Any], class_type: str) -> list[dict[str, Any]]:
+    return [n["inputs"] for n in workflow.values() if n["class_type"] == class_type]
+
+
+def test_the_stock_video_template_is_valid_on_stock_comfyui(fake: FakeComfyUI) -> None:
+    info = fake.object_info()
+    for lora in (None, "aiko-0123abcd.safetensors"):
+        workflow = character_workflow("video_i2v", SETTINGS, lora)
+        assert {n["class_type"] for n in workflow.values()} <= stock_node_types()
+        assert problems_against(info, workflow) == [], lora
+    # The check sees the stock chain's own links: the image-to-video latent, not its
+    # conditioning, must feed the video sampler.
+    broken = character_workflow("video_i2v", SETTINGS, "aiko-0123abcd.safetensors")
+    video_sampler = next(
+        n for n in broken.values()
+        if n["class_type"] == "KSampler" and n["inputs"]["latent_image"][1] == 2
+    )
+    video_sampler["inputs"]["latent_image"][1] = 0
+    assert any("latent_image: gets CONDITIONING, takes LATENT" in p
+               for p in problems_against(info, broken))
+
+
+def test_the_stock_video_template_keeps_the_characters_keyframe() -> None:
+    settings = WorkflowSettings(
+        **{**SETTINGS.__dict__, "width": 200, "height": 104, "frames": 16, "cfg": 5.5,
+           "sampler_name": "dpmpp_2m", "scheduler": "karras",
+           "video_models": VideoModels(unet="wan-tiny.safetensors", vae="wan-vae.safetensors")}
+    )
+    workflow = character_workflow("video_i2v", settings, "aiko-0123abcd.safetensors", 0.7)
+    (to_video,) = _by_class(workflow, "WanImageToVideo")
+    # Wan takes sizes in steps of 16 and 1 + 4k frames; the keyframe is drawn at that size.
+    assert (to_video["width"], to_video["height"], to_video["length"]) == (192, 96, 13)
+    (latent,) = _by_class(workflow, "EmptyLatentImage")
+    assert (latent["width"], latent["height"], latent["batch_size"]) == (192, 96, 1)
+    # The start image is the keyframe the character's checkpoint and LoRA drew.
+    keyframe = workflow[to_video["start_image"][0]]
+    assert keyframe["class_type"] == "VAEDecode" and keyframe["inputs"]["vae"] == ["1", 2]
+    (lora,) = _by_class(workflow, "LoraLoader")
+    assert lora["lora_name"] == "aiko-0123abcd.safetensors" and lora["strength_model"] == 0.7
+    keyframe_sampler, video_sampler = sorted(
+        _by_class(workflow, "KSampler"), key=lambda n: n["latent_image"][0] != "5"
+    )
+    assert keyframe_sampler["model"] == ["2", 0]
+    assert (keyframe_sampler["cfg"], keyframe_sampler["sampler_name"]) == (5.5, "dpmpp_2m")
+    # The video model samples with its own cfg and sampler, the request's seed and steps.
+    assert (video_sampler["cfg"], video_sampler["sampler_name"]) == (6.0, "uni_pc")
+    assert (video_sampler["seed"], video_sampler["steps"]) == (5, 2)
+    # Both text encoders get the prompts; the settings' model files replace the template's.
+    texts = sorted(n["text"] for n in _by_class(workflow, "CLIPTextEncode"))
+    assert texts == ["aiko, teal hair"] * 2 + ["lowres"] * 2
+    assert _by_class(workflow, "UNETLoader")[0]["unet_name"] == "wan-tiny.safetensors"
+    assert _by_class(workflow, "VAELoader")[0]["vae_name"] == "wan-vae.safetensors"
+    assert _by_class(workflow, "CLIPLoader")[0]["clip_name"] == (
+        "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+    )
+    assert _by_class(workflow, "CreateVideo")[0]["fps"] == 8.0
+    assert _by_class(workflow, "SaveVideo")[0]["filename_prefix"] == "aiko"
+
+
+def test_the_default_video_template_is_the_one_the_server_can_run(fake: FakeComfyUI) -> None:
+    assert video_template_for(frozenset(stock_node_types())) == "video_i2v"
+    assert video_template_for(frozenset(fake.node_types())) == "video_i2v"
+    fake.custom_node_packs |= VIDEO_PACKS
+    assert video_template_for(frozenset(fake.node_types())) == "video"
+    fake.custom_node_packs.clear()
+    clips = {}
+    for strength in (0.8, 0.4):
+        lora = LoraSpec("aiko-0123abcd.safetensors", strength=strength)
+        with ComfyUIClient(fake.base_url, timeout=20, poll_interval=0.02) as client:
+            backend = ComfyUIVideoBackend(
+                client, "random_sd15.safetensors", lora, filename_prefix="aiko"
+            )
+            clips[strength] = backend.render(REQUEST, frames=9)
+    prompt = fake.prompts[-1]["prompt"]
+    assert {n["class_type"] for n in prompt.values()} <= stock_node_types()
+    assert _by_class(prompt, "WanImageToVideo")[0]["length"] == 9
+    assert clips[0.8].filename == "aiko_00001_.mp4" and clips[0.8].data[4:8] == b"ftyp"
+    # The clip follows the keyframe, which follows the character's LoRA.
+    assert clips[0.8].data != clips[0.4].data
