@@ -310,7 +310,9 @@ def test_project_set_refuses_bad_values_with_one_line(
 ) -> None:
     code, _, err = run(capsys, "project", "set", "demo", *argv)
     assert code == 2 and message in one_error_line(err)
-    assert run(capsys, "project", "show", "demo")[1].count("(default)") == 10
+    # Nothing was set: every setting still shows its default.
+    shown = run(capsys, "project", "show", "demo")[1]
+    assert shown.count("(default)") == len(commands.PROJECT_SETTINGS)
 
 
 @pytest.mark.parametrize(
@@ -355,3 +357,19 @@ def test_release_approve_of_an_unverified_eval_needs_override(cast: Path, capsys
     assert release_status(release) == "approved"
     card = cast / "data" / "loras" / "aiko" / "v1.model-card.md"
     assert "**Gate overridden** by mika on " in card.read_text()
+
+
+def test_release_approve_in_a_project_requiring_a_licence(cast: Path, capsys) -> None:
+    code, out, _ = run(capsys, "project", "set", "demo", "--require-licence")
+    assert code == 0 and "require_licence  True" in out
+    release = add_release(1, "pass")
+    code, _, err = run(capsys, "release", "approve", str(release))
+    assert code == 2 and "project 'demo' requires a licence" in one_error_line(err)
+    assert release_status(release) == "candidate"
+    code, _, err = run(capsys, "release", "approve", str(release), "--licence", "CC-BY-4.0")
+    assert code == 0, err
+    assert release_status(release) == "approved"
+    card = cast / "data" / "loras" / "aiko" / "v1.model-card.md"
+    assert "| Licence | CC-BY-4.0 |" in card.read_text()
+    code, out, _ = run(capsys, "project", "set", "demo", "--unset", "require-licence")
+    assert code == 0 and "require_licence  (default)" in out

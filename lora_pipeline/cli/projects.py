@@ -8,6 +8,7 @@ from lora_pipeline.cli.common import CliError, Subcommands, registry, settings
 from lora_pipeline.cli.profiles import checkpoint_argument
 from lora_pipeline.generation_settings import ANY_NUMBER, LIMITS, parse_number
 from lora_pipeline.registry import commands
+from lora_pipeline.registry.commands.projects import FLAG_SETTINGS
 from lora_pipeline.registry.models import Character
 
 
@@ -24,7 +25,9 @@ def cmd_project_add(args: argparse.Namespace) -> None:
 LIST_SETTINGS = ("eval_prompts", "eval_seeds")
 TEXT_SETTINGS = commands.LICENCE_FIELDS
 THRESHOLD_SETTINGS = tuple(
-    key for key in commands.PROJECT_SETTINGS if key not in LIST_SETTINGS + TEXT_SETTINGS
+    key
+    for key in commands.PROJECT_SETTINGS
+    if key not in LIST_SETTINGS + TEXT_SETTINGS + FLAG_SETTINGS
 )
 # `--unset` also takes the singular option names.
 SETTING_ALIASES = {"eval_prompt": "eval_prompts", "eval_seed": "eval_seeds"}
@@ -58,6 +61,9 @@ def _project_settings_from(args: argparse.Namespace) -> dict[str, object]:
     for key in TEXT_SETTINGS:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
+    for key in FLAG_SETTINGS:
+        if getattr(args, key):
+            values[key] = True
     for key in map(_setting_key, args.unset):
         if key in values:
             raise CliError(f"{_option(key)} and --unset {key} contradict each other")
@@ -237,6 +243,12 @@ def register(sub: Subcommands) -> None:
         pset.add_argument(_option(key), dest=key, metavar="X", help="gate threshold")
     for key in TEXT_SETTINGS:
         pset.add_argument(_option(key), dest=key, metavar="TEXT", help="model card field")
+    pset.add_argument(
+        "--require-licence",
+        dest="require_licence",
+        action="store_true",
+        help="no release of the project is approved without a licence (--unset require-licence)",
+    )
     pset.add_argument(
         "--unset",
         action="append",

@@ -56,6 +56,7 @@ def cmd_release_change(args: argparse.Namespace) -> None:
         current.comfyui_loras_dir,
         override_reason=override,
         reviewer=(args.reviewer or login_name()) if override else None,
+        licence=getattr(args, "licence", None),
     )
     print(f"release {change.release_id}: {change.previous} -> {change.status}")
     for other in change.demoted:
@@ -89,4 +90,10 @@ def register(sub: Subcommands) -> None:
                 "character); the reason is recorded with the reviewer and in the model card",
             )
             change.add_argument("--reviewer", help="who overrides (default: the login name)")
+            change.add_argument(
+                "--licence",
+                metavar="TEXT",
+                help="the licence it is released under (default: the project's, else the "
+                "dataset's); required where the project sets --require-licence",
+            )
         change.set_defaults(func=cmd_release_change)

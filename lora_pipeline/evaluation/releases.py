@@ -99,12 +99,14 @@ def change_release(
     *,
     override_reason: str | None = None,
     reviewer: str | None = None,
+    licence: str | None = None,
 ) -> ReleaseChange:
     """Apply a release action; `GateError`/`ConflictError` (nothing changed) when it does not
     apply, then rewrite the model cards of the releases whose status changed. An activated
     release's file is put into ComfyUI's loras folder (`loras_dir`), where the workflows'
     LoraLoaders look for it. `override_reason` and `reviewer` approve (or activate) a release
-    whose gate is unverified; the registry records them and the model card shows them."""
+    whose gate is unverified; the registry records them and the model card shows them, as it
+    shows the `licence` an approval records (refused where the project requires one)."""
     action = action_named(action_name)
     with registry.session() as session:
         release = session.get(LoraRelease, release_id)
@@ -115,7 +117,12 @@ def change_release(
             raise ConflictError(_refusal(release_id, previous, action))
         active = _active_ids(session) - {release_id}
         changed = commands.set_release_status(
-            session, release_id, action.status, override_reason=override_reason, reviewer=reviewer
+            session,
+            release_id,
+            action.status,
+            override_reason=override_reason,
+            reviewer=reviewer,
+            licence=licence,
         )
         demoted = tuple(sorted(active - _active_ids(session)))
         lora_file = root.path(changed.path)

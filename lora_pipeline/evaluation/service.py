@@ -459,7 +459,8 @@ def _model_card(
         best_epoch=eval_scores.get("best_epoch"),
         parent_release_id=release.parent_release_id,
         provenance=_provenance(manifest),
-        licence=settings.get("licence") or dataset_provenance.get("license", ""),
+        # The licence recorded at approval first: the project's may have changed since.
+        licence=release.licence or settings.get("licence") or dataset_provenance.get("license", ""),
         author=settings.get("author") or dataset_provenance.get("author", ""),
         source_url=settings.get("source_url") or dataset_provenance.get("url", ""),
         notes=settings.get("notes") or dataset_provenance.get("notes", ""),

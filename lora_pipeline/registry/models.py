@@ -344,6 +344,9 @@ class LoraRelease(Base):
     gate_override_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     gate_override_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     gate_override_eval_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The licence it was approved under (given at approval, else the project's or the
+    # dataset's); a project with `require_licence` refuses approval without one.
+    licence: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         # At most one active project release per character and checkpoint, and one active

@@ -46,7 +46,7 @@ EXPECTED_TABLES = {
     "comfyui_output_files",
 }
 # The newest migration shipped with the package.
-HEAD = "0006"
+HEAD = "0007"
 
 
 def schema_diff(url: str, metadata: MetaData) -> list[object]:

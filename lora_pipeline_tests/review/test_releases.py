@@ -426,3 +426,23 @@ def test_jobs_without_a_servable_output_are_404(studio: Studio, tmp_path: Path) 
         assert response.status_code == 404, job_id
         assert b"secret" not in response.content and b"uploaded" not in response.content
     assert "<video" not in studio.client.get("/generate").text
+
+
+def test_a_project_requiring_a_licence_refuses_approval_on_the_page(studio: Studio) -> None:
+    with studio.registry.session() as session:
+        commands.update_project_settings(session, "show", require_licence=True)
+    release_id = add_release(studio)
+    add_eval(studio, release_id, "pass")
+    form = row_html(studio.client.get("/releases").text, release_id)
+    assert form.count('name="licence"') == 2  # approve and activate
+    refused = post(studio, f"/releases/{release_id}/approve", {"character": "aiko"})
+    assert refused.status_code == 409
+    text = html.unescape(refused.text)
+    assert "project 'show' requires a licence and none is recorded" in text
+    assert text.count('role="alert"') == 1
+    assert status_of(studio, release_id) == "candidate"
+    done = post(studio, f"/releases/{release_id}/approve", {"licence": "CC-BY-4.0"}, headers=JSON)
+    assert done.status_code == 200 and done.json()["status"] == "approved"
+    with studio.registry.session() as session:
+        assert session.get(LoraRelease, release_id).licence == "CC-BY-4.0"
+    assert "| Licence | CC-BY-4.0 |" in card_text(studio, "aiko", 1)

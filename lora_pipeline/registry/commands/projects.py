@@ -48,7 +48,15 @@ _THRESHOLD_RANGES = {
     "min_lora_effect": (0.0, 1.0),
 }
 LICENCE_FIELDS = ("licence", "author", "source_url", "notes")
-PROJECT_SETTINGS = ("eval_prompts", "eval_seeds", *_THRESHOLD_RANGES, *LICENCE_FIELDS)
+# Seed 004: no release of the project is approved without a licence recorded.
+FLAG_SETTINGS = ("require_licence",)
+PROJECT_SETTINGS = (
+    "eval_prompts",
+    "eval_seeds",
+    *_THRESHOLD_RANGES,
+    *LICENCE_FIELDS,
+    *FLAG_SETTINGS,
+)
 _MAX_EVAL_ROWS = 8
 
 
@@ -76,6 +84,10 @@ def _project_setting(key: str, value: object) -> Any:
                 f"{key} must be a number from {low:g} to {high:g}, got {value!r}"
             )
         return number
+    if key in FLAG_SETTINGS:
+        if not isinstance(value, bool):
+            raise InvalidInputError(f"{key} must be true or false, got {value!r}")
+        return value
     return _text(value, key, max_length=2000)
 
 

@@ -201,6 +201,7 @@ def set_release_status(
     *,
     override_reason: str | None = None,
     reviewer: str | None = None,
+    licence: str | None = None,
 ) -> LoraRelease:
     """Move a release along candidate -> approved -> active, or to rejected.
 
@@ -210,7 +211,9 @@ def set_release_status(
     activation later needs no second override, but a newer eval does. Making one active
     demotes the previous active release of the character on the same checkpoint to approved
     (and, for a baseline release, the previous active baseline of that checkpoint), so
-    production generations use exactly one LoRA of each kind.
+    production generations use exactly one LoRA of each kind. Approval records the licence
+    (`licence`, else the project's, else the dataset's); a project that requires one refuses
+    approval without it (`GateError`).
     """
     release = _get(session, LoraRelease, release_id, "LoRA release")
     _choice(status, RELEASE_STATUSES, "release status")
@@ -219,6 +222,7 @@ def set_release_status(
     override = _check_gate(session, release, status, override_reason, reviewer)
     character = session.get(Character, release.character_id)
     assert character is not None  # foreign key
+    override.update(_licence_columns(session, release, character, status, licence))
     try:
         # Inside the SAVEPOINT, so that a unique violation leaves the caller's session usable.
         with session.begin_nested():
@@ -243,6 +247,41 @@ def set_release_status(
             "time; try again"
         ) from None
     return _reload(session, LoraRelease, release.id)
+
+
+def _licence_columns(
+    session: Session, release: LoraRelease, character: Character, status: str, given: str | None
+) -> dict[str, Any]:
+    """The licence an approval (or a candidate's activation) records: the one given, else the
+    one already recorded, else the project's `licence` setting, else the dataset's provenance
+    licence. Seed 004: a project with `require_licence` refuses the approval without one."""
+    if not (status in ("approved", "active") and release.status == "candidate"):
+        return {}
+    project_settings = character.project.settings or {}
+    licence = (
+        _optional_text(given, "licence", 2000)
+        or release.licence
+        or project_settings.get("licence")
+        or _dataset_licence(session, release.dataset_version_id)
+    )
+    if licence:
+        return {"licence": licence}
+    if project_settings.get("require_licence"):
+        slug = character.project.slug
+        raise GateError(
+            f"release {release.id} cannot be made {status}: project {slug!r} requires a "
+            f"licence and none is recorded; give one (--licence TEXT, or the Licence field on "
+            f"the Releases page) or set the project's (`lora-pipeline project set {slug} "
+            "--licence TEXT`)"
+        )
+    return {}
+
+
+def _dataset_licence(session: Session, version_id: int | None) -> str | None:
+    version = session.get(DatasetVersion, version_id) if version_id is not None else None
+    provenance = (version.manifest or {}).get("provenance") if version is not None else None
+    licence = provenance.get("license") if isinstance(provenance, dict) else None
+    return licence if isinstance(licence, str) and licence.strip() else None
 
 
 def _demote_active(session: Session, release: LoraRelease) -> None:

@@ -99,6 +99,8 @@ async def release_action(request: Request, form: FormData) -> Response:
             # An unverified gate's override: the reason and who gives it (else refused).
             override_reason=_text(form, "override_reason") or None,
             reviewer=_text(form, "reviewer") or None,
+            # Recorded on approval; a project that requires a licence refuses without one.
+            licence=_text(form, "licence") or None,
         )
     except ConflictError as error:
         return _release_failed(request, character, 409, user_message(error))
