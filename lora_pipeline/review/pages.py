@@ -27,6 +27,7 @@ from lora_pipeline.registry.models import (
     IMAGE_STATUSES,
     Character,
     Eval,
+    Feedback,
     GenerationJob,
     GenerationProfile,
     Image,
@@ -179,6 +180,8 @@ class QueueItem:
     height: int
     created_at: datetime
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Its tags and asset type (seed 003), as dataset selection reads them.
+    tags: list[str] = field(default_factory=list)
 
 
 def _metadata(image: Image, checkpoint: str) -> dict[str, Any]:
@@ -227,8 +230,75 @@ def approve_queue(
             height=image.height,
             created_at=image.created_at,
             metadata=_metadata(image, checkpoints.get(image.character.project_id, "")),
+            tags=commands.stored_tags(image),
         )
         for image in images
+    ]
+
+
+# The approved images shown beside an image being judged: enough to compare, quick to load.
+COMPARISON_LIMIT = 12
+
+
+def image_details(session: Session, base_model: str | None, image_id: int) -> dict[str, Any] | None:
+    """What the single-image view shows: the image, its generation metadata and tags, the
+    rejections it answers and the character's approved images to compare it with."""
+    image = session.get(Image, image_id)
+    if image is None:
+        return None
+    character = image.character
+    checkpoint = _checkpoints(session, base_model).get(character.project_id, "")
+    approved = session.scalars(
+        select(Image.id)
+        .where(Image.character_id == character.id, Image.status == "approved")
+        .order_by(Image.id.desc())
+        .limit(COMPARISON_LIMIT)
+    ).all()
+    return {
+        "image_id": image.id,
+        "status": image.status,
+        "origin": image.origin,
+        "width": image.width,
+        "height": image.height,
+        "url": f"/images/{image.id}",
+        "character": character.slug,
+        "character_name": character.name,
+        "design_prompt": character.design_prompt,
+        "metadata": _metadata(image, checkpoint),
+        "tags": commands.stored_tags(image),
+        "answers": _answered_rejections(session, image),
+        "approved": [{"image_id": i, "thumb": f"/images/{i}/thumb"} for i in approved],
+        "approved_count": approved_count(session, character.id),
+        "needed": MIN_APPROVED_IMAGES,
+    }
+
+
+def approved_count(session: Session, character_id: int) -> int:
+    query = select(func.count(Image.id)).where(
+        Image.character_id == character_id, Image.status == "approved"
+    )
+    return session.scalar(query) or 0
+
+
+def _answered_rejections(session: Session, image: Image) -> list[dict[str, Any]]:
+    """The rejections a regenerated image answers (their ids are in its provenance)."""
+    raw = (image.provenance or {}).get("answers_feedback")
+    ids = [i for i in raw if isinstance(i, int)] if isinstance(raw, list) else []
+    if not ids:
+        return []
+    rows = session.scalars(select(Feedback).where(Feedback.id.in_(ids)).order_by(Feedback.id))
+    return [
+        {
+            "feedback_id": row.id,
+            "image_id": row.image_id,
+            "thumb": f"/images/{row.image_id}/thumb",
+            "categories": list(row.categories or []),
+            "notes": row.notes,
+            "reviewer": row.reviewer,
+            "prompt_edit": row.prompt_edit,
+            "negative_terms": list(row.negative_terms or []),
+        }
+        for row in rows
     ]
 
 
@@ -247,6 +317,7 @@ class GalleryItem:
     width: int
     height: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
 
 
 def _file_size(root: DataRoot, relpath: str) -> int | None:
@@ -267,6 +338,7 @@ def _gallery_item(image: Image, root: DataRoot) -> GalleryItem:
         width=image.width,
         height=image.height,
         metadata=_metadata(image, ""),
+        tags=commands.stored_tags(image),
     )
 
 

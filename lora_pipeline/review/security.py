@@ -43,6 +43,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lora_pipeline.errors import PipelineError
 
+# A form's fields, at most: the tag form names each chosen image (up to 500 at once).
+MAX_FORM_FIELDS = 600
 ACCESS_COOKIE = "lp_access"
 BROWSER_COOKIE = "lp_browser"
 SECRET_FILE = "review_secret"
@@ -329,7 +331,7 @@ def csrf_protected(handler: FormEndpoint) -> Endpoint:
         foreign = origin_error(request)
         if foreign is not None:
             raise HTTPException(403, foreign)
-        form = await request.form(max_files=1, max_fields=100)
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
         offered = form.get(CSRF_FIELD)
         if not isinstance(offered, str):
             offered = request.headers.get(CSRF_HEADER)

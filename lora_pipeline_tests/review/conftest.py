@@ -20,6 +20,7 @@ from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.review.app import create_app
+from lora_pipeline.review.views.approve import REVIEWER_COOKIE
 
 BASE_URL = "http://127.0.0.1"
 # Debian's Chromium, which scripts/setup.sh installs, driven by Playwright.
@@ -34,13 +35,18 @@ CHROMIUM_ARGS = [
 ]
 # What a browser sends with a form posted from the app's own page.
 OWN_ORIGIN = {"origin": BASE_URL}
+# The name a test browser gave once (the review app refuses decisions without one).
+REVIEWER = "tester"
 _FORM_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def app_client(app: Starlette, **kwargs: Any) -> TestClient:
-    """A client of `app` that posts as the app's own pages do (with their Origin)."""
+    """A client of `app` that posts as the app's own pages do (with their Origin), from a
+    browser whose reviewer has given their name."""
     headers = {**OWN_ORIGIN, **kwargs.pop("headers", {})}
-    return TestClient(app, base_url=kwargs.pop("base_url", BASE_URL), headers=headers, **kwargs)
+    cookies = {REVIEWER_COOKIE: REVIEWER, **kwargs.pop("cookies", {})}
+    base_url = kwargs.pop("base_url", BASE_URL)
+    return TestClient(app, base_url=base_url, headers=headers, cookies=cookies, **kwargs)
 
 
 def form_token(client: TestClient, path: str = "/ingest") -> str:
@@ -147,3 +153,12 @@ def browser() -> Iterator[Any]:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+def named_context(browser: Any, **kwargs: Any) -> Any:
+    """A Chromium context whose reviewer already gave their name (the cookie the Approve tab
+    sets), for tests about something else than asking for it."""
+    context = browser.new_context(**kwargs)
+    cookie = {"name": REVIEWER_COOKIE, "value": REVIEWER, "domain": "127.0.0.1", "path": "/"}
+    context.add_cookies([cookie])
+    return context

@@ -20,7 +20,13 @@ from lora_pipeline.registry import commands
 from lora_pipeline.registry.models import Feedback, GenerationJob, Image, Source
 from lora_pipeline.review.app import background_server, create_app
 from lora_pipeline.review.security import BROWSER_COOKIE
-from lora_pipeline_tests.review.conftest import CHROMIUM, Studio, add_cast, make_settings
+from lora_pipeline_tests.review.conftest import (
+    CHROMIUM,
+    Studio,
+    add_cast,
+    make_settings,
+    named_context,
+)
 
 TOKEN = "browser-test-token"
 
@@ -38,7 +44,7 @@ def live(studio: Studio) -> Iterator[str]:
 
 @pytest.fixture
 def page(browser) -> Iterator[object]:
-    context = browser.new_context()
+    context = named_context(browser)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -144,7 +150,7 @@ def test_a_decision_taken_elsewhere_shows_409_in_the_page(studio: Studio, live: 
 
 def test_the_page_works_without_javascript(studio: Studio, live: str, browser) -> None:
     image_id = studio.add_image("aiko", 1)
-    context = browser.new_context(java_script_enabled=False)
+    context = named_context(browser, java_script_enabled=False)
     page = context.new_page()
     page.goto(f"{live}/approve")
     card(page, image_id).get_by_role("button", name="✓ Approve").click()
@@ -159,7 +165,7 @@ def test_behind_a_token_the_browser_logs_in_once(tmp_path: Path, browser) -> Non
     app = create_app(settings, access_token=TOKEN)
     studio = Studio(settings, *_registry_and_root(settings), app, None)  # type: ignore[arg-type]
     image_id = studio.add_image("aiko", 1)
-    context = browser.new_context()
+    context = named_context(browser)
     page = context.new_page()
     with background_server(app) as url:
         assert page.goto(f"{url}/approve").status == 401

@@ -29,6 +29,7 @@ from lora_pipeline.review.security import (
     InvalidTokenError,
     is_loopback,
 )
+from lora_pipeline.review.views.approve import REVIEWER_COOKIE
 from lora_pipeline_tests.review.conftest import (
     BASE_URL,
     Studio,
@@ -58,10 +59,12 @@ def test_every_post_route_is_listed() -> None:
         "/generate",
         "/images/1/approve",
         "/images/1/reject",
+        "/images/tag",
         "/ingest",
         "/ingest/1/retry",
         "/jobs/clear-stuck",
         "/releases/1/approve",
+        "/reviewer",
         "/suggestions/1/accept",
         "/suggestions/1/dismiss",
     ]
@@ -326,7 +329,8 @@ def test_without_origin_the_referer_decides_and_without_both_a_post_is_refused(
     studio: Studio,
 ) -> None:
     image_id = studio.add_image("aiko", 1)
-    plain = TestClient(studio.app, base_url=BASE_URL)  # sends no Origin of its own
+    # Sends no Origin of its own (its reviewer gave their name).
+    plain = TestClient(studio.app, base_url=BASE_URL, cookies={REVIEWER_COOKIE: "tester"})
     token = form_token(plain)
     missing = approve(plain, image_id, token)
     assert missing.status_code == 403 and "neither which site" in missing.json()["error"]

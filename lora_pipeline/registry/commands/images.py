@@ -140,8 +140,16 @@ def _decide(
     raise ConflictError(f"image {image_id} was already {current.status}{by}")
 
 
+MAX_REVIEWER_LENGTH = 200
+
+
+def reviewer_name(value: object) -> str:
+    """A reviewer's name where one is required (the review app asks for it once)."""
+    return _text(value, "reviewer name", required=True, max_length=MAX_REVIEWER_LENGTH)
+
+
 def approve_image(session: Session, image_id: int, reviewer: str = "") -> Image:
-    reviewer = _text(reviewer, "reviewer", max_length=200)
+    reviewer = _text(reviewer, "reviewer", max_length=MAX_REVIEWER_LENGTH)
     return _decide(session, image_id, "approved", reviewer, None)
 
 
@@ -180,7 +188,7 @@ def reject_image(
         negative_terms = [negative_terms]
     terms = [t for t in (_text(t, "negative term") for t in negative_terms) if t]
     edit = _optional_text(prompt_edit, "prompt edit")
-    reviewer = _text(reviewer, "reviewer", max_length=200)
+    reviewer = _text(reviewer, "reviewer", max_length=MAX_REVIEWER_LENGTH)
     reason = "; ".join(part for part in (", ".join(chosen), notes) if part)
     image = _decide(session, image_id, "rejected", reviewer, reason)
     feedback = Feedback(

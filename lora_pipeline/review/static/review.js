@@ -30,31 +30,85 @@
 
   // --- Approve tab ------------------------------------------------------------------------------
 
+  // The character's progress towards a training, as the last decision's answer gave it.
+  function showProgress(slug, approved, needed) {
+    document.querySelectorAll('[data-progress-for="' + CSS.escape(slug) + '"]').forEach((box) => {
+      const bar = box.querySelector("progress");
+      if (bar) bar.value = Math.min(approved, needed);
+      const count = box.querySelector(".approved-count");
+      if (count) count.textContent = String(approved);
+    });
+  }
+
   function setUpQueue(queue) {
     let current = 0;
     const cards = () => Array.from(queue.querySelectorAll(".card:not(.decided)"));
     const remaining = document.getElementById("remaining");
+    const decidedList = document.getElementById("decided");
+    const reviewerBox = document.getElementById("reviewer-box");
+    const viewer = makeViewer(document.getElementById("viewer"));
+
+    function hasReviewer() {
+      return !reviewerBox || reviewerBox.dataset.reviewer !== "";
+    }
+
+    // No decision without a name: the first key press asks for it instead.
+    function askReviewer() {
+      if (viewer) viewer.close();
+      reviewerBox.classList.add("reviewer-asked");
+      reviewerBox.querySelector("input[name=reviewer]").focus();
+    }
 
     function select(index) {
+      queue.querySelectorAll(".card.current").forEach((card) => card.classList.remove("current"));
       const all = cards();
-      if (!all.length) return;
+      if (!all.length) {
+        current = 0;
+        if (viewer) viewer.close();
+        return;
+      }
       current = Math.max(0, Math.min(index, all.length - 1));
-      all.forEach((card, i) => card.classList.toggle("current", i === current));
-      all[current].scrollIntoView({ block: "nearest" });
+      all[current].classList.add("current");
+      if (viewer && viewer.isOpen()) viewer.show(all[current], all[current + 1]);
+      else all[current].scrollIntoView({ block: "nearest" });
     }
 
     function currentCard() {
       return cards()[current] || null;
     }
 
+    // A card's buttons: in the card, or in the viewer while it shows that card.
+    function actionsOf(card) {
+      return card.querySelector(".actions") || (viewer && viewer.actionsOf(card));
+    }
+
     function showError(card, message) {
       const box = card.querySelector(".card-error");
       box.textContent = message;
       box.hidden = false;
+      if (viewer && viewer.isOpen()) viewer.showError(message);
+    }
+
+    // A decided card leaves the queue for the "Decided on this page" list below it.
+    function leaveQueue(card, kind) {
+      const actions = actionsOf(card);
+      if (actions) actions.remove();
+      card.classList.remove("current");
+      card.classList.add("decided", "decided-" + kind);
+      card.querySelector(".pick").checked = false;
+      decidedList.hidden = false;
+      decidedList.querySelector(".decided-grid").prepend(card);
+      const count = decidedList.querySelectorAll(".card").length;
+      document.getElementById("decided-count").textContent = count + " decided";
+      if (remaining) remaining.textContent = cards().length + " left on this page";
     }
 
     async function decide(form) {
-      const card = form.closest(".card");
+      const card = form.closest(".card") || (viewer && viewer.card());
+      if (!hasReviewer()) {
+        askReviewer();
+        return;
+      }
       form.querySelectorAll("button").forEach((b) => (b.disabled = true));
       let result;
       try {
@@ -65,20 +119,19 @@
         return;
       }
       if (result.body.ok) {
-        card.classList.add("decided", "decided-" + result.body.status);
-        card.querySelector(".actions").remove();
         const note = document.createElement("p");
         note.className = "notice";
         note.setAttribute("role", "status");
         note.textContent = result.body.message;
         card.appendChild(note);
-        if (remaining) remaining.textContent = cards().length + " left on this page";
+        leaveQueue(card, result.body.status);
+        showProgress(result.body.character, result.body.approved, result.body.needed);
+        if (viewer && result.body.status === "approved") viewer.approved(card);
         select(current);
       } else if (result.status === 409) {
         // Someone else decided first: their outcome stands, this card is done.
-        card.classList.add("decided", "decided-conflict");
-        card.querySelector(".actions").remove();
         showError(card, result.body.error);
+        leaveQueue(card, "conflict");
         select(current);
       } else {
         showError(card, result.body.error || "the server answered " + result.status);
@@ -86,7 +139,7 @@
       }
     }
 
-    queue.addEventListener("submit", (event) => {
+    document.addEventListener("submit", (event) => {
       const form = event.target;
       if (!(form instanceof HTMLFormElement) || !form.classList.contains("decide")) return;
       event.preventDefault();
@@ -95,17 +148,26 @@
 
     queue.addEventListener("click", (event) => {
       const card = event.target instanceof Element ? event.target.closest(".card") : null;
-      if (card && !card.classList.contains("decided")) select(cards().indexOf(card));
+      if (!card || card.classList.contains("decided")) return;
+      select(cards().indexOf(card));
+      // The thumbnail opens the single-image view (a new tab without the script).
+      if (viewer && event.target.closest("a.open-full")) {
+        event.preventDefault();
+        viewer.show(card, cards()[current + 1]);
+      }
     });
 
     document.addEventListener("keydown", (event) => {
       if (event.altKey || event.metaKey) return;
       const card = currentCard();
       if (!card) return;
-      const panel = card.querySelector(".reject-panel");
+      const actions = actionsOf(card);
+      const panel = actions && actions.querySelector(".reject-panel");
       const rejecting = panel && panel.open;
-      if (event.key === "Escape" && rejecting) {
-        panel.open = false;
+      const viewing = viewer && viewer.isOpen();
+      if (event.key === "Escape" && (rejecting || viewing)) {
+        if (rejecting) panel.open = false;
+        else viewer.close();
         event.preventDefault();
         return;
       }
@@ -124,13 +186,21 @@
         }
         return;
       }
+      if (viewing && viewer.key(event.key)) {
+        event.preventDefault();
+        return;
+      }
       switch (event.key) {
         case "a":
-          card.querySelector("form.approve").requestSubmit();
+          if (!hasReviewer()) askReviewer();
+          else if (actions) actions.querySelector("form.approve").requestSubmit();
           break;
         case "r":
-          panel.open = true;
-          panel.querySelector("input[name=category]").focus();
+          if (!hasReviewer()) askReviewer();
+          else if (panel) {
+            panel.open = true;
+            panel.querySelector("input[name=category]").focus();
+          }
           break;
         case "j":
         case "n":
@@ -140,13 +210,316 @@
         case "p":
           select(current - 1);
           break;
+        case "o":
+          if (viewer) viewer.show(card, cards()[current + 1]);
+          break;
+        case "x": {
+          const pick = card.querySelector(".pick");
+          pick.checked = !pick.checked;
+          pick.dispatchEvent(new Event("change", { bubbles: true }));
+          break;
+        }
+        case "t":
+          focusTagging(card);
+          break;
         default:
           return;
       }
       event.preventDefault();
     });
 
+    if (reviewerBox) setUpReviewer(reviewerBox);
     select(0);
+  }
+
+  // The reviewer's name, given once: the server keeps it in a cookie of this browser.
+  function setUpReviewer(box) {
+    const form = box.querySelector("form");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const result = await postForm(form);
+      if (!result.body.ok) {
+        form.querySelector("input[name=reviewer]").setCustomValidity(result.body.error);
+        form.reportValidity();
+        return;
+      }
+      box.dataset.reviewer = result.body.reviewer;
+      box.classList.remove("reviewer-missing", "reviewer-asked");
+      let shown = box.querySelector("#reviewer-name");
+      if (!shown) {
+        const line = document.createElement("span");
+        line.append("Reviewing as ");
+        shown = document.createElement("strong");
+        shown.id = "reviewer-name";
+        line.append(shown);
+        box.prepend(line);
+      }
+      shown.textContent = result.body.reviewer;
+      const input = form.querySelector("input[name=reviewer]");
+      input.value = "";
+      input.blur();
+    });
+    form.querySelector("input[name=reviewer]").addEventListener("input", (event) => {
+      event.target.setCustomValidity("");
+    });
+  }
+
+  // --- The single-image view --------------------------------------------------------------------
+
+  // Full resolution with zoom, the generation metadata, the rejection it answers and the
+  // character's approved images; the card's own approve/reject forms move into it while shown.
+  function makeViewer(box) {
+    if (!box) return null;
+    const image = box.querySelector("#viewer-image");
+    const slot = box.querySelector("#viewer-actions");
+    const details = new Map();
+    const ZOOM_STEP = 1.25;
+    let shown = null;
+    let scale = 0; // 0: fit the screen
+
+    function load(card) {
+      const id = card.dataset.imageId;
+      if (!details.has(id)) {
+        const answer = fetch("/images/" + id + "/details.json", {
+          headers: { Accept: "application/json" },
+          credentials: "same-origin",
+        }).then((response) => {
+          if (!response.ok) throw new Error("the server answered " + response.status);
+          return response.json();
+        });
+        answer.catch(() => details.delete(id));
+        details.set(id, answer);
+      }
+      return details.get(id);
+    }
+
+    function preload(card) {
+      if (!card) return;
+      load(card).catch(() => {});
+      new Image().src = "/images/" + card.dataset.imageId;
+    }
+
+    function putBack() {
+      const actions = slot.querySelector(".actions");
+      if (shown && actions) shown.querySelector(".card-error").after(actions);
+      slot.replaceChildren();
+    }
+
+    function zoom(next) {
+      scale = next;
+      image.classList.toggle("fit", scale === 0);
+      image.style.width = scale === 0 ? "" : Math.round(image.naturalWidth * scale) + "px";
+      box.dataset.zoom = scale === 0 ? "fit" : String(Math.round(scale * 100) / 100);
+    }
+
+    function effectiveScale() {
+      return scale || image.clientWidth / (image.naturalWidth || 1);
+    }
+
+    function text(tag, value, className) {
+      const node = document.createElement(tag);
+      node.textContent = value;
+      if (className) node.className = className;
+      return node;
+    }
+
+    function thumb(id, href, alt) {
+      const link = document.createElement("a");
+      link.href = href;
+      link.target = "_blank";
+      link.rel = "noopener";
+      const img = document.createElement("img");
+      img.src = "/images/" + id + "/thumb";
+      img.alt = alt;
+      img.loading = "lazy";
+      link.append(img);
+      return link;
+    }
+
+    function render(data) {
+      box.querySelector("#viewer-size").textContent =
+        data.width + "×" + data.height + " · " + data.origin + " · " + data.status;
+      box.querySelector("#viewer-tags").replaceChildren(
+        ...data.tags.map((tag) => text("span", tag, "tag")));
+      const meta = box.querySelector("#viewer-meta");
+      meta.replaceChildren();
+      for (const [key, value] of Object.entries(data.metadata)) {
+        meta.append(text("dt", key), text("dd", String(value)));
+      }
+      const answers = box.querySelector("#viewer-answers");
+      answers.hidden = !data.answers.length;
+      answers.querySelector(".viewer-answer-list").replaceChildren(...data.answers.map((a) => {
+        const item = document.createElement("div");
+        item.className = "viewer-answer";
+        item.append(
+          thumb(a.image_id, "/images/" + a.image_id, "the rejected image " + a.image_id),
+          text("p", "Rejected #" + a.image_id + (a.reviewer ? " by " + a.reviewer : "") + ": " +
+            (a.categories.join(", ") || "no category")),
+        );
+        if (a.notes) item.append(text("p", a.notes, "muted"));
+        if (a.prompt_edit) item.append(text("p", "New prompt: " + a.prompt_edit, "prompt"));
+        return item;
+      }));
+      box.querySelector("#viewer-character").textContent = data.character_name;
+      box.querySelector("#viewer-approved-count").textContent =
+        data.approved_count + " / " + data.needed;
+      const approved = box.querySelector("#viewer-approved");
+      approved.replaceChildren(...data.approved.map((a) =>
+        thumb(a.image_id, "/images/" + a.image_id, "approved image " + a.image_id)));
+      if (!data.approved.length) approved.append(text("p", "none approved yet", "muted"));
+    }
+
+    async function show(card, upcoming) {
+      putBack();
+      shown = card;
+      const id = card.dataset.imageId;
+      box.hidden = false;
+      document.body.classList.add("viewer-open");
+      delete box.dataset.ready;
+      box.dataset.imageId = id;
+      const actions = card.querySelector(".actions");
+      if (actions) slot.append(actions);
+      box.querySelector("#viewer-title").textContent = card.querySelector("h2").textContent;
+      image.alt = "image " + id + " at full size";
+      image.src = "/images/" + id;
+      zoom(0);
+      try {
+        const [data] = await Promise.all([load(card), image.decode().catch(() => {})]);
+        if (shown !== card) return;
+        render(data);
+        box.dataset.ready = id;
+      } catch (error) {
+        if (shown === card) showError("Could not load the details: " + error.message);
+      }
+      preload(upcoming);
+    }
+
+    function close() {
+      if (!shown) return;
+      putBack();
+      box.hidden = true;
+      document.body.classList.remove("viewer-open");
+      delete box.dataset.ready;
+      shown.scrollIntoView({ block: "nearest" });
+      shown = null;
+    }
+
+    function showError(message) {
+      slot.append(text("p", message, "error"));
+    }
+
+    // An approved image joins the comparisons of its character's images already loaded.
+    function approved(card) {
+      const id = Number(card.dataset.imageId);
+      for (const answer of details.values()) {
+        answer.then((data) => {
+          if (data.character !== card.dataset.character) return;
+          if (data.approved.some((a) => a.image_id === id)) return;
+          data.approved.unshift({ image_id: id, thumb: "/images/" + id + "/thumb" });
+          data.approved_count += 1;
+        }).catch(() => {});
+      }
+    }
+
+    // The viewer's own keys; false for the ones the queue handles.
+    function key(name) {
+      switch (name) {
+        case "z":
+          zoom(scale === 0 ? 1 : 0);
+          return true;
+        case "+":
+        case "=":
+          zoom(effectiveScale() * ZOOM_STEP);
+          return true;
+        case "-":
+          zoom(effectiveScale() / ZOOM_STEP);
+          return true;
+        case "o":
+          close();
+          return true;
+        default:
+          return false;
+      }
+    }
+
+    image.addEventListener("click", () => zoom(scale === 0 ? 1 : 0));
+    return {
+      show: show,
+      close: close,
+      key: key,
+      approved: approved,
+      showError: showError,
+      isOpen: () => shown !== null,
+      card: () => shown,
+      actionsOf: (card) => (card === shown ? slot.querySelector(".actions") : null),
+    };
+  }
+
+  // --- Tags and asset types (Approve and Gallery) -----------------------------------------------
+
+  function focusTagging(card) {
+    const form = document.getElementById("tag-form");
+    if (!form) return;
+    const picked = document.querySelectorAll(".pick:checked");
+    if (!picked.length && card) {
+      card.querySelector(".pick").checked = true;
+      form.dispatchEvent(new Event("change"));
+    }
+    form.querySelector("input[name=add]").focus();
+  }
+
+  function setUpTagging(form) {
+    const label = document.getElementById("tag-selected");
+    const errorBox = form.querySelector(".tag-error");
+    const picks = () => Array.from(document.querySelectorAll('input.pick[form="tag-form"]'));
+
+    function count() {
+      const chosen = picks().filter((p) => p.checked).length;
+      if (label && picks().length) {
+        label.textContent = chosen ? chosen + " selected image(s)" : "the selected images";
+      }
+    }
+
+    function showTags(id, tags) {
+      document.querySelectorAll('[data-tags-for="' + id + '"]').forEach((box) => {
+        box.replaceChildren(...tags.map((tag) => {
+          const span = document.createElement("span");
+          span.className = "tag";
+          span.textContent = tag;
+          return span;
+        }));
+      });
+    }
+
+    document.addEventListener("change", (event) => {
+      if (event.target instanceof HTMLInputElement && event.target.classList.contains("pick")) {
+        count();
+      }
+    });
+    form.addEventListener("change", count);
+
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      errorBox.hidden = true;
+      let result;
+      try {
+        result = await postForm(form);
+      } catch (error) {
+        result = { status: 0, body: { ok: false, error: "Network error: nothing was saved." } };
+      }
+      if (!result.body.ok) {
+        errorBox.textContent = result.body.error || "the server answered " + result.status;
+        errorBox.hidden = false;
+        return;
+      }
+      for (const [id, tags] of Object.entries(result.body.tags)) showTags(id, tags);
+      picks().forEach((p) => (p.checked = false));
+      ["add", "remove", "asset_type"].forEach((name) => (form.elements[name].value = ""));
+      count();
+      form.dataset.saved = String(Object.keys(result.body.tags).length);
+      form.querySelector("input[name=add]").blur();
+    });
+    count();
   }
 
   // --- Generate tab -----------------------------------------------------------------------------
@@ -229,6 +602,8 @@
   document.addEventListener("DOMContentLoaded", () => {
     const queue = document.getElementById("queue");
     if (queue) setUpQueue(queue);
+    const tagForm = document.getElementById("tag-form");
+    if (tagForm) setUpTagging(tagForm);
     if (document.body.dataset.page === "generate") setUpGenerate();
   });
 })();

@@ -12,9 +12,11 @@ from __future__ import annotations
 from lora_pipeline.review.views.approve import (
     approve_image,
     approve_page,
+    image_details,
     image_file,
     image_thumbnail,
     reject_image,
+    set_reviewer,
 )
 from lora_pipeline.review.views.characters import (
     accept_suggestion,
@@ -45,6 +47,7 @@ from lora_pipeline.review.views.releases import (
     releases_page,
 )
 from lora_pipeline.review.views.state import state_json, training_sample
+from lora_pipeline.review.views.tags import tag_images_action
 
 __all__ = [
     "ReviewContext",
@@ -65,6 +68,7 @@ __all__ = [
     "gallery_view",
     "generate_page",
     "healthz",
+    "image_details",
     "image_file",
     "image_thumbnail",
     "ingest_action",
@@ -79,7 +83,9 @@ __all__ = [
     "render",
     "request_generation_action",
     "retry_ingest_action",
+    "set_reviewer",
     "state_json",
+    "tag_images_action",
     "training_sample",
     "wants_json",
 ]

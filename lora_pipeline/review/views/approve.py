@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, unquote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -13,11 +14,18 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 
 from lora_pipeline import actions
 from lora_pipeline.errors import user_message
-from lora_pipeline.registry import suggestions
+from lora_pipeline.registry import commands, suggestions
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected, page_url
-from lora_pipeline.review.views.common import _context, _find_file, _text, render, wants_json
+from lora_pipeline.review.views.common import (
+    _context,
+    _find_file,
+    _local_target,
+    _text,
+    render,
+    wants_json,
+)
 from lora_pipeline.review.views.state import states as pipeline_states
 
 CATEGORY_LABELS = {
@@ -30,6 +38,13 @@ CATEGORY_LABELS = {
 }
 OUTCOMES = ("approved", "rejected")
 IMMUTABLE = {"cache-control": "private, max-age=86400, immutable"}
+# The reviewer's name, asked once and kept by the browser: every decision records it.
+REVIEWER_COOKIE = "lp_reviewer"
+REVIEWER_COOKIE_AGE_S = 365 * 24 * 3600
+NO_REVIEWER = (
+    "a reviewer name is required: enter yours once at the top of the Approve tab "
+    "(this browser remembers it)"
+)
 
 
 def _filters(source: Any) -> dict[str, str]:
@@ -72,6 +87,8 @@ def _queue_page(
         suggestions=open_ones,
         error=error,
         notice=notice,
+        reviewer=remembered_reviewer(request),
+        needed=pages.MIN_APPROVED_IMAGES,
         here=page_url("/approve", **filters),
         # Where each character stands in the pipeline (kept current by review.js).
         states={
@@ -80,6 +97,14 @@ def _queue_page(
             if not filters["character"] or slug == filters["character"]
         },
     )
+
+
+def tagged_notice(request: Request) -> str | None:
+    """The notice after a plain (no-script) tag form: how many images it tagged."""
+    count = request.query_params.get("tagged", "")
+    if count.isascii() and count.isdigit():
+        return f"Tags saved on {int(count)} image(s)."
+    return None
 
 
 def _suggestions_by_slug(session: Any) -> dict[str, Any]:
@@ -95,6 +120,7 @@ def approve_page(request: Request) -> Response:
     done, outcome = request.query_params.get("done", ""), request.query_params.get("outcome")
     if done.isdigit() and outcome in OUTCOMES:
         notice = f"Image {done} {outcome}."
+    notice = tagged_notice(request) or notice
     return _queue_page(request, filters, notice=notice)
 
 
@@ -102,7 +128,7 @@ def approve_page(request: Request) -> Response:
 async def approve_image(request: Request, form: FormData) -> Response:
     ctx = _context(request)
     image_id = request.path_params["image_id"]
-    reviewer = _text(form, "reviewer")
+    reviewer = decision_reviewer(request, form)
 
     def work() -> str:
         refused = actions.approve_images(ctx.registry, [image_id], reviewer)
@@ -119,7 +145,7 @@ async def reject_image(request: Request, form: FormData) -> Response:
     image_id = request.path_params["image_id"]
     categories = [c for c in form.getlist("category") if isinstance(c, str)]
     notes, edit = _text(form, "notes"), _text(form, "prompt_edit")
-    reviewer = _text(form, "reviewer")
+    reviewer = decision_reviewer(request, form)
 
     def work() -> str:
         # The edit box starts with the current prompt: unchanged means no edit (actions says so).
@@ -140,20 +166,84 @@ async def reject_image(request: Request, form: FormData) -> Response:
 async def _decide(
     request: Request, form: FormData, image_id: int, outcome: str, work: Callable[[], str]
 ) -> Response:
-    """Run a decision; a second reviewer gets 409 and the first reviewer's outcome."""
+    """Run a decision; a second reviewer gets 409 and the first reviewer's outcome. The page's
+    script also gets the character's progress towards training."""
+    ctx = _context(request)
     try:
+        if not decision_reviewer(request, form):
+            raise InvalidInputError(NO_REVIEWER)
         message = await run_in_threadpool(work)
     except ConflictError as error:
         return _decision_failed(request, form, 409, user_message(error))
     except InvalidInputError as error:
         return _decision_failed(request, form, 400, user_message(error))
     if wants_json(request):
+        progress = await run_in_threadpool(_progress, ctx, image_id)
         return JSONResponse(
-            {"ok": True, "image_id": image_id, "status": outcome, "message": message}
+            {"ok": True, "image_id": image_id, "status": outcome, "message": message, **progress}
         )
     filters = _filters(form)
     target = page_url("/approve", **filters, done=image_id, outcome=outcome)
     return RedirectResponse(target, status_code=303)
+
+
+def _progress(ctx: Any, image_id: int) -> dict[str, Any]:
+    with ctx.registry.session(readonly=True) as session:
+        image = commands.get_image(session, image_id)
+        return {
+            "character": image.character.slug,
+            "approved": pages.approved_count(session, image.character_id),
+            "needed": pages.MIN_APPROVED_IMAGES,
+        }
+
+
+def remembered_reviewer(request: Request) -> str:
+    """The name this browser gave (its cookie), or "" before it gave one."""
+    value = unquote(request.cookies.get(REVIEWER_COOKIE, ""))
+    try:
+        return commands.reviewer_name(value)
+    except InvalidInputError:
+        return ""  # no name yet, or a cookie no form of ours wrote
+
+
+def decision_reviewer(request: Request, form: FormData) -> str:
+    """Who decides: the form's reviewer field (scripts, `?reviewer=`), else the browser's."""
+    return _text(form, "reviewer") or remembered_reviewer(request)
+
+
+@csrf_protected
+async def set_reviewer(request: Request, form: FormData) -> Response:
+    """Remember the reviewer's name in this browser (asked once, before the first decision)."""
+    name = commands.reviewer_name(form.get("reviewer", ""))
+    response: Response
+    if wants_json(request):
+        response = JSONResponse({"ok": True, "reviewer": name})
+    else:
+        target = _local_target(_text(form, "next"), "/approve")
+        response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        REVIEWER_COOKIE,
+        quote(name, safe=""),
+        max_age=REVIEWER_COOKIE_AGE_S,
+        path="/",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+def image_details(request: Request) -> Response:
+    """The single-image view's data: the image, its metadata and tags, the rejections it
+    answers and the character's approved images to compare it with."""
+    ctx = _context(request)
+    image_id = request.path_params["image_id"]
+    with ctx.registry.session(readonly=True) as session:
+        details = pages.image_details(session, ctx.settings.base_model, image_id)
+    if details is None:
+        raise HTTPException(404, f"no image {image_id}")
+    for answer in details["answers"]:
+        answer["categories"] = [CATEGORY_LABELS.get(c, c) for c in answer["categories"]]
+    return JSONResponse(details, headers={"cache-control": "no-store"})
 
 
 def _decision_failed(request: Request, form: FormData, status: int, message: str) -> Response:

@@ -14,6 +14,7 @@ from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.models import Character
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected
+from lora_pipeline.review.views.approve import tagged_notice
 from lora_pipeline.review.views.common import _context, _text, render, wants_json
 
 
@@ -26,6 +27,7 @@ def gallery_page(request: Request) -> Response:
     notice = None
     if request.query_params.get("ingesting"):
         notice = "Queued for ingest: the ComfyUI output sensor takes it within a minute."
+    notice = tagged_notice(request) or notice
     return render(
         request, "gallery.html", items=items, outputs=outputs, cast=sorted(cast), notice=notice
     )
@@ -38,7 +40,7 @@ def gallery_view(request: Request) -> Response:
         item = pages.gallery_item(session, ctx.root, image_id)
     if item is None:
         raise HTTPException(404, f"no image {image_id}")
-    return render(request, "view.html", item=item)
+    return render(request, "view.html", item=item, notice=tagged_notice(request))
 
 
 @csrf_protected
