@@ -18,9 +18,11 @@ from lora_pipeline.registry import commands
 from lora_pipeline.registry.models import Feedback, Image
 from lora_pipeline.review.app import background_server
 from lora_pipeline.review.views.approve import NO_REVIEWER, REVIEWER_COOKIE
+from lora_pipeline_tests.review import test_batch_approve
 from lora_pipeline_tests.review.conftest import BASE_URL, OWN_ORIGIN, Studio, form_token
 
 JSON = {"accept": "application/json"}
+registry = test_batch_approve.registry  # the fixture: a home the CLI finds, with the cast
 PARAMS = {"seed": 4242, "steps": 20, "cfg": 6.5, "sampler": "euler", "negative_prompt": "blurry"}
 
 
@@ -284,3 +286,20 @@ def test_judging_with_keys_in_the_single_image_view(
             "Mika",
         )
     assert (tmp_path / "single-image-view.png").stat().st_size > 0
+
+
+# --- the CLI: the login name unless --reviewer says otherwise ----------------------------------
+
+
+def test_the_cli_records_the_login_name(monkeypatch: pytest.MonkeyPatch, registry) -> None:
+    from lora_pipeline.cli import main
+
+    monkeypatch.setattr("getpass.getuser", lambda: "mika")
+    first, second, third = test_batch_approve.add_images(registry, 3)
+    assert main(["review", "approve", str(first)]) == 0
+    assert main(["review", "reject", str(second), "--category", "not-solo"]) == 0
+    assert main(["review", "approve", str(third), "--reviewer", "bob"]) == 0
+    with registry.session() as session:
+        assert session.get(Image, first).reviewed_by == "mika"
+        assert session.scalar(select(Feedback.reviewer)) == "mika"
+        assert session.get(Image, third).reviewed_by == "bob"
