@@ -168,14 +168,34 @@ class Settings(BaseSettings):
     )
     # --- ingest ---
     identifier: str | None = Field(
-        None, description="`llava:<path or hub id>`, `ollama:<url>#<model>` or `reference:<clip "
-        "path>`: who is in a frame"
+        None, description="`llava:<path or hub id>`, `ollama:<url>#<model>`, `reference:<clip "
+        "path>` or `ccip:<model.onnx>[#<metrics.onnx>]`: who is in a frame; "
+        "`<reference:…|ccip:…>+<llava:…|ollama:…>` matches first and asks the VLM when unsure"
     )
     project_identifiers: Annotated[tuple[tuple[str, str], ...], NoDecode] = Field(
         (), description='per-project identifiers, JSON: `{"project-slug": "spec"}`'
     )
     reference_threshold: float = Field(
-        0.85, ge=-1, le=1, description="cosine similarity a frame needs for reference matching"
+        0.85, ge=-1, le=1, description="similarity a frame needs for reference matching (cosine; "
+        "1 − difference for a `ccip:` model); a project's `match_threshold` overrides it"
+    )
+    person_detector: str | None = Field(
+        None, description="YOLO-style ONNX anime person detector: each person in a project-mode "
+        "frame is cropped and identified on its own"
+    )
+    person_threshold: float = Field(0.5, ge=0, le=1, description="person detector score threshold")
+    head_detector: str | None = Field(
+        None, description="YOLO-style ONNX anime head detector: head and upper-body crops of a "
+        "detected person (three-stage crops) for the shot types a dataset lacks"
+    )
+    head_threshold: float = Field(0.5, ge=0, le=1, description="head detector score threshold")
+    crop_margin: float = Field(
+        0.15, ge=0, le=1, description="margin around a detected person's crop, a share of its "
+        "box's width and height"
+    )
+    whole_frames: bool = Field(
+        False, description="also put a whole frame that shows several characters into each "
+        "one's dataset (off: only single-character crops)"
     )
     near_duplicate_distance: int = Field(
         8, ge=-1, le=64, description="perceptual-hash bits that make a near-duplicate (-1: off)"
@@ -246,8 +266,8 @@ class Settings(BaseSettings):
     )
     # --- evaluation ---
     identity_model: str | None = Field(
-        None, description="CLIP vision model for the eval's identity score (default: the "
-        "`reference:` identifier's model)"
+        None, description="CLIP vision model, or `ccip:<model.onnx>[#<metrics.onnx>]`, for the "
+        "eval's identity score (default: the `reference:`/`ccip:` identifier's model)"
     )
     clip_model: str | None = Field(
         None, description="full CLIP model (path or hub id) for the eval's CLIP score"
@@ -396,7 +416,10 @@ class Settings(BaseSettings):
         reference identifier."""
         if self.identity_model:
             return self.identity_model
-        spec = self.identifier or ""
+        # The matching half of a combined `<matching>+<vlm>` identifier.
+        spec = (self.identifier or "").split("+", 1)[0]
+        if spec.startswith("ccip:"):
+            return spec
         return spec.split(":", 1)[1] if spec.startswith("reference:") else None
 
     def identifier_for(self, project_slug: str) -> str | None:

@@ -39,7 +39,9 @@ from lora_pipeline.training.service import KohyaSetup
 from lora_pipeline.vision import llava, reference
 from lora_pipeline.vision.captioner import Captioner
 from lora_pipeline.vision.captioner_factory import build_captioner
-from lora_pipeline.vision.face_detector_factory import load_face_detector
+from lora_pipeline.vision.ccip import SPEC_PREFIX as CCIP_PREFIX
+from lora_pipeline.vision.ccip import load_ccip
+from lora_pipeline.vision.face_detector_factory import load_face_detector, load_yolo_detector
 from lora_pipeline.vision.faces import FaceDetector
 from lora_pipeline.vision.reference import ReferenceIdentifier
 from lora_pipeline.vision.tagger import OnnxTagger
@@ -142,6 +144,25 @@ class ModelRuntime:
             lambda: load_face_detector(spec, score_threshold=threshold, device=device),
         )
 
+    def person_detector(self) -> FaceDetector | None:
+        """The configured anime person detector (crops per character at ingest); None unset."""
+        settings = self.settings
+        return self._yolo("person detector", settings.person_detector, settings.person_threshold)
+
+    def head_detector(self) -> FaceDetector | None:
+        """The configured anime head detector (three-stage crops); None when unset."""
+        settings = self.settings
+        return self._yolo("head detector", settings.head_detector, settings.head_threshold)
+
+    def _yolo(self, what: str, path: str | None, threshold: float) -> FaceDetector | None:
+        if not path:
+            return None
+        device = self.settings.device
+        return _loaded(
+            (what, path, threshold, device),
+            lambda: load_yolo_detector(path, what, score_threshold=threshold, device=device),
+        )
+
     def tagger(self) -> OnnxTagger | None:
         """The configured WD14 tagger; None when none is set."""
         model, tags = self.settings.tagger, self.settings.tagger_tags
@@ -167,7 +188,9 @@ class ModelRuntime:
         """The models behind the identity and CLIP scores, when configured."""
         device, identity = self.device_name(), self.settings.identity_model_id()
         embedder = None
-        if identity:
+        if identity and identity.startswith(CCIP_PREFIX):
+            embedder = _loaded(("identity", identity, device), lambda: load_ccip(identity, device))
+        elif identity:
             embedder = _loaded(
                 ("identity", identity, device),
                 lambda: ReferenceIdentifier(identity, lambda _slug: [], device=device),

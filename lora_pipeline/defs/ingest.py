@@ -134,16 +134,31 @@ def project_identifier(
 ) -> Identifier | None:
     """The identifier configured for the character's project (or given for this run)."""
     with registry.session(readonly=True) as session:
-        project_slug = commands.get_character(session, slug).project.slug
+        project = commands.get_character(session, slug).project
+        project_slug, project_settings = project.slug, dict(project.settings or {})
     spec = override or settings.identifier_for(project_slug)
     if not spec:
         return None
+    # The project's own match threshold, else the studio's.
+    threshold = project_settings.get("match_threshold")
     return build_identifier(
         spec,
         device=settings.device,
         references=registry_references(registry, root),
-        reference_threshold=settings.reference_threshold,
+        reference_threshold=settings.reference_threshold if threshold is None else threshold,
         cache_dir=root.dir("cache", "embeddings"),
+    )
+
+
+def classify_options(models: ModelsResource, settings: Settings) -> ClassifyOptions:
+    """Near-duplicate distance, and the person/head detectors that crop each character."""
+    runtime = models.runtime()
+    return ClassifyOptions(
+        near_duplicate_distance=_off_if_negative(settings.near_duplicate_distance),
+        persons=runtime.person_detector(),
+        heads=runtime.head_detector(),
+        crop_margin=settings.crop_margin,
+        whole_frames=settings.whole_frames,
     )
 
 
@@ -163,9 +178,11 @@ def classified_frames(
     models: ModelsResource,
 ) -> MaterializeResult:
     """Each frame checked once for which characters it shows; recognised frames become pending
-    images of those characters (unless they nearly repeat one), the rest are skipped."""
+    images of those characters (unless they nearly repeat one), the rest are skipped. With a
+    person detector each person is cropped and identified alone (crops per character, three-
+    stage crops for missing shot types with a head detector); a whole frame of several
+    characters goes into no dataset unless whole frames are asked for."""
     reg, root, settings = registry.get(), data_root.get(), models.settings()
-    distance = _off_if_negative(settings.near_duplicate_distance)
     with gpu_step(context, models, "batch"):
         identifier = project_identifier(
             reg, root, settings, context.partition_key, config.identifier
@@ -177,7 +194,7 @@ def classified_frames(
                 context.partition_key,
                 identifier,
                 context.log.info,
-                ClassifyOptions(near_duplicate_distance=distance),
+                classify_options(models, settings),
             )
         finally:
             close = getattr(identifier, "close", None)
@@ -193,6 +210,13 @@ def classified_frames(
             "skipped": stats.skipped,
             "near_duplicates_dropped": stats.near_duplicates,
             "per_character": MetadataValue.json(stats.per_character),
+            "multi_character_frames_left_out": stats.multi_character_frames,
+            "persons_detected": stats.persons_detected,
+            "crops_added": stats.crops_added,
+            "crops_not_solo": stats.crops_not_solo,
+            "crops_derived": stats.crops_derived,
+            "crops_ambiguous": stats.crops_ambiguous,
+            "crops_unrecognised": len(stats.unrecognised),
             **_sheet_metadata(root, stats.added_paths, "images added"),
         }
     )

@@ -55,7 +55,18 @@ def identity_similarity(
     if not references:
         raise ScoreError("identity similarity needs at least one approved reference image")
     count = len(generated)
-    vectors = _unit_rows(embedder.embed([*generated, *references]), count + len(references))
+    vectors = embedder.embed([*generated, *references])
+    own = getattr(embedder, "similarities", None)
+    if callable(own):
+        # A CCIP-style model has its own metric (1 − its difference), what the field gates on.
+        rows = np.asarray(vectors)
+        if rows.ndim != 2 or rows.shape[0] != count + len(references):
+            raise ScoreError(
+                f"the embedder returned {rows.shape} for {count + len(references)} images"
+            )
+        similarities = np.asarray(own(rows[:count], rows[count:]), dtype=np.float64)
+        return float(similarities.max(axis=1).mean())
+    vectors = _unit_rows(vectors, count + len(references))
     similarities = vectors[:count] @ vectors[count:].T
     return float(similarities.max(axis=1).mean())
 

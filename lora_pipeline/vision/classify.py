@@ -13,23 +13,35 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from PIL import Image
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from lora_pipeline.dataset.kohya_layout import MIN_PER_SHOT
+from lora_pipeline.dataset.shots import shot_type_for_ratio
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.media.images import load_image
 from lora_pipeline.media.ingest import dataset_hash_index, frame_provenance
-from lora_pipeline.media.phash import DEFAULT_NEAR_DUPLICATE_DISTANCE, HashIndex, hash_from_hex
+from lora_pipeline.media.phash import (
+    DEFAULT_NEAR_DUPLICATE_DISTANCE,
+    HashIndex,
+    hash_from_hex,
+    hash_to_hex,
+    perceptual_hash,
+)
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import Character, Frame, Source
+from lora_pipeline.registry.models import Image as ImageRow
+from lora_pipeline.vision.faces import FaceDetector
 from lora_pipeline.vision.identification import (
     CharacterProfile,
     Identification,
     Identifier,
     SourceCharacterIdentifier,
 )
+from lora_pipeline.vision.persons import PersonCrop, find_persons, head_share, stage_boxes
 from lora_pipeline.vision.reference import ReferenceImage, ReferenceSource
 
 Log = Callable[[str], None]
@@ -50,8 +62,25 @@ class IdentifierUnavailable(PipelineError, RuntimeError):
 
 @dataclass(frozen=True)
 class ClassifyOptions:
+    """`persons` (an anime person detector) turns on crops in project mode: each person is
+    identified alone and becomes a crop of its character; `heads` adds the three-stage crops a
+    dataset lacks. `whole_frames` also files a whole frame showing several characters under
+    each of them (off: such a frame goes into no dataset)."""
+
     near_duplicate_distance: int | None = DEFAULT_NEAR_DUPLICATE_DISTANCE
     batch_size: int = BATCH_SIZE
+    persons: FaceDetector | None = None
+    heads: FaceDetector | None = None
+    crop_margin: float = 0.15
+    whole_frames: bool = False
+
+
+@dataclass(frozen=True)
+class UnrecognisedCrop:
+    """A person no candidate was recognised in: material for new characters (clustering)."""
+
+    frame_id: int
+    box: tuple[int, int, int, int]
 
 
 @dataclass
@@ -66,6 +95,16 @@ class ClassificationStats:
     near_duplicates: int = 0
     per_character: dict[str, int] = field(default_factory=dict)
     added_paths: list[str] = field(default_factory=list)
+    # Whole frames showing several characters, kept out of every dataset (see whole_frames).
+    multi_character_frames: int = 0
+    persons_detected: int = 0
+    crops_added: int = 0
+    crops_not_solo: int = 0
+    # Three-stage crops (upper body, head) made for shot types a dataset lacked.
+    crops_derived: int = 0
+    # A crop in which the identifier saw more than one character: in no dataset.
+    crops_ambiguous: int = 0
+    unrecognised: list[UnrecognisedCrop] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -118,6 +157,8 @@ class _Context:
     stats: ClassificationStats
     log: Log
     dataset_indexes: dict[str, HashIndex] = field(default_factory=dict)
+    # slug -> shot type -> the character's pending and approved images of it (crop provenance).
+    shot_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def profile_of(character: Character) -> CharacterProfile:
@@ -227,10 +268,15 @@ def _classify_source(context: _Context, source: _SourceInfo, identifier: Identif
             )
             or 0
         )
-        reused = _earlier_answers(session, context.project_id, identifier, todo)
+        crops = context.options.persons is not None and source.mode == "project"
+        # A frame's answer says nothing about each person in it: crops are always identified.
+        reused = {} if crops else _earlier_answers(session, context.project_id, identifier, todo)
     size = context.options.batch_size
     for start in range(0, len(todo), size):
         batch = todo[start : start + size]
+        if crops:
+            _classify_persons(context, source, identifier, batch)
+            continue
         answers = _answers(context, identifier, batch, reused)
         with context.registry.session() as session:
             for frame, answer in zip(batch, answers, strict=True):
@@ -301,6 +347,10 @@ def _record(
     if not keep:
         context.stats.skipped += 1
         return
+    if len(keep) > 1 and not context.options.whole_frames:
+        # A LoRA trained on it would learn both characters (the guide's "not solo").
+        context.stats.multi_character_frames += 1
+        return
     for slug in keep:
         _add_image(session, context, row, frame, slug)
 
@@ -367,3 +417,182 @@ def _dataset_index(session: Session, context: _Context, slug: str) -> HashIndex:
             session, context.root, context.by_slug[slug], context.log
         )
     return context.dataset_indexes[slug]
+
+
+# --- crops of each person -----------------------------------------------------------------
+
+
+def _classify_persons(
+    context: _Context, source: _SourceInfo, identifier: Identifier, batch: Sequence[_FrameInfo]
+) -> None:
+    """Each person of each frame identified alone; a frame without persons is judged whole."""
+    options = context.options
+    assert options.persons is not None  # crop mode
+    images = [load_image(context.root.path(frame.path)) for frame in batch]
+    found = [find_persons(i, options.persons, options.crop_margin, options.heads) for i in images]
+    crop_images = [images[i].crop(c.box) for i, crops in enumerate(found) for c in crops]
+    whole = [images[i] for i, crops in enumerate(found) if not crops]
+    asked = [*crop_images, *whole]
+    answers = iter(identifier.identify(asked, context.candidates) if asked else [])
+    crop_answers = [next(answers) for _ in crop_images]
+    whole_answers = list(answers)
+    context.stats.persons_detected += len(crop_images)
+    with context.registry.session() as session:
+        row = session.get(Source, source.id)
+        assert row is not None  # the source's frames are being recorded
+        crop_index = whole_index = 0
+        for frame, image, crops in zip(batch, images, found, strict=True):
+            if not crops:
+                answer = whole_answers[whole_index]
+                whole_index += 1
+                _record(session, context, source, frame, identifier, answer)
+                continue
+            these = crop_answers[crop_index : crop_index + len(crops)]
+            crop_index += len(crops)
+            _record_persons(session, context, row, frame, image, identifier, crops, these)
+
+
+def _record_persons(
+    session: Session,
+    context: _Context,
+    source: Source,
+    frame: _FrameInfo,
+    image: Image.Image,
+    identifier: Identifier,
+    crops: Sequence[PersonCrop],
+    answers: Sequence[Identification],
+) -> None:
+    seen: list[str] = []
+    parts = []
+    for number, (crop, answer) in enumerate(zip(crops, answers, strict=True), start=1):
+        recognised = sorted(answer.slugs & context.by_slug.keys())
+        parts.append(f"person {number} {list(crop.box)}: {', '.join(recognised) or 'no one'}")
+        if len(recognised) == 1:
+            seen.append(recognised[0])
+            person = _Person(source, frame, image, crop)
+            _add_crop(session, context, person, recognised[0], answer, identifier)
+        elif recognised:
+            context.stats.crops_ambiguous += 1
+        else:
+            context.stats.unrecognised.append(UnrecognisedCrop(frame.id, crop.box))
+    summary = f"{len(crops)} person(s): " + "; ".join(parts)
+    commands.record_frame_identification(
+        session, frame.id, sorted(set(seen)), identifier.name, summary
+    )
+    context.stats.frames_classified += 1
+
+
+@dataclass(frozen=True)
+class _Person:
+    """One detected person of a frame, with what its crops are cut from."""
+
+    source: Source
+    frame: _FrameInfo
+    image: Image.Image
+    crop: PersonCrop
+
+
+def _add_crop(
+    session: Session,
+    context: _Context,
+    person: _Person,
+    slug: str,
+    answer: Identification,
+    identifier: Identifier,
+) -> None:
+    """The person's crop as a pending image of the character, then the three-stage crops of
+    the shot types its dataset lacks (marked derived)."""
+    why = {"identifier": identifier.name, "answer": answer.raw_answer[:_REASON_CHARS]}
+    crop = person.crop
+    if _add_crop_image(session, context, person, slug, crop.box, why, None):
+        context.stats.crops_added += 1
+        context.stats.crops_not_solo += crop.not_solo
+    width, height = person.image.size
+    for stage, box in stage_boxes(crop, context.options.crop_margin, width, height).items():
+        if stage == "far" or not _lacks(session, context, slug, _shot_of(box, crop)):
+            continue
+        if _add_crop_image(session, context, person, slug, box, why, stage):
+            context.stats.crops_derived += 1
+
+
+def _add_crop_image(
+    session: Session,
+    context: _Context,
+    person: _Person,
+    slug: str,
+    box: tuple[int, int, int, int],
+    why: dict[str, str],
+    stage: str | None,
+) -> bool:
+    source, frame, crop = person.source, person.frame, person.crop
+    picture = person.image.crop(box)
+    phash = perceptual_hash(picture)
+    index = _dataset_index(session, context, slug)
+    distance = context.options.near_duplicate_distance
+    if distance is not None and index.has_near(phash, distance):
+        context.stats.near_duplicates += 1
+        return False
+    stored = context.root.put_image(picture)
+    shot = _shot_of(box, crop)
+    provenance = {
+        **frame_provenance(source, frame.frame_index, frame.timestamp_s),
+        "crop": {**crop.record(), "box": list(box)},
+        "shot": shot,
+        "identification": why,
+    }
+    if stage is not None:
+        provenance["derived"] = {"from_box": list(crop.box), "stage": stage}
+    _, created = commands.add_image(
+        session,
+        context.by_slug[slug],
+        stored.sha256,
+        stored.relpath,
+        stored.width,
+        stored.height,
+        _ORIGINS.get(source.kind, "frame"),
+        provenance=provenance,
+        frame_id=frame.id,
+        source_id=source.id,
+        phash=hash_to_hex(phash),
+        status_reason="not solo: another person reaches into the crop" if crop.not_solo else None,
+    )
+    index.add(phash)
+    if created:
+        stats = context.stats
+        stats.images_added += 1
+        stats.per_character[slug] = stats.per_character.get(slug, 0) + 1
+        stats.added_paths.append(stored.relpath)
+        if shot is not None:
+            counts = _shot_counts(session, context, slug)
+            counts[shot] = counts.get(shot, 0) + 1
+    return created
+
+
+def _shot_of(box: tuple[int, int, int, int], crop: PersonCrop) -> str | None:
+    share = head_share(box, crop.head)
+    return shot_type_for_ratio(share) if share is not None else None
+
+
+def _lacks(session: Session, context: _Context, slug: str, shot: str | None) -> bool:
+    """Whether the character has fewer pending and approved images of this shot type than the
+    prep guide recommends (MIN_PER_SHOT)."""
+    if shot is None:
+        return False
+    return _shot_counts(session, context, slug).get(shot, 0) < MIN_PER_SHOT
+
+
+def _shot_counts(session: Session, context: _Context, slug: str) -> dict[str, int]:
+    if slug not in context.shot_counts:
+        provenances = session.scalars(
+            select(ImageRow.provenance).where(
+                ImageRow.character_id == context.by_slug[slug],
+                ImageRow.status.in_(("pending", "approved")),
+            )
+        )
+        counts: dict[str, int] = {}
+        for provenance in provenances:
+            shot = (provenance or {}).get("shot")
+            if isinstance(shot, str):
+                counts[shot] = counts.get(shot, 0) + 1
+        context.shot_counts[slug] = counts
+    return context.shot_counts[slug]

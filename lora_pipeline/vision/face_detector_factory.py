@@ -36,3 +36,22 @@ def load_face_detector(
     raise FaceDetectionError(
         f"face detector {spec!r} is neither a .onnx file nor 'insightface:<model root>'"
     )
+
+
+def load_yolo_detector(
+    path: str,
+    what: str,
+    *,
+    score_threshold: float = 0.5,
+    device: str = "auto",
+    layout: str = "auto",
+) -> FaceDetector:
+    """A YOLO-style ONNX person or head detector (same I/O as the face one, vision.onnx_faces,
+    whose `layout` says how to read an output with fewer candidates than values); its boxes
+    come back through the face detector interface."""
+    text = path.strip() if isinstance(path, str) else ""
+    if not text.lower().endswith(".onnx"):
+        raise FaceDetectionError(f"{what} {path!r} is not a .onnx file")
+    return OnnxFaceDetector(
+        text, score_threshold=score_threshold, device=device, what=what, layout=layout
+    )

@@ -275,13 +275,16 @@ def _truthy(verdict: Any) -> bool:
 
 # --- configuration ------------------------------------------------------------------------------
 
-IDENTIFIER_KINDS = ("llava", "ollama", "reference")
+IDENTIFIER_KINDS = ("llava", "ollama", "reference", "ccip")
+# Matching kinds compare with the character's approved images; the others ask a VLM.
+MATCHING_KINDS = ("reference", "ccip")
+COMBINED_SEPARATOR = "+"
 
 
 @dataclass(frozen=True)
 class IdentifierSpec:
-    """A parsed identifier setting: `llava:<folder|hub id>`, `ollama:<url>#<model>` or
-    `reference:<folder|hub id>`."""
+    """A parsed identifier setting: `llava:<folder|hub id>`, `ollama:<url>#<model>`,
+    `reference:<folder|hub id>` or `ccip:<features.onnx>[#<metrics.onnx>]`."""
 
     kind: str
     target: str
@@ -294,7 +297,7 @@ def parse_identifier_spec(spec: str) -> IdentifierSpec:
     if kind not in IDENTIFIER_KINDS or not rest:
         raise ValueError(
             f"invalid identifier {spec!r}: use llava:<folder or hub id>, "
-            "ollama:<url>#<model> or reference:<folder or hub id>"
+            "ollama:<url>#<model>, reference:<folder or hub id> or ccip:<model.onnx>"
         )
     if kind != "ollama":
         return IdentifierSpec(kind, rest)
@@ -302,3 +305,18 @@ def parse_identifier_spec(spec: str) -> IdentifierSpec:
     if not url.strip() or not model.strip():
         raise ValueError(f"invalid Ollama identifier {spec!r}: use ollama:<url>#<model>")
     return IdentifierSpec(kind, url.strip(), model.strip())
+
+
+def split_combined_spec(spec: str) -> tuple[str, str] | None:
+    """`<matching spec>+<vlm spec>` (reference matching first, the VLM otherwise) → the two
+    specs; None for a single identifier. Each part is validated by `parse_identifier_spec`."""
+    if COMBINED_SEPARATOR not in spec:
+        return None
+    matching, _, vlm = spec.partition(COMBINED_SEPARATOR)
+    first, second = parse_identifier_spec(matching), parse_identifier_spec(vlm)
+    if first.kind not in MATCHING_KINDS or second.kind in MATCHING_KINDS:
+        raise ValueError(
+            f"invalid combined identifier {spec!r}: use <reference:… or ccip:…>+<llava:… or "
+            "ollama:…>"
+        )
+    return matching.strip(), vlm.strip()

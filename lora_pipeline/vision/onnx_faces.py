@@ -1,4 +1,4 @@
-"""A generic YOLO-style ONNX face detector (anime face detectors are distributed this way).
+"""A generic YOLO-style ONNX detector: anime face, head and person detectors ship this way.
 
 Expected model I/O:
 - input: one float32 image tensor, NCHW `[1, 3, H, W]` (or NHWC `[1, H, W, 3]`), RGB scaled to
@@ -41,13 +41,16 @@ class OnnxFaceDetector:
         objectness: bool = False,
         layout: str = "auto",
         device: str = "auto",
+        what: str = "face detector",
     ) -> None:
+        # `what` names the model in errors: the same YOLO decoding serves person and head
+        # detectors (anime person/head/face detectors ship in this one layout).
         if not 0.0 <= score_threshold <= 1.0 or not 0.0 < iou_threshold <= 1.0:
             raise ModelLoadError("face detector thresholds must lie between 0 and 1")
         if layout not in LAYOUTS:
             raise ModelLoadError(f"face detector layout must be one of {LAYOUTS}, got {layout!r}")
         self.path = Path(model_path).expanduser()
-        self.session = open_session(self.path, "face detector", device)
+        self.session = open_session(self.path, what, device)
         self.name = f"onnx:{self.path.name}"
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold

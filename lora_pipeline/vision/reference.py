@@ -81,7 +81,10 @@ class ReferenceIdentifier:
         threshold: float = DEFAULT_THRESHOLD,
         cache_dir: Path | None = None,
         device: str = "auto",
+        embedder: Any = None,
     ) -> None:
+        """`embedder` (an object with `embed` and `similarities`, e.g. vision.ccip's) replaces
+        the CLIP model; `model` then only names the embedding cache."""
         if not -1 <= threshold <= 1:
             raise ValueError(f"a cosine threshold is within -1..1, not {threshold}")
         self.model_id = model
@@ -89,15 +92,18 @@ class ReferenceIdentifier:
         self.threshold = threshold
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = device
-        self.name = short_name("reference", model)
+        self.embedder = embedder
+        self.name = embedder.name if embedder is not None else short_name("reference", model)
         self._cache: dict[str, np.ndarray] = {}
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """L2-normalised embeddings, one row per image."""
-        import torch
-
         if not images:
             return np.zeros((0, 0), dtype=np.float32)
+        if self.embedder is not None:
+            return self.embedder.embed(images)
+        import torch
+
         model, processor = MODELS.get(self.model_id, torch_device(self.device))
         rows = []
         for start in range(0, len(images), BATCH_SIZE):
@@ -114,16 +120,7 @@ class ReferenceIdentifier:
     ) -> list[Identification]:
         if not images:
             return []
-        frames = self.embed(images)
-        scores: dict[str, np.ndarray] = {}
-        missing = []
-        for candidate in candidates:
-            refs = self._reference_embeddings(candidate.slug)
-            if refs is None:
-                missing.append(candidate.slug)
-                continue
-            # Nearest reference: a character drawn in many poses matches the closest one.
-            scores[candidate.slug] = (frames @ refs.T).max(axis=1)
+        scores, missing = self.scores(images, candidates)
         if candidates and not scores:
             # Answering "no one" would mark the frames classified for good; let them wait for
             # the first approvals instead.
@@ -133,12 +130,36 @@ class ReferenceIdentifier:
             )
         return [self._verdict(i, scores, missing) for i in range(len(images))]
 
+    def scores(
+        self, images: Sequence[Image.Image], candidates: Sequence[CharacterProfile]
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Per candidate with approved images, each image's similarity to its nearest one; and
+        the candidates without approved images."""
+        frames = self.embed(images)
+        scores: dict[str, np.ndarray] = {}
+        missing = []
+        for candidate in candidates:
+            refs = self._reference_embeddings(candidate.slug)
+            if refs is None:
+                missing.append(candidate.slug)
+                continue
+            # Nearest reference: a character drawn in many poses matches the closest one.
+            scores[candidate.slug] = self.similarities(frames, refs).max(axis=1)
+        return scores, missing
+
+    def similarities(self, queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+        """The embedder's own similarity (CCIP's metrics model), else cosine of unit rows."""
+        if self.embedder is not None:
+            return self.embedder.similarities(queries, references)
+        return queries @ references.T
+
     def _verdict(
         self, row: int, scores: dict[str, np.ndarray], missing: list[str]
     ) -> Identification:
         found = frozenset(slug for slug, s in scores.items() if s[row] >= self.threshold)
         parts = [f"{slug} {s[row]:.3f}" for slug, s in sorted(scores.items())]
-        answer = f"reference cosine (threshold {self.threshold}): " + (", ".join(parts) or "-")
+        measure = "reference cosine" if self.embedder is None else f"{self.name} similarity"
+        answer = f"{measure} (threshold {self.threshold}): " + (", ".join(parts) or "-")
         if missing:
             answer += f"; no approved images yet: {', '.join(sorted(missing))}"
         return Identification(found, answer)

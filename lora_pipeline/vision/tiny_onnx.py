@@ -3,7 +3,9 @@
 They run through the real onnxruntime (and insightface) code paths in tests, benchmarks and
 demos, where no real model may be downloaded:
 - a WD14-style tagger that scores each tag from the image's mean colour;
-- a YOLO-style face detector that finds a bright block in one 16 × 16 cell;
+- a YOLO-style face detector that finds a bright block in one 16 × 16 cell, and the same on any
+  grid (persons and heads of drawn test frames);
+- a CCIP-style character embedder and its metrics model (mean colour, projected);
 - an insightface SCRFD detector (9 outputs) that does the same at stride 16.
 onnx writes an IR version newer than onnxruntime reads, so every model is saved as IR 8.
 """
@@ -85,45 +87,96 @@ def build_tiny_face_detector(
     size `box_size(row, col)` (16 × 16 by default), so a bright block in one cell on a dark image
     gives exactly one face of a known size.
     """
+    size_of = box_size or (lambda row, col: (float(CELL), float(CELL)))
+    return build_tiny_grid_detector(
+        path, (input_size, input_size), (CELL, CELL), size_of, "tiny_face_detector"
+    )
+
+
+def build_tiny_grid_detector(
+    path: Path,
+    input_hw: tuple[int, int],
+    cell_hw: tuple[int, int],
+    box_size: BoxSize | None = None,
+    graph_name: str = "tiny_grid_detector",
+) -> Path:
+    """A YOLOv8-layout detector `[1, 3, H, W]` → `[1, 5, cells]` on a grid of `cell_hw` cells.
+
+    Each cell scores its mean brightness (0–1); its box is centred on the cell, the cell's size
+    unless `box_size(row, col)` says otherwise. A bright figure filling a cell of a dark frame is
+    one detection with exactly the cell's box: tests draw persons and heads that way.
+    """
     from onnx import TensorProto, helper
 
-    grid = input_size // CELL
-    size_of = box_size or (lambda row, col: (float(CELL), float(CELL)))
-    boxes = np.zeros((1, 4, grid * grid))
-    for row in range(grid):
-        for col in range(grid):
-            width, height = size_of(row, col)
-            boxes[0, :, row * grid + col] = (
-                col * CELL + CELL / 2,
-                row * CELL + CELL / 2,
-                width,
-                height,
-            )
+    (height, width), (cell_h, cell_w) = input_hw, cell_hw
+    rows, cols = height // cell_h, width // cell_w
+    size_of = box_size or (lambda row, col: (float(cell_w), float(cell_h)))
+    boxes = np.zeros((1, 4, rows * cols))
+    for row in range(rows):
+        for col in range(cols):
+            box_w, box_h = size_of(row, col)
+            centre = (col * cell_w + cell_w / 2, row * cell_h + cell_h / 2)
+            boxes[0, :, row * cols + col] = (*centre, box_w, box_h)
     nodes = [
-        helper.make_node("Conv", ["images", "kernel"], ["brightness"], strides=[CELL, CELL]),
+        helper.make_node("Conv", ["images", "kernel"], ["brightness"], strides=[cell_h, cell_w]),
         helper.make_node("Clip", ["brightness", "zero", "one"], ["score_map"]),
         helper.make_node("Reshape", ["score_map", "score_shape"], ["scores"]),
         helper.make_node("Concat", ["boxes", "scores"], ["output0"], axis=1),
     ]
     initializers = [
-        _tensor("kernel", np.full((1, 3, CELL, CELL), 1.0 / (3 * CELL * CELL))),
+        _tensor("kernel", np.full((1, 3, cell_h, cell_w), 1.0 / (3 * cell_h * cell_w))),
         _tensor("zero", np.array(0.0)),
         _tensor("one", np.array(1.0)),
-        _tensor("score_shape", np.array([1, 1, grid * grid]), np.int64),
+        _tensor("score_shape", np.array([1, 1, rows * cols]), np.int64),
         _tensor("boxes", boxes),
     ]
     graph = helper.make_graph(
         nodes,
-        "tiny_face_detector",
-        [
-            helper.make_tensor_value_info(
-                "images", TensorProto.FLOAT, [1, 3, input_size, input_size]
-            )
-        ],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, grid * grid])],
+        graph_name,
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, rows * cols])],
         initializers,
     )
     return _save(graph, path)
+
+
+def build_tiny_ccip(folder: Path, input_size: int = 32, dim: int = 16) -> tuple[Path, Path]:
+    """A CCIP-style pair: `feat.onnx` `[N, 3, S, S]` → `[N, dim]` and `metrics.onnx`
+    `[N, dim]` → `[N, N]` differences.
+
+    The features are the image's mean (normalised) colour through a fixed orthonormal
+    projection, so their cosine is the cosine of the mean colours: figures of one colour match,
+    of different colours do not. The difference is (1 − cosine) / 2, 0 for the same character.
+    """
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    basis, _ = np.linalg.qr(np.random.default_rng(17).normal(size=(dim, 3)))
+    value = helper.make_tensor_value_info
+    features = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["mean"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["mean", "projection"], ["output"]),
+        ],
+        "tiny_ccip_feat",
+        [value("input", TensorProto.FLOAT, ["batch", 3, input_size, input_size])],
+        [value("output", TensorProto.FLOAT, ["batch", dim])],
+        [_tensor("projection", basis.T)],
+    )
+    metrics = helper.make_graph(
+        [
+            helper.make_node("LpNormalization", ["input"], ["unit"], axis=1, p=2),
+            helper.make_node("Transpose", ["unit"], ["unit_t"], perm=[1, 0]),
+            helper.make_node("MatMul", ["unit", "unit_t"], ["cosine"]),
+            helper.make_node("Sub", ["one", "cosine"], ["distance"]),
+            helper.make_node("Mul", ["distance", "half"], ["output"]),
+        ],
+        "tiny_ccip_metrics",
+        [value("input", TensorProto.FLOAT, ["batch", dim])],
+        [value("output", TensorProto.FLOAT, ["batch", "batch"])],
+        [_tensor("one", np.array(1.0)), _tensor("half", np.array(0.5))],
+    )
+    return _save(features, folder / "feat.onnx"), _save(metrics, folder / "metrics.onnx")
 
 
 def build_tiny_scrfd(

@@ -24,6 +24,16 @@ from lora_pipeline_tests.media.conftest import (  # noqa: F401 - fixtures
     synthetic_video,
 )
 from lora_pipeline_tests.media.test_comfyui_outputs import _graph, write_output
+from lora_pipeline_tests.vision.cast import (
+    AIKO,
+    COLUMN,
+    HEAD_THRESHOLD,
+    KENJI,
+    PERSON_THRESHOLD,
+    STRANGER,
+    build_detectors,
+    draw_frame,
+)
 from lora_pipeline_tests.vision.fake_ollama import fake_ollama
 from lora_pipeline_tests.vision.test_classify import SCENES, make_video
 
@@ -107,8 +117,39 @@ def test_project_mode_sorts_into_two_characters(
         assert materialize_partition(instance, "aiko", INGEST, _config([source.id]))
     classified = _metadata(instance, "classified_frames")
     assert classified["identifier"] == "ollama:llava:13b"
-    assert classified["per_character"] == {"aiko": 2, "kenji": 2}
+    # The frame showing both goes into neither dataset (whole frames are not asked for).
+    assert classified["per_character"] == {"aiko": 1, "kenji": 1}
+    assert classified["multi_character_frames_left_out"] == 1
     assert classified["skipped"] == 1 and classified["frames_classified"] == 4
+
+
+def test_project_mode_crops_each_character_with_the_person_detector(
+    studio, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings, registry, instance = studio
+    # Six columns: the tiny detector's [1, 5, 6] output reads as YOLOv8 columns unaided.
+    persons, heads = build_detectors(tmp_path / "detectors", width=6 * COLUMN)
+    frame = tmp_path / "both.png"
+    draw_frame([(0, AIKO), (2, KENJI), (4, STRANGER)], width=6 * COLUMN).save(frame)
+    upload = store_upload(frame, DataRoot(settings.data_root))
+    with registry.session() as session:
+        source = commands.create_source(
+            session, "demo", upload.kind, upload.relpath, mode="project"
+        )
+    for name, value in (
+        ("PERSON_DETECTOR", persons), ("PERSON_THRESHOLD", PERSON_THRESHOLD),
+        ("HEAD_DETECTOR", heads), ("HEAD_THRESHOLD", HEAD_THRESHOLD),
+    ):  # fmt: skip
+        monkeypatch.setenv(f"LORA_PIPELINE_{name}", str(value))
+    with fake_ollama() as server:
+        monkeypatch.setenv("LORA_PIPELINE_IDENTIFIER", f"ollama:{server.url}#llava:13b")
+        assert materialize_partition(instance, "aiko", INGEST, _config([source.id]))
+    classified = _metadata(instance, "classified_frames")
+    assert classified["persons_detected"] == 3 and classified["crops_added"] == 2
+    # Neither has shots yet: each gets its upper-body and head crops too.
+    assert classified["crops_derived"] == 4 and classified["crops_unrecognised"] == 1
+    assert classified["per_character"] == {"aiko": 3, "kenji": 3}
+    assert "contact_sheet" in classified
 
 
 def test_project_mode_without_identifier_fails_the_run_clearly(studio, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import Frame
 from lora_pipeline.registry.models import Image as ImageRow
 from lora_pipeline.vision.classify import (
+    ClassifyOptions,
     IdentifierUnavailable,
     classify_character_sources,
     registry_references,
@@ -104,7 +105,10 @@ def test_project_mode_sorts_frames_into_characters(studio, ollama, scenes_video)
     registry, root = studio
     source_id = _ingest(registry, root, scenes_video)
     identifier = OllamaIdentifier(ollama.url, "llava:13b")
-    stats = classify_character_sources(registry, root, "aiko", identifier, lambda _: None)
+    # Whole frames asked for: the frame showing both goes to both (without it, to neither:
+    # test_persons.py).
+    whole = ClassifyOptions(whole_frames=True)
+    stats = classify_character_sources(registry, root, "aiko", identifier, lambda _: None, whole)
     assert stats.frames_classified == 4 and ollama.images_seen == 4
     assert stats.per_character == {"aiko": 2, "kenji": 2}
     assert (stats.images_added, stats.skipped, stats.near_duplicates) == (4, 1, 0)
@@ -136,7 +140,9 @@ def test_ingesting_the_same_video_again_adds_nothing(studio, ollama, scenes_vide
     stats = classify_character_sources(registry, root, "aiko", identifier, lambda _: None)
     # The same pictures were classified by the same model: answers reused, no model call.
     assert stats.frames_reused == 4 and ollama.images_seen == 4
-    assert stats.images_added == 0 and stats.near_duplicates == 4
+    # The frame showing both characters goes into neither dataset (no whole frames).
+    assert stats.images_added == 0 and stats.near_duplicates == 2
+    assert stats.multi_character_frames == 1
     assert {s: len(_images(registry, s)) for s in ("aiko", "kenji")} == before
 
 

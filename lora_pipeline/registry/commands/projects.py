@@ -46,6 +46,9 @@ _THRESHOLD_RANGES = {
     "min_clip_score": (0.0, 100.0),
     "min_quality": (0.0, 1.0),
     "min_lora_effect": (0.0, 1.0),
+    # The similarity reference matching needs in this project (LORA_PIPELINE_REFERENCE_THRESHOLD
+    # otherwise); a combined identifier asks its VLM below it.
+    "match_threshold": (-1.0, 1.0),
 }
 LICENCE_FIELDS = ("licence", "author", "source_url", "notes")
 # Seed 004: no release of the project is approved without a licence recorded.
