@@ -164,20 +164,26 @@ def _generation_runs(
     ]
 
 
+# Rejections one tick turns into runs: a burst (a reviewer rejecting a whole page, a backlog
+# after downtime) is worked through over several ticks, each of bounded cost.
+REJECTIONS_PER_TICK = 1000
+
+
 # Every 10 s, as the generation requests: a reviewer waits for the answer to a rejection, and
-# the tick is one indexed query.
+# the tick is one query on the feedback primary key, joined to the characters' slugs.
 @sensor(job=regenerate_job, minimum_interval_seconds=10, default_status=RUNNING)
 def rejection_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
     """New rejections → one regeneration run per character, carrying the rejection ids, whose
-    categories become negative prompt terms (cursor: last feedback id)."""
+    categories become negative prompt terms (cursor: last feedback id). At most
+    REJECTIONS_PER_TICK a tick; the rest carry on in the next."""
     last_id = int(context.cursor or 0)
     by_character: dict[str, list[int]] = defaultdict(list)
-    with registry.get().session() as session:
-        feedback = queries.feedback_after(session, last_id)
-        for item in feedback:
-            by_character[session.get(Character, item.character_id).slug].append(item.id)
+    with registry.get().session(readonly=True) as session:
+        rejections = queries.rejections_after(session, last_id, REJECTIONS_PER_TICK)
+    for feedback_id, slug in rejections:
+        by_character[slug].append(feedback_id)
     runs = _generation_runs(by_character, "regenerate", "feedback_ids", {"count": 1})
-    cursor = str(max([last_id] + [f.id for f in feedback]))
+    cursor = str(max([last_id] + [feedback_id for feedback_id, _ in rejections]))
     return _result(context, runs, cursor, "no new rejections")
 
 

@@ -103,6 +103,19 @@ def feedback_after(session: Session, last_id: int, limit: int | None = None) -> 
     return list(session.scalars(query.limit(_limit(limit))))
 
 
+def rejections_after(session: Session, last_id: int, limit: int) -> list[tuple[int, str]]:
+    """(feedback id, character slug) of up to `limit` rejections newer than a sensor's cursor,
+    oldest first: one query on the primary key, whatever the number of characters."""
+    query = (
+        select(Feedback.id, Character.slug)
+        .join(Character, Character.id == Feedback.character_id)
+        .where(Feedback.id > last_id)
+        .order_by(Feedback.id)
+        .limit(_limit(limit))
+    )
+    return [(row.id, row.slug) for row in session.execute(query)]
+
+
 def sources_after(
     session: Session, last_id: int, states: Sequence[str] = ("pending",)
 ) -> list[Source]:

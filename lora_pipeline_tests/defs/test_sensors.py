@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
+from lora_pipeline.defs import sensors
 from lora_pipeline.defs.resources import RegistryResource
 from lora_pipeline.defs.sensors import (
     character_partitions_sensor,
@@ -102,6 +103,28 @@ def test_rejection_sensor_requests_one_regeneration_per_character(registry, inst
         f4 = commands.reject_image(session, aiko[2], ["wrong_pose"]).id
     later = _evaluate(rejection_sensor, registry, instance, cursor=result.cursor)
     assert [r.run_key for r in later.run_requests] == [f"regenerate-aiko-{f4}"]
+
+
+def test_rejection_sensor_carries_a_burst_over_ticks(registry, instance, monkeypatch) -> None:
+    """A tick takes at most REJECTIONS_PER_TICK rejections; the next tick goes on from there
+    and none is requested twice or skipped."""
+    monkeypatch.setattr(sensors, "REJECTIONS_PER_TICK", 2)
+    images = _add_images(registry, "aiko", 3) + _add_images(registry, "kenji", 2)
+    with registry.session() as session:
+        ids = [commands.reject_image(session, i, ["bad_quality"]).id for i in images]
+    seen, cursor = [], None
+    for _ in range(3):
+        result = _evaluate(rejection_sensor, registry, instance, cursor=cursor)
+        batch = [
+            f
+            for r in result.run_requests
+            for f in r.run_config["ops"]["generated_images"]["config"]["feedback_ids"]
+        ]
+        assert len(batch) <= 2
+        seen += batch
+        cursor = result.cursor
+    assert sorted(seen) == ids
+    assert _evaluate(rejection_sensor, registry, instance, cursor=cursor).run_requests == []
 
 
 def test_a_retried_tick_repeats_the_same_run_keys(registry, instance) -> None:

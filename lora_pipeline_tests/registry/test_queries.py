@@ -87,6 +87,17 @@ def test_feedback_after_is_a_cursor(session: Session) -> None:
     assert queries.feedback_after(session, ids[-1]) == []
 
 
+def test_rejections_after_names_the_character(session: Session) -> None:
+    _, aiko, kenji = make_cast(session)
+    first = commands.reject_image(session, add(session, aiko, 1).id, "bad_quality").id
+    second = commands.reject_image(session, add(session, kenji, 2).id, "bad_quality").id
+    assert queries.rejections_after(session, 0, 10) == [(first, aiko.slug), (second, kenji.slug)]
+    assert queries.rejections_after(session, 0, 1) == [(first, aiko.slug)]
+    assert queries.rejections_after(session, first, 10) == [(second, kenji.slug)]
+    with pytest.raises(InvalidInputError, match="limit must be a positive whole number"):
+        queries.rejections_after(session, 0, 0)
+
+
 def test_sources_after_by_state(session: Session) -> None:
     make_cast(session)
     first, second, third = (
