@@ -13,6 +13,7 @@ from lora_pipeline.generation_settings import POSITIVE_WHOLE
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.models import Image
 from lora_pipeline.review.pipeline_state import RunSource
+from lora_pipeline.training.launch import TrainingSubmitter
 
 
 def cmd_review_serve(args: argparse.Namespace) -> None:
@@ -24,7 +25,22 @@ def cmd_review_serve(args: argparse.Namespace) -> None:
     check_bind(args.host, token)
     login = " (log in once with /?token=YOUR-TOKEN)" if token else ""
     print(f"review app on http://{args.host}:{args.port}/{login}", flush=True)
-    serve(current, host=args.host, port=args.port, access_token=token, runs=dagster_runs(current))
+    serve(
+        current,
+        host=args.host,
+        port=args.port,
+        access_token=token,
+        runs=dagster_runs(current),
+        submit_training=training_queue(current),
+    )
+
+
+def training_queue(current: Settings) -> TrainingSubmitter:
+    """The Train tab's Start: `train`'s own helper, handed over since the app may not import
+    Dagster."""
+    from lora_pipeline.cli.runs import submit_training
+
+    return lambda request: submit_training(current, request)
 
 
 def dagster_runs(current: Settings) -> RunSource:

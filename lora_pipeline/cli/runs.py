@@ -14,8 +14,9 @@ from datetime import timedelta
 from lora_pipeline import actions
 from lora_pipeline.cli.common import CliError, Subcommands, login_name, registry, settings, typed
 from lora_pipeline.config import Settings
-from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
-from lora_pipeline.dataset.selection import DatasetSelection, SelectionError, image_tags
+from lora_pipeline.dataset.caption_strategies import parse_strategy
+from lora_pipeline.dataset.captions import CaptionError
+from lora_pipeline.dataset.selection import DatasetSelection, SelectionError
 from lora_pipeline.generation.service import (
     DEFAULT_STUCK_MINUTES,
     MAX_REQUEST_COUNT,
@@ -28,8 +29,8 @@ from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.commands.images import ASSET_TYPE_PREFIX
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import JOB_STATUSES, GenerationJob
+from lora_pipeline.training.launch import TRAINING_JOB, TrainingRequest, check_can_train
 
-TRAINING_JOB = "training_job"
 # `train` options → the trained_lora launchpad field they set.
 TRAIN_OPTIONS = {
     "epochs": Limit(1, 10_000, whole=True),
@@ -105,34 +106,38 @@ def _generate_now(current: Settings, store: Registry, slug: str, job_ids: list[i
 
 def cmd_train(args: argparse.Namespace) -> None:
     current = settings()
-    selection = _selection(args)
-    _check_can_train(current, registry(current), args.character, selection)
-    config = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name)}
+    options: dict[str, object] = {
+        name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name)
+    }
     if args.backend:
-        config["backend"] = args.backend
+        options["backend"] = args.backend
     if args.no_samples:
-        config["samples"] = False
-    from lora_pipeline.defs.instance import open_instance, submit_job_run
-
-    instance = open_instance(current.dagster_home)
-    run_id = submit_job_run(
-        instance,
-        TRAINING_JOB,
+        options["samples"] = False
+    request = TrainingRequest(
         args.character,
-        {
-            "ops": {
-                "trained_lora": {"config": config},
-                "approved_dataset": {
-                    "config": {"tags": list(selection.tags), "tag_match": selection.match}
-                },
-            }
-        },
-        {"lora_pipeline/started_by": f"cli:{login_name()}"},
+        _selection(args),
+        options,
+        caption_strategy=_caption_strategy(args.caption),
+        started_by=f"cli:{login_name()}",
     )
+    run_id = submit_training(current, request)
     print(
         f"training of {args.character} queued as run {run_id}: the daemon starts it when the "
         f"GPU is free (`lora-pipeline runs --character {args.character}`; in the UI "
         f"{current.dagster_ui_url.rstrip('/')}/runs/{run_id})"
+    )
+
+
+def submit_training(current: Settings, request: TrainingRequest) -> str:
+    """Check the request, then put its run in the instance's queue (what `dagster job launch`
+    does); the daemon starts it under the GPU pool. The one way a training is started by hand:
+    `train` here, and the review app's Train tab, which `review` hands this to."""
+    check_can_train(current, registry(current), request)
+    from lora_pipeline.defs.instance import open_instance, submit_job_run
+
+    instance = open_instance(current.dagster_home)
+    return submit_job_run(
+        instance, TRAINING_JOB, request.character, request.run_config(), request.tags()
     )
 
 
@@ -145,27 +150,15 @@ def _selection(args: argparse.Namespace) -> DatasetSelection:
         raise CliError(str(error)) from None
 
 
-def _check_can_train(
-    current: Settings, store: Registry, slug: str, selection: DatasetSelection
-) -> None:
-    """The prerequisites, each refused in one line before anything is queued."""
-    with store.session(readonly=True) as session:
-        character = commands.get_character(session, slug)
-        approved = [
-            image
-            for image in queries.approved_images(session, character.id)
-            if selection.accepts(image_tags(image.provenance or {}, image.origin))
-        ]
-    if len(approved) < MIN_APPROVED_IMAGES:
-        rule = f" matching {', '.join(selection.tags)}" if selection.tags else ""
-        raise CliError(
-            f"{slug} has {len(approved)}/{MIN_APPROVED_IMAGES} approved images{rule}: approve "
-            "more first (`lora-pipeline review list`)"
-        )
-    from lora_pipeline.model_runtime import ModelRuntime
-
-    # Its project's profile checkpoint, else the configured one; neither: one line.
-    ModelRuntime(current).for_character(slug, store).base_model_id()
+def _caption_strategy(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        # Checked here, not after the run waited for the GPU; `auto` needs no tagger to parse.
+        parse_strategy(text, tagger_available=True)
+    except CaptionError as error:
+        raise CliError(str(error)) from None
+    return text.strip().lower()
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
@@ -266,6 +259,12 @@ def register(sub: Subcommands) -> None:
     )
     train.add_argument("--tag-any", action="store_true", help="any of the --tag tags, not all")
     train.add_argument("--asset-type", help="only approved images of this asset type")
+    train.add_argument(
+        "--caption",
+        metavar="STRATEGY",
+        help="caption strategy: auto, design, tags, vlm or parts joined by + (default: "
+        "LORA_PIPELINE_CAPTION_STRATEGY)",
+    )
     train.set_defaults(func=cmd_train)
 
     runs = sub.add_parser("runs", help="the newest Dagster runs and where they are")

@@ -197,6 +197,37 @@ def caption_dataset(version_dir: Path, manifest: dict[str, Any], plan: CaptionPl
     return caption_set
 
 
+def preview_captions(
+    images: Sequence[Image.Image], trigger_word: str, plan: CaptionPlan
+) -> list[str]:
+    """The captions the strategy gives a few images, as `caption_dataset` makes them but without
+    a published version (the Train tab's preview). Tags shared by every image are not pruned:
+    that needs the whole dataset, so the real captions can be shorter."""
+    trigger = _checked_trigger(trigger_word)
+    _check_sources(plan)
+    observations = [_Observation() for _ in images]
+    names = [f"image {number}" for number in range(1, len(images) + 1)]
+    if "tags" in plan.strategy and images:
+        results = plan.tagger.tag(list(images))
+        if len(results) != len(images):
+            raise CaptionError(f"tagger {plan.tagger.name!r} returned {len(results)} results")
+        for observation, result in zip(observations, results, strict=True):
+            observation.tags = result
+    if "vlm" in plan.strategy and images:
+        for observation, text in zip(
+            observations, _vlm_texts(plan.captioner, names, list(images)), strict=True
+        ):
+            observation.vlm = clean_caption(text) or None
+    taxonomy = plan.taxonomy or default_taxonomy()
+    blacklist = {format_tag(tag).casefold() for tag in plan.blacklist}
+    return [
+        _image_caption(
+            trigger, plan, observation, _caption_tags(observation, plan, blacklist), taxonomy
+        ).caption
+        for observation in observations
+    ]
+
+
 def load_caption_set(version_dir: Path, manifest: dict[str, Any]) -> CaptionSet:
     """Read back `captions/captions.json`; captions written without one get concepts now."""
     captions = load_captions(version_dir, manifest)

@@ -1,4 +1,4 @@
-"""The review web app: Characters, Approve, Generate, Gallery, Ingest and Releases tabs.
+"""The review web app: Characters, Approve, Generate, Gallery, Ingest, Releases and Train tabs.
 
 `create_app(settings)` builds the Starlette application; `serve(settings)` runs it with uvicorn
 on 127.0.0.1 (`lora-pipeline review`). Binding any other address needs an access token.
@@ -58,6 +58,7 @@ from lora_pipeline.review.security import (
     load_secret,
     message_page,
 )
+from lora_pipeline.training.launch import TrainingSubmitter
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_PORT = 8765
@@ -149,6 +150,9 @@ def routes() -> list[BaseRoute]:
         Route("/echo-brain/chat", views.echo_brain_chat, methods=["POST"]),
         Route("/echo-brain/enhance", views.echo_brain_enhance, methods=["POST"]),
         Route("/echo-brain/accept", views.echo_brain_accept, methods=["POST"]),
+        Route("/train", views.train_page),
+        Route("/train", views.start_training, methods=["POST"]),
+        Route("/train/plan.json", views.train_plan_json),
         Route("/state.json", views.state_json),
         Route("/state/{slug}/sample", views.training_sample),
         Route("/healthz", views.healthz),
@@ -293,12 +297,15 @@ def create_app(
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
     cancel_prompt: Callable[[str], object] | None = None,
     runs: RunSource | None = None,
+    submit_training: TrainingSubmitter | None = None,
 ) -> Starlette:
     """The review app on the registry and data root of `settings`.
 
     With `access_token`, every request must carry it (cookie after `/?token=…`, or a bearer
     header); without one, only requests addressed to `allowed_hosts` are answered.
-    `cancel_prompt` overrides how a stuck job's ComfyUI prompt is stopped.
+    `cancel_prompt` overrides how a stuck job's ComfyUI prompt is stopped; `runs` and
+    `submit_training` are the Dagster instance's runs and its queue, from whoever may import
+    Dagster (`lora-pipeline review`).
     """
     settings.ensure_dirs()
     if access_token is not None:
@@ -353,6 +360,7 @@ def create_app(
         thumbnails=Thumbnails(root, budget),
         cancel_prompt=cancel_prompt if cancel_prompt is not None else comfyui_canceller(settings),
         runs=runs,
+        submit_training=submit_training,
     )
     return app
 
@@ -376,13 +384,17 @@ def serve(
     access_token: str | None = None,
     log_level: str = "info",
     runs: RunSource | None = None,
+    submit_training: TrainingSubmitter | None = None,
 ) -> None:
-    """Run the review app until interrupted; `runs` gives it the Dagster runs to show."""
+    """Run the review app until interrupted; `runs` gives it the Dagster runs to show and
+    `submit_training` the queue the Train tab puts its runs in."""
     import uvicorn
 
     check_bind(host, access_token)
     # Behind a token, any Host header is fine: the token is what keeps strangers out.
-    app = create_app(settings, access_token=access_token, runs=runs)
+    app = create_app(
+        settings, access_token=access_token, runs=runs, submit_training=submit_training
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 

@@ -67,6 +67,7 @@ def test_every_post_route_is_listed() -> None:
         "/reviewer",
         "/suggestions/1/accept",
         "/suggestions/1/dismiss",
+        "/train",
     ]
 
 

@@ -660,3 +660,60 @@
   }
   setTimeout(poll, POLL_MS);
 })();
+
+// Train tab (seed 003's wizard): each change asks /train/plan.json for the image count, shot
+// distribution, caption preview, presets and the line of any step that cannot go on, and
+// mirrors the choices into the Start form.
+(function trainWizard() {
+  const form = document.getElementById("train-form");
+  if (!form) return;
+  const byId = (id) => document.getElementById(id);
+  let timer = null;
+  function choices() {
+    const data = new FormData(form);
+    return new URLSearchParams([...data.entries()].map(([k, v]) => [k, String(v)]));
+  }
+  function show(plan) {
+    const count = byId("train-count");
+    if (count) count.querySelector("strong").textContent = String(plan.count);
+    for (const cell of document.querySelectorAll("#train-shots td[data-shot]")) {
+      cell.textContent = String(plan.shots[cell.dataset.shot] || 0);
+    }
+    const captions = byId("train-captions");
+    if (captions) {
+      captions.replaceChildren(...plan.captions.map((text) => {
+        const item = document.createElement("li");
+        item.textContent = text;
+        return item;
+      }));
+    }
+    for (const preset of plan.presets) {
+      const span = document.querySelector(`.preset-steps[data-preset="${preset.name}"]`);
+      if (span) span.textContent = `${preset.epochs} epochs, ${preset.steps} steps, ${preset.estimate}`;
+    }
+    for (const step of ["checkpoint", "dataset", "captions", "preset"]) {
+      const line = byId(`problem-${step}`);
+      if (!line) continue;
+      line.textContent = plan.problems[step] || "";
+      line.hidden = !plan.problems[step];
+    }
+    const start = byId("train-start");
+    if (start) start.disabled = !plan.ready;
+    const ready = byId("train-ready");
+    if (ready) ready.textContent = plan.ready ? "ready" : "fix the step marked above first";
+    const params = choices();
+    for (const mirror of document.querySelectorAll("input[data-mirror]")) {
+      mirror.value = params.get(mirror.dataset.mirror) || "";
+    }
+  }
+  async function refresh() {
+    const response = await fetch(`/train/plan.json?${choices()}`, { headers: { accept: "application/json" } });
+    if (response.ok) {
+      show(await response.json());
+      document.body.dataset.planUpdated = String(Date.now());
+    }
+  }
+  form.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(refresh, 250); });
+  // A new character changes every step: load its page.
+  byId("train-character").addEventListener("change", () => form.submit());
+})();

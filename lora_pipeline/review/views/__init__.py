@@ -48,6 +48,7 @@ from lora_pipeline.review.views.releases import (
 )
 from lora_pipeline.review.views.state import state_json, training_sample
 from lora_pipeline.review.views.tags import tag_images_action
+from lora_pipeline.review.views.train import start_training, train_page, train_plan_json
 
 __all__ = [
     "ReviewContext",
@@ -84,8 +85,11 @@ __all__ = [
     "request_generation_action",
     "retry_ingest_action",
     "set_reviewer",
+    "start_training",
     "state_json",
     "tag_images_action",
+    "train_page",
+    "train_plan_json",
     "training_sample",
     "wants_json",
 ]

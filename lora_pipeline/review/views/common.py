@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from starlette.datastructures import FormData
@@ -16,6 +16,7 @@ from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.review.decoding import PixelBudget, Thumbnails
 from lora_pipeline.review.pipeline_state import RunSource
+from lora_pipeline.training.launch import TrainingSubmitter
 
 Found = TypeVar("Found")
 
@@ -36,6 +37,11 @@ class ReviewContext:
     cancel_prompt: Callable[[str], object] | None = None
     # The Dagster runs (queued, running) for the pipeline state; None: registry and files only.
     runs: RunSource | None = None
+    # Queues a training as `lora-pipeline train` does (handed over by `lora-pipeline review`,
+    # since the app never imports Dagster); None: the Train tab cannot start one.
+    submit_training: TrainingSubmitter | None = None
+    # The Train tab's shot of each (face detector, picture), found once.
+    shot_cache: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def _context(request: Request) -> ReviewContext:
