@@ -40,7 +40,7 @@ from lora_pipeline.vision import llava, reference
 from lora_pipeline.vision.captioner import Captioner
 from lora_pipeline.vision.captioner_factory import build_captioner
 from lora_pipeline.vision.ccip import SPEC_PREFIX as CCIP_PREFIX
-from lora_pipeline.vision.ccip import load_ccip
+from lora_pipeline.vision.ccip import CcipEmbedder, load_ccip
 from lora_pipeline.vision.face_detector_factory import load_face_detector, load_yolo_detector
 from lora_pipeline.vision.faces import FaceDetector
 from lora_pipeline.vision.reference import ReferenceIdentifier
@@ -186,16 +186,23 @@ class ModelRuntime:
 
     def eval_scorers(self) -> EvalScorers:
         """The models behind the identity and CLIP scores, when configured."""
+        device = self.device_name()
+        return EvalScorers(
+            embedder=self.identity_embedder(), clip_model=self.settings.clip_model, device=device
+        )
+
+    def identity_embedder(self) -> CcipEmbedder | ReferenceIdentifier | None:
+        """The model that says who a picture shows (CCIP-style or CLIP): the eval's identity
+        score and the clustering of unrecognised crops; None when none is configured."""
         device, identity = self.device_name(), self.settings.identity_model_id()
-        embedder = None
-        if identity and identity.startswith(CCIP_PREFIX):
-            embedder = _loaded(("identity", identity, device), lambda: load_ccip(identity, device))
-        elif identity:
-            embedder = _loaded(
-                ("identity", identity, device),
-                lambda: ReferenceIdentifier(identity, lambda _slug: [], device=device),
-            )
-        return EvalScorers(embedder=embedder, clip_model=self.settings.clip_model, device=device)
+        if not identity:
+            return None
+        if identity.startswith(CCIP_PREFIX):
+            return _loaded(("identity", identity, device), lambda: load_ccip(identity, device))
+        return _loaded(
+            ("identity", identity, device),
+            lambda: ReferenceIdentifier(identity, lambda _slug: [], device=device),
+        )
 
     # --- ComfyUI ---
 

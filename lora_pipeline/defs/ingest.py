@@ -18,10 +18,12 @@ from lora_pipeline.media.uploads import sweep_incoming
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.vision.classify import (
+    ClassificationStats,
     ClassifyOptions,
     classify_character_sources,
     registry_references,
 )
+from lora_pipeline.vision.clustering import cluster_project
 from lora_pipeline.vision.identification import Identifier
 from lora_pipeline.vision.identifier_factory import build_identifier
 
@@ -200,6 +202,7 @@ def classified_frames(
             close = getattr(identifier, "close", None)
             if close is not None:
                 close()
+        clustered = _cluster_unrecognised(context, reg, root, models, stats)
     return MaterializeResult(
         metadata={
             "identifier": identifier.name if identifier else "source character (none configured)",
@@ -217,6 +220,28 @@ def classified_frames(
             "crops_derived": stats.crops_derived,
             "crops_ambiguous": stats.crops_ambiguous,
             "crops_unrecognised": len(stats.unrecognised),
+            **clustered,
             **_sheet_metadata(root, stats.added_paths, "images added"),
         }
     )
+
+
+def _cluster_unrecognised(
+    context: AssetExecutionContext,
+    registry: Registry,
+    root: DataRoot,
+    models: ModelsResource,
+    stats: ClassificationStats,
+) -> dict:
+    """New unrecognised crops re-cluster the project (with the identity model, when set)."""
+    embedder = models.runtime().identity_embedder() if stats.unrecognised else None
+    if embedder is None:
+        return {}
+    with registry.session(readonly=True) as session:
+        project = commands.get_character(session, context.partition_key).project.slug
+    found = cluster_project(registry, root, project, embedder, context.log.info)
+    return {
+        "crops_clustered": found.crops - found.noise,
+        "candidate_characters": found.clusters,
+        "new_candidates": found.new_candidates,
+    }

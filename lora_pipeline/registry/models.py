@@ -40,6 +40,8 @@ MODEL_KINDS = ("checkpoint", "lora", "vlm", "tagger", "face_detector", "embeddin
 RELEASE_SCOPES = ("project", "baseline")
 # "unverified": nothing failed, but nothing measured whether the LoRA draws the character.
 EVAL_VERDICTS = ("pending", "pass", "fail", "unverified")
+# A candidate character found among unrecognised crops: open until labelled or dismissed.
+CLUSTER_STATUSES = ("open", "labelled", "dismissed")
 
 # Explicit constraint names: Alembic can only alter or drop a constraint it can name, and
 # SQLite batch migrations need the names to be the same on every database.
@@ -415,3 +417,50 @@ class ComfyuiOutputFile(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
     __table_args__ = (UniqueConstraint("relpath", "size", "mtime_ns"),)
+
+
+class CandidateCluster(Base):
+    """A candidate character: unrecognised crops of a project that look alike (HDBSCAN over
+    their embeddings). Labelling it as a character makes its crops pending images of that
+    character; a labelled or dismissed cluster keeps its crops when the project is clustered
+    again, and new crops close to it join it."""
+
+    __tablename__ = "candidate_clusters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    character_id: Mapped[int | None] = mapped_column(ForeignKey("characters.id"), nullable=True)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    # The contact sheet of its crops, relative to the data root.
+    contact_sheet: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Mean unit embedding of its crops, in the embedder's space.
+    centroid: Mapped[list[Any] | None] = mapped_column(NullableJSON, nullable=True)
+    embedder: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class UnrecognisedCrop(Base):
+    """A person cropped from a project-mode frame whom no character was recognised in."""
+
+    __tablename__ = "unrecognised_crops"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    # Where in the frame, and the frame's source (as an image's provenance says it).
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    embedding: Mapped[list[Any] | None] = mapped_column(NullableJSON, nullable=True)
+    embedder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cluster_id: Mapped[int | None] = mapped_column(
+        ForeignKey("candidate_clusters.id"), nullable=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+    # The same picture seen again (a rerun, another source) is one crop.
+    __table_args__ = (UniqueConstraint("project_id", "sha256"),)

@@ -31,6 +31,7 @@ from lora_pipeline.media.phash import (
 )
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands, queries
+from lora_pipeline.registry.commands import clusters as cluster_commands
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import Character, Frame, Source
 from lora_pipeline.registry.models import Image as ImageRow
@@ -76,7 +77,7 @@ class ClassifyOptions:
 
 
 @dataclass(frozen=True)
-class UnrecognisedCrop:
+class UnrecognisedPerson:
     """A person no candidate was recognised in: material for new characters (clustering)."""
 
     frame_id: int
@@ -104,7 +105,7 @@ class ClassificationStats:
     crops_derived: int = 0
     # A crop in which the identifier saw more than one character: in no dataset.
     crops_ambiguous: int = 0
-    unrecognised: list[UnrecognisedCrop] = field(default_factory=list)
+    unrecognised: list[UnrecognisedPerson] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -474,7 +475,7 @@ def _record_persons(
         elif recognised:
             context.stats.crops_ambiguous += 1
         else:
-            context.stats.unrecognised.append(UnrecognisedCrop(frame.id, crop.box))
+            _keep_unrecognised(session, context, _Person(source, frame, image, crop), answer)
     summary = f"{len(crops)} person(s): " + "; ".join(parts)
     commands.record_frame_identification(
         session, frame.id, sorted(set(seen)), identifier.name, summary
@@ -566,6 +567,24 @@ def _add_crop_image(
             counts = _shot_counts(session, context, slug)
             counts[shot] = counts.get(shot, 0) + 1
     return created
+
+
+def _keep_unrecognised(
+    session: Session, context: _Context, person: _Person, answer: Identification
+) -> None:
+    """A person no candidate was recognised in, kept for clustering into new characters."""
+    crop = person.crop
+    stored = context.root.put_image(person.image.crop(crop.box))
+    provenance = {
+        **frame_provenance(person.source, person.frame.frame_index, person.frame.timestamp_s),
+        "crop": crop.record(),
+        "identification": {"answer": answer.raw_answer[:_REASON_CHARS]},
+    }
+    cluster_commands.add_unrecognised_crop(
+        session, person.frame.id, stored.sha256, stored.relpath, stored.width, stored.height,
+        provenance,
+    )  # fmt: skip
+    context.stats.unrecognised.append(UnrecognisedPerson(person.frame.id, crop.box))
 
 
 def _shot_of(box: tuple[int, int, int, int], crop: PersonCrop) -> str | None:

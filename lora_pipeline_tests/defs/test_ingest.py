@@ -150,6 +150,7 @@ def test_project_mode_crops_each_character_with_the_person_detector(
     assert classified["crops_derived"] == 4 and classified["crops_unrecognised"] == 1
     assert classified["per_character"] == {"aiko": 3, "kenji": 3}
     assert "contact_sheet" in classified
+    assert "candidate_characters" not in classified  # no identity model: nothing clustered
 
 
 def test_project_mode_without_identifier_fails_the_run_clearly(studio, tmp_path: Path) -> None:

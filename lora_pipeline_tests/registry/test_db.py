@@ -44,9 +44,11 @@ EXPECTED_TABLES = {
     "evals",
     "prompt_suggestions",
     "comfyui_output_files",
+    "candidate_clusters",
+    "unrecognised_crops",
 }
 # The newest migration shipped with the package.
-HEAD = "0007"
+HEAD = "0008"
 
 
 def schema_diff(url: str, metadata: MetaData) -> list[object]:
