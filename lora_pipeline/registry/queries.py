@@ -51,6 +51,17 @@ def character_slugs(session: Session) -> list[str]:
     return list(session.scalars(select(Character.slug).order_by(Character.slug)))
 
 
+def characters_after(session: Session, last_id: int, limit: int) -> list[tuple[int, str]]:
+    """(id, slug) of up to `limit` characters newer than a sensor's cursor, oldest first."""
+    query = (
+        select(Character.id, Character.slug)
+        .where(Character.id > last_id)
+        .order_by(Character.id)
+        .limit(_limit(limit))
+    )
+    return [(row.id, row.slug) for row in session.execute(query)]
+
+
 def image_counts(session: Session, character_id: int) -> dict[str, int]:
     """Number of images of the character per status; every status is present."""
     counts = dict.fromkeys(IMAGE_STATUSES, 0)

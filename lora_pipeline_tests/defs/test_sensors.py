@@ -79,6 +79,23 @@ def test_character_sensor_adds_only_new_partitions(registry, instance) -> None:
     assert list(request.partition_keys) == ["mio"]
 
 
+def test_character_sensor_reads_only_characters_after_its_cursor(
+    registry, instance, monkeypatch
+) -> None:
+    monkeypatch.setattr(sensors, "CHARACTERS_PER_TICK", 1)
+    first = _evaluate(character_partitions_sensor, registry, instance)
+    assert list(first.dynamic_partitions_requests[0].partition_keys) == ["aiko"]
+    second = _evaluate(character_partitions_sensor, registry, instance, cursor=first.cursor)
+    assert list(second.dynamic_partitions_requests[0].partition_keys) == ["kenji"]
+    instance.add_dynamic_partitions("character", ["aiko", "kenji"])
+    idle = _evaluate(character_partitions_sensor, registry, instance, cursor=second.cursor)
+    assert idle.dynamic_partitions_requests == [] and idle.cursor == second.cursor
+    with registry.session() as session:
+        commands.add_character(session, "demo", "mio", "Mio")
+    later = _evaluate(character_partitions_sensor, registry, instance, cursor=idle.cursor)
+    assert list(later.dynamic_partitions_requests[0].partition_keys) == ["mio"]
+
+
 def test_rejection_sensor_requests_one_regeneration_per_character(registry, instance) -> None:
     aiko = _add_images(registry, "aiko", 3)
     kenji = _add_images(registry, "kenji", 1)
