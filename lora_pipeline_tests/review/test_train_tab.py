@@ -149,3 +149,51 @@ def test_start_queues_the_run_as_lora_pipeline_train_does(cast: Path) -> None:
         }
         assert ops["captions"]["config"] == {"strategy": "design"}
         assert ops["trained_lora"]["config"] == {"epochs": 10, "rank": 16}  # quick, 10 images
+
+
+def test_the_wizard_in_chromium_queues_a_real_run(cast: Path, browser, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    from lora_pipeline.cli.review import training_queue
+    from lora_pipeline.review.app import background_server
+
+    settings = Settings.current()
+    registry = Registry(settings.database_url)
+    with registry.session() as session:
+        aiko = commands.get_character(session, "aiko")
+        for n in range(12):
+            image, _ = commands.add_image(
+                session, aiko.id, f"{n:064x}", f"images/a{n}.png", 64, 64, "generated"
+            )
+            commands.approve_image(session, image.id)
+        commands.tag_images(session, list(range(1, 11)), ["style:anime"], [], None)
+    registry.dispose()
+    app = create_app(settings, submit_training=training_queue(settings))
+    with background_server(app) as base:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{base}/train")
+        page.select_option("#train-character", "aiko")
+        page.wait_for_selector("#train-count")
+        assert page.inner_text("#train-count strong") == "12"
+        page.fill("#train-tags", "style:nothing")
+        expect(page.locator("#problem-dataset")).to_contain_text("0/10 approved images")
+        expect(page.locator("#train-start")).to_be_disabled()
+        page.fill("#train-tags", "style:anime")
+        expect(page.locator("#train-count strong")).to_have_text("10")
+        expect(page.locator("#train-start")).to_be_enabled()
+        page.check("input[name=preset][value=quick]")
+        expect(page.locator("input[data-mirror=preset]")).to_have_value("quick")
+        page.screenshot(path=str(tmp_path / "train-wizard.png"), full_page=True)
+        page.click("#train-start")
+        page.wait_for_selector("p.notice")
+        notice = page.inner_text("p.notice")
+        page.screenshot(path=str(tmp_path / "train-queued.png"), full_page=True)
+        context.close()
+    run_id = notice.split("queued as run ")[1].split(";")[0]
+    with open_instance(cast / "dagster_home") as instance:
+        queued = instance.get_run_by_id(run_id)
+        assert queued.status == DagsterRunStatus.QUEUED
+        ops = queued.run_config["ops"]
+        assert ops["approved_dataset"]["config"]["tags"] == ["style:anime"]
+        assert ops["trained_lora"]["config"] == {"epochs": 10, "rank": 16}
