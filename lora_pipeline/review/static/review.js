@@ -270,7 +270,7 @@
   // character's approved images; the card's own approve/reject forms move into it while shown.
   function makeViewer(box) {
     if (!box) return null;
-    const image = box.querySelector("#viewer-image");
+    let image = box.querySelector("#viewer-image");
     const slot = box.querySelector("#viewer-actions");
     const details = new Map();
     const ZOOM_STEP = 1.25;
@@ -293,10 +293,27 @@
       return details.get(id);
     }
 
+    // The next image, fetched and decoded while this one is judged: that element itself is
+    // shown next, so nothing is decoded again.
+    let preloaded = null;
+    function picture(id) {
+      const element = new Image();
+      element.src = "/images/" + id;
+      element.dataset.imageId = id;
+      return element;
+    }
     function preload(card) {
       if (!card) return;
       load(card).catch(() => {});
-      new Image().src = "/images/" + card.dataset.imageId;
+      preloaded = picture(card.dataset.imageId);
+      preloaded.decode().catch(() => {});
+    }
+    function pictureFor(id) {
+      const ready = preloaded && preloaded.dataset.imageId === id ? preloaded : picture(id);
+      preloaded = null;
+      ready.id = "viewer-image";
+      ready.alt = "image " + id + " at full size";
+      return ready;
     }
 
     function putBack() {
@@ -380,8 +397,9 @@
       const actions = card.querySelector(".actions");
       if (actions) slot.append(actions);
       box.querySelector("#viewer-title").textContent = card.querySelector("h2").textContent;
-      image.alt = "image " + id + " at full size";
-      image.src = "/images/" + id;
+      const next = pictureFor(id);
+      image.replaceWith(next);
+      image = next;
       zoom(0);
       try {
         const [data] = await Promise.all([load(card), image.decode().catch(() => {})]);
@@ -442,7 +460,9 @@
       }
     }
 
-    image.addEventListener("click", () => zoom(scale === 0 ? 1 : 0));
+    box.querySelector(".viewer-stage").addEventListener("click", (event) => {
+      if (event.target === image) zoom(scale === 0 ? 1 : 0);
+    });
     return {
       show: show,
       close: close,
