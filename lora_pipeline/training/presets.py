@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.training.defaults import smart_defaults
 from lora_pipeline.training.status import STATUS_DIR, read_status
 
@@ -41,7 +42,7 @@ PRESETS = {
 DEFAULT_PRESET = "standard"
 
 
-class PresetError(ValueError):
+class PresetError(PipelineError, ValueError):
     pass
 
 
