@@ -3,7 +3,8 @@
 The demo and the tests need a real diffusers pipeline that loads, generates and trains through the
 same code as a full SD1.5 checkpoint, without downloading anything. This builds one of about 6 MB
 (the recipe is in shared/reference/tiny-models.md): a byte-level CLIP tokenizer written from
-scratch, a 2-layer CLIP text encoder, a 2-block UNet and VAE, and the SD1.5 Euler scheduler.
+scratch, a 2-layer CLIP text encoder, a 2-block UNet and VAE, and the SD1.5 Euler scheduler
+(`tiny_sd_pipeline`; the toy world reuses it with its own VAE).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,13 +67,25 @@ def tiny_clip_text_config(tokenizer, projection_dim: int = 32):  # -> CLIPTextCo
     )
 
 
-def _build_pipeline(scratch: Path):  # -> StableDiffusionPipeline
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
+def tiny_vae():  # -> AutoencoderKL
+    """The tests' VAE: two blocks, so 64 px images become 32×32 latents."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=32,
     )
+
+
+def tiny_sd_pipeline(scratch: Path, vae_factory: Callable[[], Any] = tiny_vae):
+    """An untrained StableDiffusionPipeline with SD1.5's architecture, a few MB: the tests'
+    random model and the toy world's base (which brings its own VAE). The parts are made in a
+    fixed order (tokenizer, text encoder, UNet, VAE), so a seed fixes every weight."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     tokenizer = tiny_clip_tokenizer(scratch)
@@ -85,14 +100,7 @@ def _build_pipeline(scratch: Path):  # -> StableDiffusionPipeline
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=32,
-    )
+    vae = vae_factory()
     # steps_offset=1 as in the SD1.5 scheduler config (diffusers warns about 0).
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
@@ -123,7 +131,7 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
     with tempfile.TemporaryDirectory() as work, atomic_folder(folder, replace=False) as staging:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            pipeline = _build_pipeline(Path(work))
+            pipeline = tiny_sd_pipeline(Path(work))
         pipeline.save_pretrained(staging, safe_serialization=True)
         # transformers 5 saves only tokenizer.json; older tools (kohya's tokenizer cache) read the
         # slow files, so they go beside it.

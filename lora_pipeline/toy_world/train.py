@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from lora_pipeline.files import atomic_folder
-from lora_pipeline.tiny_models import tiny_clip_text_config, tiny_clip_tokenizer
+from lora_pipeline.tiny_models import tiny_sd_pipeline
 from lora_pipeline.toy_world.world import Figure, all_figures, draw_figure, samples
 
 # The demo's character: a figure the base model never saw whole.
@@ -67,30 +67,11 @@ def base_figures() -> list[Figure]:
 # ---------------------------------------------------------------------------- models
 
 
-def build_pipeline(scratch: Path):  # -> StableDiffusionPipeline
-    """The untrained toy Stable Diffusion: SD1.5's architecture, a few MB."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextModel
+def toy_vae():  # -> AutoencoderKL
+    """Three blocks: 64 px images become 16×16 latents (SD's factor of 8 would leave 8×8)."""
+    from diffusers import AutoencoderKL
 
-    tokenizer = tiny_clip_tokenizer(scratch)
-    text_encoder = CLIPTextModel(tiny_clip_text_config(tokenizer))
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    # Three blocks: 64 px images become 16×16 latents, SD's factor of 8 would leave 8×8.
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         block_out_channels=(16, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
@@ -98,19 +79,11 @@ def build_pipeline(scratch: Path):  # -> StableDiffusionPipeline
         norm_num_groups=16,
         sample_size=64,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+
+
+def build_pipeline(scratch: Path):  # -> StableDiffusionPipeline
+    """The untrained toy Stable Diffusion: the tests' tiny SD1.5 with the toy VAE."""
+    return tiny_sd_pipeline(scratch, vae_factory=toy_vae)
 
 
 def to_pixels(images: Sequence[Image.Image]) -> torch.Tensor:
