@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     # --- models ---
     base_model: str | None = Field(
         None, description="a diffusers folder, a single-file `.safetensors` checkpoint, or a hub "
-        "id on an online machine (`demo` sets the tiny model)"
+        "id on an online machine (`demo` sets the toy world's model)"
     )
     device: str = Field("auto", description="`auto` (cuda when available), `cpu`, `cuda[:n]`")
     tokenizer_dir: Path | None = Field(
@@ -267,7 +267,8 @@ class Settings(BaseSettings):
     # --- evaluation ---
     identity_model: str | None = Field(
         None, description="CLIP vision model, or `ccip:<model.onnx>[#<metrics.onnx>]`, for the "
-        "eval's identity score (default: the `reference:`/`ccip:` identifier's model)"
+        "eval's identity score (default: the `reference:`/`ccip:` identifier's model; `demo` "
+        "sets the toy world's)"
     )
     clip_model: str | None = Field(
         None, description="full CLIP model (path or hub id) for the eval's CLIP score"

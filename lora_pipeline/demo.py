@@ -1,8 +1,11 @@
 """`lora-pipeline demo`: the whole graph for one character on the CPU, from nothing.
 
-It builds a tiny randomly initialised Stable Diffusion, a demo project with two characters and a
-synthetic video, then drives the same code paths people and sensors do: an ingest request,
-generation, a reviewer's approvals and a rejection, and the training run through eval_grid.
+It uses the toy world (`lora_pipeline.toy_world`): a tiny Stable Diffusion trained on figures of
+shapes and colours, which draws the held-out figure aiko only roughly, and an identity model for
+that world. The demo project's two characters are figures of it; a trailer of aiko's drawings is
+ingested, the base model draws her, a reviewer approves the trailer's frames and rejects the
+base model's off-model images, and the LoRA trained on the frames is evaluated with a real
+identity score and gated at a threshold an untrained LoRA fails.
 """
 
 from __future__ import annotations
@@ -22,20 +25,24 @@ from lora_pipeline.evaluation.service import model_card_path
 from lora_pipeline.generation.negatives import negative_terms_for
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.media.uploads import store_upload
-from lora_pipeline.media.video import make_synthetic_video
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry, migrate
-from lora_pipeline.tiny_models import build_tiny_sd
+from lora_pipeline.toy_world.models import TOY_IDENTITY, TOY_SD
+from lora_pipeline.toy_world.probe import GATE_MIN_IDENTITY, SEEDS, TRAINING
+from lora_pipeline.toy_world.world import parse_figure, write_figure_video
 
 Say = Callable[[str], None]
 
 PROJECT = "demo"
+# Figures of the toy world: the base model learnt kenji's colours, never aiko's combination.
 CHARACTERS = {
-    "aiko": "1girl, short teal hair, yellow raincoat, red boots",
-    "kenji": "1boy, spiky black hair, green school uniform",
+    "aiko": "teal hair, yellow raincoat, red boots",
+    "kenji": "black hair, green uniform, white scarf",
 }
 DEMO_CHARACTER = "aiko"
-DEMO_TRAINING = {"epochs": 2, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3}
+TRAILER_FRAMES = 16
+# The learning tests' LoRA settings (toy_world.probe), at 64 px, for 150 steps.
+DEMO_TRAINING = {**TRAINING, "max_steps": 150, "resolution": 64}
 
 
 class DemoFailed(PipelineError, RuntimeError):
@@ -45,11 +52,11 @@ class DemoFailed(PipelineError, RuntimeError):
 def run_demo(settings: Settings, say: Say) -> None:
     started = time.monotonic()
     settings.ensure_dirs()
-    model_dir = build_tiny_sd(settings.home / "models" / "tiny-sd")
-    say(f"tiny Stable Diffusion at {model_dir}")
+    say(f"toy world Stable Diffusion at {TOY_SD}")
     if not settings.base_model:
-        # The demo's model becomes the configured one, so `lora-pipeline ui` runs can use it.
-        save_settings(settings.home, base_model=str(model_dir))
+        # The demo's models become the configured ones, so `lora-pipeline ui` runs can use them.
+        identity = None if settings.identity_model_id() else str(TOY_IDENTITY)
+        save_settings(settings.home, base_model=str(TOY_SD), identity_model=identity)
         settings = Settings.current()
     migrate(settings.database_url)
     registry = Registry(settings.database_url)
@@ -74,7 +81,16 @@ def _create_cast(registry: Registry) -> None:
     """The demo project and characters; a second demo run reuses them."""
     with registry.session() as session:
         if PROJECT not in {p.slug for p in queries.list_projects(session)}:
-            commands.add_project(session, PROJECT, "Demo Project", style_prompt="anime style")
+            commands.add_project(session, PROJECT, "Demo Project")
+        # The gate: her identity in the toy identity model's space, which a working LoRA
+        # reaches and the base model does not (lora_pipeline_tests/toy_world).
+        commands.update_project_settings(
+            session,
+            PROJECT,
+            eval_prompts=[CHARACTERS[DEMO_CHARACTER]],
+            eval_seeds=list(SEEDS),
+            min_identity=GATE_MIN_IDENTITY,
+        )
         existing = set(queries.character_slugs(session))
         for slug, prompt in CHARACTERS.items():
             if slug in existing:
@@ -85,8 +101,7 @@ def _create_cast(registry: Registry) -> None:
                 slug,
                 slug.title(),
                 design_prompt=prompt,
-                negative_prompt="lowres",
-                steps=4,
+                steps=20,
                 cfg=5.0,
                 width=64,
                 height=64,
@@ -97,7 +112,10 @@ def _create_cast(registry: Registry) -> None:
 
 
 def _request_video_ingest(registry: Registry, settings: Settings) -> int:
-    video = make_synthetic_video(settings.home / "demo" / "trailer.mp4", seconds=8, scenes=4)
+    figure = parse_figure(CHARACTERS[DEMO_CHARACTER])
+    assert figure is not None  # the demo characters are figures of the toy world
+    trailer = settings.home / "demo" / "trailer.mp4"
+    video = write_figure_video(trailer, figure, count=TRAILER_FRAMES, seed=3)
     upload = store_upload(video, DataRoot(settings.data_root))
     with registry.session() as session:
         source = commands.create_source(
@@ -106,8 +124,8 @@ def _request_video_ingest(registry: Registry, settings: Settings) -> int:
             upload.kind,
             upload.relpath,
             character_slug=DEMO_CHARACTER,
-            fps=2.0,
-            max_frames=16,
+            fps=1.0,
+            max_frames=TRAILER_FRAMES,
         )
         return source.id
 
@@ -131,30 +149,36 @@ def _run(
 
 
 def _review(registry: Registry, say: Say) -> int:
-    """Approve pending images like a reviewer would; reject one with feedback."""
+    """Judge pending images like a reviewer would: the trailer's frames are her, the base
+    model's drawings are off-model (it never learnt her combination of colours)."""
     with registry.session() as session:
         pending = queries.pending_images(session, character_slug=DEMO_CHARACTER)
-        ids = [image.id for image in pending]
+        frames = [image.id for image in pending if image.origin != "generated"]
+        drawn = [image.id for image in pending if image.origin == "generated"]
         character_id = commands.get_character(session, DEMO_CHARACTER).id
         approved = queries.image_counts(session, character_id)["approved"]
-    if not ids:
+    if not pending:
         if approved:  # a second demo run: the same seeds gave the images already reviewed
             return approved
         raise DemoFailed("nothing to review: ingest and generation produced no images")
-    rejected, to_approve = ids[-1], ids[:-1]
-    categories = ["wrong_style", "bad_quality"]
+    categories = ["wrong_appearance"]
     with registry.session() as session:
-        for image_id in to_approve:
+        for image_id in frames:
             commands.approve_image(session, image_id, reviewer="demo")
-        commands.reject_image(
-            session,
-            rejected,
-            categories,
-            notes="too noisy",
-            reviewer="demo",
-            negative_terms=negative_terms_for(categories),
+        for image_id in drawn:
+            commands.reject_image(
+                session,
+                image_id,
+                categories,
+                notes="colours off-model",
+                reviewer="demo",
+                negative_terms=negative_terms_for(categories),
+            )
+    if drawn:
+        say(
+            f"rejected {len(drawn)} base-model images as {', '.join(categories)} "
+            "(the rejection sensor regenerates them)"
         )
-    say(f"rejected image {rejected} as {', '.join(categories)} (the rejection sensor regenerates)")
     with registry.session() as session:
         return queries.image_counts(session, character_id)["approved"]
 

@@ -1,7 +1,10 @@
-"""`lora-pipeline demo` from an empty home: all eight assets for the demo character."""
+"""`lora-pipeline demo` from an empty home: all eight assets for the demo character, and a
+release that passes the demo's identity gate (what the LoRA learnt: the base model alone
+scores below it, see lora_pipeline_tests/toy_world)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,6 +16,7 @@ from dagster import AssetKey, DagsterInstance
 
 from lora_pipeline.definitions import ASSETS as DEFINED_ASSETS
 from lora_pipeline.defs.instance import open_instance
+from lora_pipeline.toy_world.probe import GATE_MIN_IDENTITY
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +53,10 @@ def test_demo_materialises_the_whole_graph_and_can_run_again(tmp_path: Path) -> 
             assert "aiko" in instance.get_materialized_partitions(AssetKey(name)), name
     grids = list((home / "data" / "evals" / "aiko").glob("*/*/grid.png"))
     assert len(grids) == 1
+    # The gate measured her identity and the LoRA reached the threshold.
+    assert "gate pass" in first.stdout
+    scores = json.loads((grids[0].parent / "eval.json").read_text())["scores"]
+    assert scores["identity"] >= GATE_MIN_IDENTITY, scores
 
     # The second time there is nothing new to review; the same dataset version is trained again.
     second = _demo(home)

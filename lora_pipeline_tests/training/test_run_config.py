@@ -11,7 +11,6 @@ from dagster import DagsterInstance, Output, asset, materialize
 from lora_pipeline.defs.partitions import CHARACTER_PARTITIONS_NAME, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.defs.training import TrainingRunConfig, trained_lora, training_options
-from lora_pipeline.demo import DEMO_TRAINING
 from lora_pipeline.registry import commands
 from lora_pipeline.training.options import RunOptions, TrainingConfig, launchpad_options
 
@@ -75,7 +74,9 @@ def test_the_launchpad_keeps_its_field_names_and_defaults() -> None:
 
 
 def test_existing_run_configs_still_make_the_same_training_config() -> None:
-    run = TrainingRunConfig(**DEMO_TRAINING, samples=False, scope="baseline")
+    # The config the demo used to run with, as a studio would have saved it.
+    saved = {"epochs": 2, "rank": 4, "alpha": 4.0, "learning_rate": 1e-3}
+    run = TrainingRunConfig(**saved, samples=False, scope="baseline")
     config, options = training_options(run, _models().runtime())
     # The config folder of a single-file checkpoint is the models resource's business.
     assert replace(config, single_file_config=None) == TrainingConfig(
