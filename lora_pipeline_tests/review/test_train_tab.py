@@ -14,6 +14,7 @@ from lora_pipeline.defs.instance import open_instance
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.db import Registry
 from lora_pipeline.review.app import create_app
+from lora_pipeline.review.views.approve import REVIEWER_COOKIE
 from lora_pipeline_tests import test_cli
 from lora_pipeline_tests.review.conftest import Studio, app_client, form_token
 
@@ -122,6 +123,10 @@ def test_start_queues_the_run_as_lora_pipeline_train_does(cast: Path) -> None:
         commands.tag_images(session, list(range(1, 11)), ["style:anime"], [], "character")
     registry.dispose()
     app = create_app(settings, submit_training=training_queue(settings))
+    with app_client(app, cookies={REVIEWER_COOKIE: ""}) as anonymous:
+        form = {"csrf_token": form_token(anonymous, "/train?character=aiko"), "character": "aiko"}
+        refused = anonymous.post("/train", data=form, headers=JSON)
+    assert refused.status_code == 400 and "reviewer name is required" in refused.json()["error"]
     with app_client(app) as client:
         token = form_token(client, "/train?character=aiko")
         form = {
@@ -132,6 +137,8 @@ def test_start_queues_the_run_as_lora_pipeline_train_does(cast: Path) -> None:
             "caption": "design",
             "preset": "quick",
         }
+        # The form's reviewer (scripts) wins over the browser's cookie.
+        form["reviewer"] = "mika"
         response = client.post("/train", data=form, follow_redirects=False)
         assert response.status_code == 303, response.text
         run_id = response.headers["location"].split("run=")[1]
@@ -141,7 +148,7 @@ def test_start_queues_the_run_as_lora_pipeline_train_does(cast: Path) -> None:
         queued = instance.get_run_by_id(run_id)
         assert queued.status == DagsterRunStatus.QUEUED
         assert queued.job_name == "training_job" and queued.tags["dagster/partition"] == "aiko"
-        assert queued.tags["lora_pipeline/started_by"] == "review app: Train tab"
+        assert queued.tags["lora_pipeline/started_by"] == "review:mika"
         ops = queued.run_config["ops"]
         assert ops["approved_dataset"]["config"] == {
             "tags": ["asset_type:character", "style:anime"],
@@ -171,6 +178,8 @@ def test_the_wizard_in_chromium_queues_a_real_run(cast: Path, browser, tmp_path:
     app = create_app(settings, submit_training=training_queue(settings))
     with background_server(app) as base:
         context = browser.new_context()
+        # The name this browser gave once on the Approve tab.
+        context.add_cookies([{"name": "lp_reviewer", "value": "mika", "url": base}])
         page = context.new_page()
         page.goto(f"{base}/train")
         page.select_option("#train-character", "aiko")
@@ -197,3 +206,4 @@ def test_the_wizard_in_chromium_queues_a_real_run(cast: Path, browser, tmp_path:
         ops = queued.run_config["ops"]
         assert ops["approved_dataset"]["config"]["tags"] == ["style:anime"]
         assert ops["trained_lora"]["config"] == {"epochs": 10, "rank": 16}
+        assert queued.tags["lora_pipeline/started_by"] == "review:mika"

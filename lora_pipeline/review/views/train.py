@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from lora_pipeline.errors import PipelineError, user_message
 from lora_pipeline.evaluation import releases
+from lora_pipeline.registry import commands
 from lora_pipeline.registry.errors import NotFoundError
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected, page_url
@@ -29,6 +30,7 @@ from lora_pipeline.review.training_plan import (
     estimate_text,
     plan_training,
 )
+from lora_pipeline.review.views.approve import NO_REVIEWER, decision_reviewer
 from lora_pipeline.review.views.common import _context, render, wants_json
 from lora_pipeline.review.views.state import states
 
@@ -36,7 +38,11 @@ NO_SUBMITTER = (
     "this review app cannot queue runs: it was started without the Dagster instance; start it "
     "with `lora-pipeline review`, or queue the run with `lora-pipeline train`"
 )
-STARTED_BY = "review app: Train tab"
+
+
+def started_by(reviewer: str) -> str:
+    """Who started a run from the Train tab, as the CLI's `cli:<login>` says it for `train`."""
+    return f"review:{reviewer}"
 
 
 def _plan(request: Request, choice: WizardChoice) -> WizardPlan:
@@ -102,10 +108,15 @@ async def start_training(request: Request, form: FormData) -> Response:
     status = 400
     if problem is None and ctx.submit_training is None:
         problem, status = NO_SUBMITTER, 503
+    # The run records who started it, like every decision records its reviewer.
+    reviewer = decision_reviewer(request, form)
+    if problem is None and not reviewer:
+        problem = NO_REVIEWER
     if problem is None:
         try:
             assert ctx.submit_training is not None
-            run_id = await run_in_threadpool(ctx.submit_training, plan.request(STARTED_BY))
+            training = plan.request(started_by(commands.reviewer_name(reviewer)))
+            run_id = await run_in_threadpool(ctx.submit_training, training)
         except PipelineError as error:
             problem = user_message(error)
     if problem is not None:
