@@ -565,6 +565,8 @@ class ReleaseRow:
     actions: tuple[str, ...]
     # An unverified gate overridden for the latest eval: who, when, why (else "").
     gate_override: str = ""
+    # The licence recorded at approval ("" before: the approval form asks for it).
+    licence: str = ""
 
     @property
     def needs_override(self) -> bool:
@@ -583,6 +585,7 @@ class ReleaseRow:
             "dataset": self.dataset,
             "parent_id": self.parent_id,
             "path": self.path,
+            "licence": self.licence,
             "eval": None
             if evaluation is None
             else {
@@ -706,6 +709,7 @@ def _release_row(session: Session, root: DataRoot, release: LoraRelease) -> Rele
         eval=evaluation,
         actions=release_actions.allowed_actions(release.status),
         gate_override=gate_override_line(release) if overridden else "",
+        licence=release.licence or "",
     )
 
 

@@ -435,6 +435,7 @@ def test_a_project_requiring_a_licence_refuses_approval_on_the_page(studio: Stud
     add_eval(studio, release_id, "pass")
     form = row_html(studio.client.get("/releases").text, release_id)
     assert form.count('name="licence"') == 2  # approve and activate
+    assert '<td class="licence"><span class="muted">none recorded</span></td>' in form
     refused = post(studio, f"/releases/{release_id}/approve", {"character": "aiko"})
     assert refused.status_code == 409
     text = html.unescape(refused.text)
@@ -446,3 +447,8 @@ def test_a_project_requiring_a_licence_refuses_approval_on_the_page(studio: Stud
     with studio.registry.session() as session:
         assert session.get(LoraRelease, release_id).licence == "CC-BY-4.0"
     assert "| Licence | CC-BY-4.0 |" in card_text(studio, "aiko", 1)
+    row = row_html(studio.client.get("/releases").text, release_id)
+    assert '<td class="licence">CC-BY-4.0</td>' in row
+    listed = studio.client.get("/releases.json").json()["characters"]
+    rows = [row for group in listed for row in group["releases"] if row["id"] == release_id]
+    assert rows[0]["licence"] == "CC-BY-4.0"
