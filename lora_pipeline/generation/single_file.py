@@ -40,7 +40,11 @@ CLIP_PREFIXES = {
     "sd15": "cond_stage_model.transformer.",
     "sdxl": "conditioner.embedders.0.transformer.",
 }
+# SDXL keeps its text encoders in a conditioner; the base model's second one is OpenCLIP bigG.
+SDXL_CONDITIONER = "conditioner.embedders."
 SDXL_MARKER = "conditioner.embedders.1."
+# The SDXL refiner's only text encoder is OpenCLIP bigG, stored as the first embedder.
+SDXL_REFINER_MARKER = "conditioner.embedders.0.model."
 SD2_MARKER = "cond_stage_model.model."
 DTYPE_NAMES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F64": "fp64"}
 
@@ -127,7 +131,9 @@ def checkpoint_layout(path: Path) -> CheckpointLayout:
             f"{path} has no VAE weights (first_stage_model.*): a checkpoint without its VAE "
             "cannot be used on its own"
         )
-    version = "sdxl" if any(key.startswith(SDXL_MARKER) for key in keys) else "sd15"
+    version = "sdxl" if any(key.startswith(SDXL_CONDITIONER) for key in keys) else "sd15"
+    if version == "sdxl":
+        _check_sdxl_encoders(path, keys)
     clip = CLIP_PREFIXES[version]
     if not any(key.startswith(clip) for key in keys):
         raise CheckpointError(
@@ -145,13 +151,29 @@ def checkpoint_layout(path: Path) -> CheckpointLayout:
     )
 
 
+def _check_sdxl_encoders(path: Path, keys: dict[str, str]) -> None:
+    """An SDXL base file has both text encoders; a refiner, or a file missing one, is refused
+    here rather than taken for SD1.5 or loaded with a half-missing conditioner."""
+    if any(key.startswith(SDXL_REFINER_MARKER) for key in keys):
+        raise CheckpointError(
+            f"{path} is an SDXL refiner (one OpenCLIP text encoder, {SDXL_REFINER_MARKER}*): "
+            "a refiner only finishes images, it is no base model for LoRA training or "
+            "generation; use the SDXL base checkpoint"
+        )
+    if not any(key.startswith(SDXL_MARKER) for key in keys):
+        raise CheckpointError(
+            f"{path} is an SDXL checkpoint without its second text encoder (OpenCLIP bigG, "
+            f"{SDXL_MARKER}model.*): a checkpoint without it cannot be used on its own"
+        )
+
+
 def is_sdxl_checkpoint(path: Path) -> bool:
     """Whether a single-file checkpoint is SDXL (False for anything not a readable one).
 
     Only its key names decide, not whether it is complete: choosing the training defaults must
     not fail where loading it would give the clearer error."""
     try:
-        return any(key.startswith(SDXL_MARKER) for key in checkpoint_keys(Path(path)))
+        return any(key.startswith(SDXL_CONDITIONER) for key in checkpoint_keys(Path(path)))
     except CheckpointError:
         return False
 

@@ -82,7 +82,7 @@ def detect_base_model_version(base_model: str | None) -> str:
     if path.is_dir():
         return _version_of_folder(path)
     if path.is_file():
-        # One reader of checkpoint layouts for every stage (conditioner.embedders.1: SDXL).
+        # One reader of checkpoint layouts for every stage (conditioner.embedders.*: SDXL).
         return "sdxl" if is_sdxl_checkpoint(path) else "sd15"
     return "sdxl" if _SDXL_HUB_ID.search(base_model) else "sd15"
 

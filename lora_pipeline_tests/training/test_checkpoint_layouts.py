@@ -19,7 +19,7 @@ from lora_pipeline.generation.local import (
     GenerationRequest,
     load_pipeline,
 )
-from lora_pipeline.generation.single_file import checkpoint_layout
+from lora_pipeline.generation.single_file import CheckpointError, checkpoint_layout
 from lora_pipeline.model_configs import build_config_folder
 from lora_pipeline.training.defaults import detect_base_model_version
 from lora_pipeline.training.trainer import TrainingConfig, TrainingExample, train_lora
@@ -147,6 +147,32 @@ def test_an_sdxl_file_is_told_apart_with_or_without_text_model(tmp_path: Path) -
         save_file({**common, clip: torch.zeros(1)}, path)
         layout = checkpoint_layout(path)
         assert (layout.version, layout.clip_without_text_model) == ("sdxl", missing)
+        assert detect_base_model_version(str(path)) == "sdxl"
+
+
+def test_an_sdxl_file_missing_an_encoder_or_a_refiner_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    common = {
+        "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+        "first_stage_model.encoder.conv_in.weight": torch.zeros(1),
+    }
+    clip_l = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
+    cases = {
+        # Before: taken for SD1.5 and refused for lacking cond_stage_model.transformer.*
+        "no-bigg": ({clip_l: torch.zeros(1)}, "without its second text encoder"),
+        "refiner": (
+            {"conditioner.embedders.0.model.positional_embedding": torch.zeros(1)},
+            "is an SDXL refiner",
+        ),
+    }
+    for name, (encoders, message) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file({**common, **encoders}, path)
+        with pytest.raises(CheckpointError, match=message) as refused:
+            checkpoint_layout(path)
+        assert "\n" not in str(refused.value) and str(path) in str(refused.value)
+        # Choosing the training defaults still sees SDXL; loading it gives the error above.
         assert detect_base_model_version(str(path)) == "sdxl"
 
 
