@@ -185,6 +185,10 @@ def load_pipeline(
         ) from error
 
 
+# How a checkpoint missing some of its weights is described.
+INCOMPLETE = "is incomplete (a partial download or a broken conversion?)"
+
+
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | Path | None) -> Any:
     import diffusers
 
@@ -209,7 +213,30 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | Path | None)
         options["text_encoder"] = clip_text_encoder(
             path, prefix, Path(config) / "text_encoder", dtype
         )
-    return pipeline_class.from_single_file(str(path), dtype=dtype, **options)
+    try:
+        pipeline = pipeline_class.from_single_file(str(path), dtype=dtype, **options)
+    except NotImplementedError as error:
+        # diffusers leaves a weight the file lacks on the meta device, then fails moving it.
+        if "meta tensor" not in str(error):
+            raise
+        raise CheckpointError(f"{path} {INCOMPLETE} (its UNet or VAE lacks weights)") from error
+    _refuse_missing_weights(path, pipeline)
+    return pipeline
+
+
+def _refuse_missing_weights(path: Path, pipeline: Any) -> None:
+    """A component whose weights the file did not hold is left on the meta device by diffusers
+    (a torn text encoder loads "fine" and fails at the first prompt): refused here instead."""
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        component = getattr(pipeline, name, None)
+        if component is None:
+            continue
+        missing = [key for key, tensor in component.state_dict().items() if tensor.is_meta]
+        if missing:
+            raise CheckpointError(
+                f"{path} {INCOMPLETE}: {len(missing)} weights of its {name} are missing "
+                f"(first: {missing[0]})"
+            )
 
 
 def _file_sha256(path: Path) -> str:

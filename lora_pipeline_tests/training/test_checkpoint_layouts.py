@@ -216,6 +216,19 @@ def test_a_file_that_cannot_be_loaded_is_refused_in_one_line(
     torn.write_bytes(layouts["fp16"].read_bytes()[:4096])
     assert str(torn) in _generation_error(torn, config_folder)
 
+    # Weights missing from a readable file: diffusers would leave them on the meta device.
+    no_layer = tmp_path / "text-encoder-without-a-layer.safetensors"
+    save_file({k: v for k, v in state.items() if not _in_layer_1_of_clip(k)}, no_layer)
+    message = _generation_error(no_layer, config_folder)
+    assert "is incomplete" in message and "weights of its text_encoder are missing" in message
+    no_out = tmp_path / "unet-without-its-output.safetensors"
+    save_file({k: v for k, v in state.items() if k != "model.diffusion_model.out.2.weight"}, no_out)
+    assert "is incomplete" in _generation_error(no_out, config_folder)
+
+
+def _in_layer_1_of_clip(key: str) -> bool:
+    return key.startswith("cond_stage_model.") and ".layers.1." in key
+
 
 def test_generation_and_training_use_the_layout_diffusers_rejected(
     layouts: dict[str, Path],
