@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 
-from lora_pipeline.tiny_models import tiny_clip_text_config, tiny_clip_tokenizer
+from lora_pipeline.tiny_models import tiny_clip_text_config, tiny_clip_tokenizer, tiny_vae
 
 
 def build_tiny_sdxl(folder: Path) -> Path:
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -33,14 +32,7 @@ def build_tiny_sdxl(folder: Path) -> Path:
             torch.manual_seed(0)
             text_config = tiny_clip_text_config(tokenizer)
             pipe = StableDiffusionXLPipeline(
-                vae=AutoencoderKL(
-                    block_out_channels=(32, 64),
-                    down_block_types=("DownEncoderBlock2D",) * 2,
-                    up_block_types=("UpDecoderBlock2D",) * 2,
-                    latent_channels=4,
-                    norm_num_groups=32,
-                    sample_size=32,
-                ),
+                vae=tiny_vae(),
                 text_encoder=CLIPTextModel(text_config),
                 text_encoder_2=CLIPTextModelWithProjection(text_config),
                 tokenizer=tokenizer,
