@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw
 
 from benchmarks.run import Result
 from lora_pipeline.generation.local import LoraSpec
-from lora_pipeline.toy_world.probe import GATE_MIN_IDENTITY, LearningProbe
+from lora_pipeline.toy_world.probe import GATE_MIN_IDENTITY, GATE_STEPS, LearningProbe
 
-STEPS = (25, 50, 100, 150)
+STEPS = (25, 50, 100, GATE_STEPS)
 PLOT = Path(tempfile.gettempdir()) / "lora_pipeline_bench" / "toy_world_identity.png"
 
 

@@ -28,7 +28,14 @@ from lora_pipeline.media.uploads import store_upload
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.toy_world.models import TOY_IDENTITY, TOY_SD
-from lora_pipeline.toy_world.probe import GATE_MIN_IDENTITY, SEEDS, TRAINING
+from lora_pipeline.toy_world.probe import (
+    DESCRIPTION,
+    GATE_MIN_IDENTITY,
+    GATE_STEPS,
+    SEEDS,
+    TRAINING,
+    TRIGGER,
+)
 from lora_pipeline.toy_world.world import parse_figure, write_figure_video
 
 Say = Callable[[str], None]
@@ -36,13 +43,13 @@ Say = Callable[[str], None]
 PROJECT = "demo"
 # Figures of the toy world: the base model learnt kenji's colours, never aiko's combination.
 CHARACTERS = {
-    "aiko": "teal hair, yellow raincoat, red boots",
+    TRIGGER: DESCRIPTION,  # aiko, the learning tests' character
     "kenji": "black hair, green uniform, white scarf",
 }
-DEMO_CHARACTER = "aiko"
+DEMO_CHARACTER = TRIGGER
 TRAILER_FRAMES = 16
-# The learning tests' LoRA settings (toy_world.probe), at 64 px, for 150 steps.
-DEMO_TRAINING = {**TRAINING, "max_steps": 150, "resolution": 64}
+# The learning tests' LoRA settings and run length (toy_world.probe), at 64 px.
+DEMO_TRAINING = {**TRAINING, "max_steps": GATE_STEPS, "resolution": 64}
 
 
 class DemoFailed(PipelineError, RuntimeError):

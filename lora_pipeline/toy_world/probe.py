@@ -31,6 +31,8 @@ DRAWINGS = 12
 GATE_MIN_IDENTITY = 0.4
 # The LoRA settings of the learning tests (the run length is given in steps).
 TRAINING = {"rank": 8, "alpha": 8.0, "learning_rate": 1e-2, "batch_size": 4}
+# The run length at which a LoRA of her passes the gate: the learning tests' and the demo's.
+GATE_STEPS = 150
 
 
 def request(seed: int, prompt: str = CAPTION) -> GenerationRequest:

@@ -17,12 +17,12 @@ import pytest
 from lora_pipeline.evaluation.scores import GateThresholds, gate_verdict
 from lora_pipeline.generation.local import LoraSpec
 from lora_pipeline.toy_world.models import TOY_SD
-from lora_pipeline.toy_world.probe import GATE_MIN_IDENTITY, LearningProbe
+from lora_pipeline.toy_world.probe import GATE_MIN_IDENTITY, GATE_STEPS, LearningProbe
 from lora_pipeline.training.trainer import _TrainingRun
 
 pytestmark = pytest.mark.slow
 
-STEPS = 150
+STEPS = GATE_STEPS
 # How much higher the LoRA's identity must be than the base model's: the base model draws her
 # at 0.27 and a 150-step LoRA at 0.45 (benchmarks/bench_toy_world.py).
 MARGIN = 0.15
