@@ -179,6 +179,9 @@ class Source(Base):
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
+    # The ingest sensors read the pending sources after their cursor.
+    __table_args__ = (Index(None, "state", "id"),)
+
 
 class Frame(Base):
     """A frame taken from a source, before it is sorted into characters.
@@ -250,6 +253,9 @@ class Image(Base):
         # The review queue and the per-character counts filter on these.
         Index(None, "status"),
         Index(None, "character_id", "status"),
+        # The training sensor reads the decisions after its cursor, and each character's last.
+        Index(None, "reviewed_at"),
+        Index(None, "character_id", "reviewed_at"),
     )
 
 
@@ -299,6 +305,9 @@ class GenerationJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
+    # The generation-request sensor reads the pending jobs after its cursor.
+    __table_args__ = (Index(None, "status", "id"),)
+
 
 class DatasetVersion(Base):
     """An immutable set of approved images, identified by the hash of its manifest."""
@@ -323,8 +332,9 @@ class LoraRelease(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"), index=True)
+    # Indexed: the training sensor asks which dataset versions a release was trained on.
     dataset_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("dataset_versions.id"), nullable=True
+        ForeignKey("dataset_versions.id"), nullable=True, index=True
     )
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
     base_checkpoint: Mapped[str] = mapped_column(Text, default="")

@@ -48,7 +48,7 @@ EXPECTED_TABLES = {
     "unrecognised_crops",
 }
 # The newest migration shipped with the package.
-HEAD = "0008"
+HEAD = "0009"
 
 
 def schema_diff(url: str, metadata: MetaData) -> list[object]:
