@@ -8,7 +8,6 @@ from sqlalchemy.orm import Session
 
 from lora_pipeline.cli.common import CliError, Subcommands, registry, settings, typed
 from lora_pipeline.generation_settings import POSITIVE_WHOLE
-from lora_pipeline.registry import commands
 from lora_pipeline.registry.commands import clusters as cluster_commands
 from lora_pipeline.registry.models import Character, Project
 
@@ -59,12 +58,12 @@ def cmd_clusters_label(args: argparse.Namespace) -> None:
         if args.new:
             if not args.name:
                 raise CliError("--new needs --name, the new character's name")
-            project = _project_slug(session, cluster.project_id)
-            commands.add_character(
-                session, project, args.new, args.name, design_prompt=args.design_prompt or ""
+            _, added = cluster_commands.label_cluster_as_new(
+                session, cluster.id, args.new, args.name, args.design_prompt or ""
             )
             slug = args.new
-        added = cluster_commands.label_cluster(session, cluster.id, slug)
+        else:
+            added = cluster_commands.label_cluster(session, cluster.id, slug)
         print(f"cluster {cluster.id} labelled {slug}: {len(added)} pending image(s) to review")
 
 

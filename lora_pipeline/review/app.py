@@ -1,4 +1,5 @@
-"""The review web app: Characters, Approve, Generate, Gallery, Ingest, Releases and Train tabs.
+"""The review web app: Characters, Approve, Generate, Gallery, Ingest, Releases, Train and
+Clusters tabs.
 
 `create_app(settings)` builds the Starlette application; `serve(settings)` runs it with uvicorn
 on 127.0.0.1 (`lora-pipeline review`). Binding any other address needs an access token.
@@ -87,6 +88,8 @@ ID_NOUNS = {
     "suggestion_id": "suggestion",
     "source_id": "source",
     "output_id": "ComfyUI output file",
+    "cluster_id": "cluster",
+    "crop_id": "crop",
 }
 ERROR_LOG = ("logs", "review-app.log")
 # "Insufficient Storage": the server could not store what the request needed.
@@ -146,6 +149,11 @@ def routes() -> list[BaseRoute]:
         _route(
             "/suggestions/{suggestion_id:id}/dismiss", views.dismiss_suggestion, methods=["POST"]
         ),
+        Route("/clusters", views.clusters_page),
+        _route("/clusters/{cluster_id:id}/label", views.label_cluster_action, methods=["POST"]),
+        _route("/clusters/{cluster_id:id}/dismiss", views.dismiss_cluster_action, methods=["POST"]),
+        _route("/crops/{crop_id:id}", views.crop_file),
+        _route("/crops/{crop_id:id}/thumb", views.crop_thumbnail),
         Route("/echo-brain", views.echo_brain_page),
         Route("/echo-brain/chat", views.echo_brain_chat, methods=["POST"]),
         Route("/echo-brain/enhance", views.echo_brain_enhance, methods=["POST"]),

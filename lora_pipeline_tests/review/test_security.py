@@ -52,6 +52,8 @@ def post_routes() -> list[str]:
 
 def test_every_post_route_is_listed() -> None:
     assert sorted(post_routes()) == [
+        "/clusters/1/dismiss",
+        "/clusters/1/label",
         "/echo-brain/accept",
         "/echo-brain/chat",
         "/echo-brain/enhance",
@@ -412,6 +414,8 @@ OUT_OF_RANGE = ["0", "-1", str(2**63), "9" * 40]
         ("/gallery/{}", "image"),
         ("/jobs/{}/output", "job"),
         ("/evals/{}/grid", "eval"),
+        ("/crops/{}", "crop"),
+        ("/crops/{}/thumb", "crop"),
     ],
 )
 def test_an_id_out_of_range_is_404_with_one_line(
@@ -432,6 +436,8 @@ def test_an_id_out_of_range_is_404_with_one_line(
         ("/images/{}/reject", "image"),
         ("/releases/{}/approve", "release"),
         ("/suggestions/{}/accept", "suggestion"),
+        ("/clusters/{}/label", "cluster"),
+        ("/clusters/{}/dismiss", "cluster"),
     ],
 )
 def test_a_decision_on_an_id_out_of_range_is_404_with_one_line(

@@ -21,11 +21,12 @@ from lora_pipeline.registry.commands._validate import (
     _sha256,
     _text,
 )
-from lora_pipeline.registry.commands.characters import get_character
+from lora_pipeline.registry.commands.characters import add_character, get_character
 from lora_pipeline.registry.commands.images import add_image
 from lora_pipeline.registry.errors import ConflictError, InvalidInputError
 from lora_pipeline.registry.models import (
     CandidateCluster,
+    Character,
     Frame,
     Image,
     Project,
@@ -166,6 +167,17 @@ def label_cluster(session: Session, cluster_id: int, character_slug: str) -> lis
         )
     cluster.status, cluster.character_id, cluster.updated_at = "labelled", character.id, utcnow()
     return add_crop_images(session, cluster, cluster_crops(session, cluster.id))
+
+
+def label_cluster_as_new(
+    session: Session, cluster_id: int, slug: str, name: str, design_prompt: str = ""
+) -> tuple[Character, list[Image]]:
+    """The cluster is a character not yet in the cast: add it to the cluster's project, then
+    label the cluster with it (the CLI's `--new` and the review app's form)."""
+    cluster = _open_cluster(session, cluster_id)  # before a character is added for nothing
+    project = _get(session, Project, cluster.project_id, "project")
+    character = add_character(session, project.slug, slug, name, design_prompt=design_prompt)
+    return character, label_cluster(session, cluster.id, character.slug)
 
 
 def add_crop_images(

@@ -23,6 +23,13 @@ from lora_pipeline.review.views.characters import (
     characters_page,
     dismiss_suggestion,
 )
+from lora_pipeline.review.views.clusters import (
+    clusters_page,
+    crop_file,
+    crop_thumbnail,
+    dismiss_cluster_action,
+    label_cluster_action,
+)
 from lora_pipeline.review.views.common import ReviewContext, favicon, healthz, render, wants_json
 from lora_pipeline.review.views.echo_brain import (
     echo_brain_accept,
@@ -57,6 +64,10 @@ __all__ = [
     "approve_page",
     "characters_page",
     "clear_stuck",
+    "clusters_page",
+    "crop_file",
+    "crop_thumbnail",
+    "dismiss_cluster_action",
     "dismiss_suggestion",
     "echo_brain_accept",
     "echo_brain_chat",
@@ -77,6 +88,7 @@ __all__ = [
     "ingest_page",
     "job_output",
     "jobs_json",
+    "label_cluster_action",
     "reject_image",
     "release_action",
     "releases_json",
