@@ -7,7 +7,6 @@ a tick that fails half-way and is retried cannot start a second regeneration or 
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dagster import (
@@ -24,15 +23,15 @@ from dagster import (
 )
 
 from lora_pipeline.config import Settings
+from lora_pipeline.dataset import approved_sets
+from lora_pipeline.dataset.approved_sets import ApprovedSet, Tracker
 from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
-from lora_pipeline.dataset.versions import dataset_fingerprint
 from lora_pipeline.defs.jobs import ingest_job, regenerate_job, training_job
 from lora_pipeline.defs.partitions import CHARACTER_PARTITIONS_NAME, character_partitions
 from lora_pipeline.defs.resources import RegistryResource
 from lora_pipeline.generation.service import pending_requests
 from lora_pipeline.media.comfyui_scan import register_new_outputs
 from lora_pipeline.registry import queries
-from lora_pipeline.registry.db import Registry
 from lora_pipeline.registry.models import Character
 
 RUNNING = DefaultSensorStatus.RUNNING
@@ -224,33 +223,8 @@ SENSOR_TAG = "dagster/sensor_name"
 VERSION_TAG = "lora_pipeline/dataset_version"
 
 
-@dataclass(frozen=True)
-class TrainingCandidate:
-    """A character's approved set as the training sensor sees it."""
-
-    slug: str
-    approved: int
-    version: str
-    trained: bool
-    last_review: datetime | None
-
-
-def _training_candidates(registry: Registry) -> list[TrainingCandidate]:
-    with registry.session(readonly=True) as session:
-        candidates = []
-        for character in queries.list_characters(session):
-            approved = queries.approved_images(session, character.id)
-            version = dataset_fingerprint(character.slug, [(i.id, i.sha256) for i in approved])
-            candidates.append(
-                TrainingCandidate(
-                    slug=character.slug,
-                    approved=len(approved),
-                    version=version,
-                    trained=version in queries.trained_dataset_hashes(session, character.id),
-                    last_review=queries.last_review_at(session, character.id),
-                )
-            )
-    return candidates
+# The training sensor's view of a character: its approved set (lora_pipeline.dataset.approved_sets).
+TrainingCandidate = ApprovedSet
 
 
 def _waiting_reason(candidate: TrainingCandidate, settle_s: float, now: datetime) -> str | None:
@@ -316,11 +290,15 @@ def training_sensor(context: SensorEvaluationContext, registry: RegistryResource
     """A character with ≥ 10 approved images, whose approved set was never trained and has not
     changed for `training_settle_s` → one training run (tagged with the dataset version).
     A newer set supersedes this sensor's queued run of the character; never more than one
-    queued and one running training per character. The skip reason says why each waits."""
+    queued and one running training per character. The skip reason says why each waits.
+    Cursor: the newest decision seen and each character's set (see `approved_sets`)."""
     settle_s = Settings.current().training_settle_s
     now = datetime.now(UTC).replace(tzinfo=None)
     runs, waiting = [], []
-    for candidate in _training_candidates(registry.get()):
+    # The cursor carries every character's set: only the decisions since it are read.
+    with registry.get().session(readonly=True) as session:
+        tracker, candidates = approved_sets.advance(session, Tracker.from_cursor(context.cursor))
+    for candidate in candidates:
         reason = _waiting_reason(candidate, settle_s, now) or _place_in_queue(context, candidate)
         if reason is None:
             runs.append(_training_request(candidate))
@@ -329,4 +307,4 @@ def training_sensor(context: SensorEvaluationContext, registry: RegistryResource
     skip = "; ".join(waiting) or "no characters"
     if runs and waiting:
         context.log.info(f"waiting: {skip}")
-    return _result(context, runs, None, skip)
+    return _result(context, runs, tracker.to_cursor(), skip)

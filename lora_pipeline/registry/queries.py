@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, or_, select
@@ -49,6 +49,12 @@ def list_characters(session: Session, project_slug: str | None = None) -> list[C
 
 def character_slugs(session: Session) -> list[str]:
     return list(session.scalars(select(Character.slug).order_by(Character.slug)))
+
+
+def characters_by_slug(session: Session) -> list[tuple[int, str]]:
+    """(id, slug) of every character, in the order `list_characters` gives (the database's)."""
+    query = select(Character.id, Character.slug).order_by(Character.slug)
+    return [(row.id, row.slug) for row in session.execute(query)]
 
 
 def characters_after(session: Session, last_id: int, limit: int) -> list[tuple[int, str]]:
@@ -199,6 +205,40 @@ def last_review_at(session: Session, character_id: int) -> datetime | None:
     sensor lets the approved set settle after it."""
     query = select(func.max(Image.reviewed_at)).where(Image.character_id == character_id)
     return session.scalar(query)
+
+
+def last_decision_at(session: Session) -> datetime | None:
+    """When a reviewer last decided on any image (UTC; the reviewed_at index answers it)."""
+    return session.scalar(select(func.max(Image.reviewed_at)))
+
+
+def decisions_since(session: Session, since: datetime | None) -> dict[int, datetime]:
+    """Character id -> its newest decision at or after `since` (None: ever), for the
+    characters with one: the training sensor recomputes only these."""
+    query = select(Image.character_id, func.max(Image.reviewed_at)).where(
+        Image.reviewed_at.is_not(None) if since is None else Image.reviewed_at >= since
+    )
+    rows = session.execute(query.group_by(Image.character_id)).tuples()
+    return dict(rows.all())
+
+
+# Bound parameters per IN list, well under SQLite's and PostgreSQL's limits.
+_IN_CHUNK = 500
+
+
+def trained_versions(session: Session, versions: Mapping[int, str]) -> set[int]:
+    """The character ids (of `versions`: character id -> dataset version hash) whose version a
+    LoRA release was trained on; a few queries for any number of characters."""
+    trained: set[int] = set()
+    hashes = sorted(set(versions.values()))
+    for start in range(0, len(hashes), _IN_CHUNK):
+        query = (
+            select(DatasetVersion.character_id, DatasetVersion.version_hash)
+            .join(LoraRelease, LoraRelease.dataset_version_id == DatasetVersion.id)
+            .where(DatasetVersion.version_hash.in_(hashes[start : start + _IN_CHUNK]))
+        )
+        trained |= {c for c, h in session.execute(query).tuples() if versions.get(c) == h}
+    return trained
 
 
 def latest_dataset_version(session: Session, character_id: int) -> DatasetVersion | None:

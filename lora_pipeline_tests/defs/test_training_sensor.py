@@ -5,6 +5,8 @@ and a skip reason that says why each character waits."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+import random
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.test_utils import create_run_for_test
 
+from lora_pipeline.dataset import approved_sets
 from lora_pipeline.dataset.versions import dataset_fingerprint
 from lora_pipeline.defs.resources import RegistryResource
 from lora_pipeline.defs.sensors import training_sensor
@@ -45,9 +48,13 @@ def no_settling(monkeypatch) -> None:
     monkeypatch.setenv("LORA_PIPELINE_TRAINING_SETTLE_S", "0")
 
 
-def evaluate(registry: Registry, instance: DagsterInstance) -> SensorResult:
+def evaluate(
+    registry: Registry, instance: DagsterInstance, cursor: str | None = None
+) -> SensorResult:
     context = build_sensor_context(
-        instance=instance, resources={"registry": RegistryResource(database_url=registry.url)}
+        instance=instance,
+        cursor=cursor,
+        resources={"registry": RegistryResource(database_url=registry.url)},
     )
     result = training_sensor(context)
     assert isinstance(result, SensorResult)
@@ -176,3 +183,139 @@ def test_a_run_queued_by_hand_is_left_alone(registry, instance, no_settling) -> 
     by_hand = training_run(instance, "0" * 16, DagsterRunStatus.QUEUED, by_sensor=False)
     assert "queued by hand" in skip_reason(evaluate(registry, instance))
     assert instance.get_run_by_id(by_hand.run_id).status == DagsterRunStatus.QUEUED
+
+
+def requests(result: SensorResult) -> list[tuple]:
+    return [(r.run_key, r.partition_key, dict(r.tags)) for r in result.run_requests]
+
+
+def reason(result: SensorResult) -> str | None:
+    return result.skip_reason.skip_message if result.skip_reason else None
+
+
+def _add_pending(registry: Registry, slug: str, serial: itertools.count) -> int:
+    with registry.session() as session:
+        character = commands.get_character(session, slug)
+        n = next(serial)
+        digest = hashlib.sha256(f"{slug}-{n}".encode()).hexdigest()
+        image, _ = commands.add_image(
+            session, character.id, digest, f"images/{slug}-{n}.png", 64, 64, "generated"
+        )
+        return image.id
+
+
+def _release_current_set(registry: Registry, slug: str) -> None:
+    version = version_of(registry, slug)
+    with registry.session() as session:
+        character = commands.get_character(session, slug)
+        dataset, _ = commands.record_dataset_version(
+            session, character.id, version, {"images": []}, f"datasets/{slug}/{version}.json"
+        )
+        commands.register_lora_release(
+            session,
+            character.id,
+            dataset.id,
+            f"loras/{slug}-{version[:8]}.safetensors",
+            "0" * 64,
+            "tiny",
+            {},
+        )
+
+
+def _random_step(registry, rng: random.Random, pending: list[int], serial, tracker) -> None:
+    """One event of a studio's day: new images, a decision (sometimes committed after a newer
+    one, stamped up to 90 s before the cursor), a release, a new character."""
+    with registry.session() as session:
+        slugs = [c.slug for c in queries.list_characters(session)]
+    kind = rng.choices(
+        ["add", "approve", "reject", "late", "release", "character"], [6, 8, 2, 2, 1, 0.5]
+    )[0]
+    if kind == "add" or (kind in ("approve", "reject", "late") and not pending):
+        for _ in range(rng.randint(1, 4)):
+            pending.append(_add_pending(registry, rng.choice(slugs), serial))
+    elif kind in ("approve", "late"):
+        image_id = pending.pop(rng.randrange(len(pending)))
+        with registry.session() as session:
+            image = commands.approve_image(session, image_id)
+            if kind == "late" and tracker is not None and tracker.decided_up_to is not None:
+                image.reviewed_at = tracker.decided_up_to - timedelta(seconds=rng.randint(1, 90))
+    elif kind == "reject":
+        with registry.session() as session:
+            commands.reject_image(
+                session, pending.pop(rng.randrange(len(pending))), ["bad_quality"]
+            )
+    elif kind == "release":
+        _release_current_set(registry, rng.choice(slugs))
+    else:
+        with registry.session() as session:
+            n = next(serial)
+            commands.add_character(session, "demo", f"extra-{n}", f"Extra {n}")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_cursor_decides_as_a_full_read_does(registry, instance, no_settling, seed) -> None:
+    # The same run requests and skip reasons, tick after tick, whether the sensor carries its
+    # cursor or reads every approved set again (as it did before it had one).
+    rng, serial, pending = random.Random(seed), itertools.count(), []
+    tracker, cursor = None, None
+    for _ in range(60):
+        _random_step(registry, rng, pending, serial, tracker)
+        with registry.session(readonly=True) as session:
+            tracker, tracked = approved_sets.advance(session, tracker)
+            assert tracked == approved_sets.read_all(session)
+        carried, fresh = evaluate(registry, instance, cursor), evaluate(registry, instance)
+        assert requests(carried) == requests(fresh)
+        assert reason(carried) == reason(fresh)
+        cursor = carried.cursor
+    assert any(s.approved >= 10 for s in tracked)  # the stream reached trainable sets
+
+
+def test_a_tick_reads_again_only_the_characters_decided_on(
+    registry, instance, no_settling, monkeypatch
+) -> None:
+    with registry.session() as session:
+        commands.add_character(session, "demo", "mio", "Mio")
+    approve(registry, 9)
+    approve(registry, 3, slug="mio")
+    reviewed_ago(registry, 30)
+    approve(registry, 1, slug="kenji")
+    cursor = evaluate(registry, instance).cursor
+    read: list[int] = []
+    real = approved_sets.queries.approved_images
+
+    def counted(session, character_id):
+        read.append(character_id)
+        return real(session, character_id)
+
+    monkeypatch.setattr(approved_sets.queries, "approved_images", counted)
+    approve(registry, 1, start=1, slug="kenji")
+    result = evaluate(registry, instance, cursor)
+    with registry.session() as session:
+        ids = {s: commands.get_character(session, s).id for s in ("aiko", "kenji", "mio")}
+    # aiko and mio were decided on 30 minutes before the cursor (kenji's first approval):
+    # neither is read again.
+    assert read == [ids["kenji"]]
+    assert reason(result) == "aiko: 9/10 approved; kenji: 2/10 approved; mio: 3/10 approved"
+
+
+def test_a_decision_committed_late_within_the_window_is_seen(registry, instance, no_settling):
+    approve(registry, 9)
+    reviewed_ago(registry, 5)
+    approve(registry, 1, slug="kenji")  # the newest decision: the cursor
+    first = evaluate(registry, instance)
+    assert reason(first).startswith("aiko: 9/10 approved")
+    tracker = approved_sets.Tracker.from_cursor(first.cursor)
+    # A reviewer's approval stamped a minute before the newest decision, committed after it.
+    image_id = _add_pending(registry, "aiko", itertools.count(100))
+    with registry.session() as session:
+        commands.approve_image(session, image_id).reviewed_at = tracker.decided_up_to - timedelta(
+            minutes=1
+        )
+    (run,) = evaluate(registry, instance, first.cursor).run_requests
+    assert run.tags["lora_pipeline/dataset_version"] == version_of(registry)
+
+
+def test_an_unreadable_cursor_starts_over(registry, instance, no_settling) -> None:
+    approve(registry, 10)
+    (run,) = evaluate(registry, instance, "not json").run_requests
+    assert [r.run_key for r in evaluate(registry, instance).run_requests] == [run.run_key]
