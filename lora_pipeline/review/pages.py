@@ -37,6 +37,7 @@ from lora_pipeline.registry.models import (
     PromptSuggestion,
     Source,
 )
+from lora_pipeline.review.why_assigned import why_assigned
 
 GALLERY_ORIGINS = ("generated", "comfyui")
 # The files a job may have made (generation.service writes them under videos/), by type.
@@ -267,6 +268,7 @@ def image_details(session: Session, base_model: str | None, image_id: int) -> di
         "metadata": _metadata(image, checkpoint),
         "tags": commands.stored_tags(image),
         "answers": _answered_rejections(session, image),
+        "why": why_assigned(image.provenance),
         "approved": [{"image_id": i, "thumb": f"/images/{i}/thumb"} for i in approved],
         "approved_count": approved_count(session, character.id),
         "needed": MIN_APPROVED_IMAGES,

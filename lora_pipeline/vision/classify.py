@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 from sqlalchemy import func, or_, select
@@ -352,8 +353,9 @@ def _record(
         # A LoRA trained on it would learn both characters (the guide's "not solo").
         context.stats.multi_character_frames += 1
         return
+    why = identification_record(identifier, answer)
     for slug in keep:
-        _add_image(session, context, row, frame, slug)
+        _add_image(session, context, row, frame, slug, why)
 
 
 def _skip_for_character(
@@ -368,11 +370,19 @@ def _skip_for_character(
     context.stats.skipped += 1
     assert source.character_id is not None  # single mode
     reason = f"not recognised by {identifier.name}: {answer.raw_answer}"[:_REASON_CHARS]
-    _image_row(session, source, frame, source.character_id, status="skipped", status_reason=reason)
+    why = identification_record(identifier, answer)
+    _image_row(
+        session, source, frame, source.character_id, why, status="skipped", status_reason=reason
+    )
 
 
 def _add_image(
-    session: Session, context: _Context, source: Source, frame: _FrameInfo, slug: str
+    session: Session,
+    context: _Context,
+    source: Source,
+    frame: _FrameInfo,
+    slug: str,
+    why: dict[str, Any],
 ) -> None:
     index = _dataset_index(session, context, slug)
     distance = context.options.near_duplicate_distance
@@ -380,7 +390,7 @@ def _add_image(
     if phash is not None and distance is not None and index.has_near(phash, distance):
         context.stats.near_duplicates += 1
         return
-    created = _image_row(session, source, frame, context.by_slug[slug])
+    created = _image_row(session, source, frame, context.by_slug[slug], why)
     if phash is not None:
         index.add(phash)
     if created:
@@ -391,9 +401,15 @@ def _add_image(
 
 
 def _image_row(
-    session: Session, source: Source, frame: _FrameInfo, character_id: int, **status: str
+    session: Session,
+    source: Source,
+    frame: _FrameInfo,
+    character_id: int,
+    why: dict[str, Any],
+    **status: str,
 ) -> bool:
-    """The frame as an image of a character, with its provenance; False if it was there."""
+    """The frame as an image of a character, with its provenance (and why it was assigned);
+    False if it was there."""
     _, created = commands.add_image(
         session,
         character_id,
@@ -402,7 +418,10 @@ def _image_row(
         frame.width,
         frame.height,
         _ORIGINS.get(source.kind, "frame"),
-        provenance=frame_provenance(source, frame.frame_index, frame.timestamp_s),
+        provenance={
+            **frame_provenance(source, frame.frame_index, frame.timestamp_s),
+            "identification": why,
+        },
         frame_id=frame.id,
         source_id=source.id,
         generation_params=frame.generation_params,
@@ -475,7 +494,8 @@ def _record_persons(
         elif recognised:
             context.stats.crops_ambiguous += 1
         else:
-            _keep_unrecognised(session, context, _Person(source, frame, image, crop), answer)
+            person = _Person(source, frame, image, crop)
+            _keep_unrecognised(session, context, person, identification_record(identifier, answer))
     summary = f"{len(crops)} person(s): " + "; ".join(parts)
     commands.record_frame_identification(
         session, frame.id, sorted(set(seen)), identifier.name, summary
@@ -503,7 +523,7 @@ def _add_crop(
 ) -> None:
     """The person's crop as a pending image of the character, then the three-stage crops of
     the shot types its dataset lacks (marked derived)."""
-    why = {"identifier": identifier.name, "answer": answer.raw_answer[:_REASON_CHARS]}
+    why = identification_record(identifier, answer)
     crop = person.crop
     if _add_crop_image(session, context, person, slug, crop.box, why, None):
         context.stats.crops_added += 1
@@ -522,7 +542,7 @@ def _add_crop_image(
     person: _Person,
     slug: str,
     box: tuple[int, int, int, int],
-    why: dict[str, str],
+    why: dict[str, Any],
     stage: str | None,
 ) -> bool:
     source, frame, crop = person.source, person.frame, person.crop
@@ -570,7 +590,7 @@ def _add_crop_image(
 
 
 def _keep_unrecognised(
-    session: Session, context: _Context, person: _Person, answer: Identification
+    session: Session, context: _Context, person: _Person, why: dict[str, Any]
 ) -> None:
     """A person no candidate was recognised in, kept for clustering into new characters."""
     crop = person.crop
@@ -578,13 +598,26 @@ def _keep_unrecognised(
     provenance = {
         **frame_provenance(person.source, person.frame.frame_index, person.frame.timestamp_s),
         "crop": crop.record(),
-        "identification": {"answer": answer.raw_answer[:_REASON_CHARS]},
+        "identification": why,
     }
     cluster_commands.add_unrecognised_crop(
         session, person.frame.id, stored.sha256, stored.relpath, stored.width, stored.height,
         provenance,
     )  # fmt: skip
     context.stats.unrecognised.append(UnrecognisedPerson(person.frame.id, crop.box))
+
+
+def identification_record(identifier: Identifier, answer: Identification) -> dict[str, Any]:
+    """Why an image was assigned (or not), as its provenance keeps it: the identifier, its
+    answer and, when the backend gives them, the method, scores and threshold (the review
+    app's "why this crop was assigned")."""
+    record: dict[str, Any] = {
+        "identifier": identifier.name,
+        "answer": answer.raw_answer[:_REASON_CHARS],
+    }
+    for key, value in (answer.record or {}).items():
+        record[key] = value[:_REASON_CHARS] if isinstance(value, str) else value
+    return record
 
 
 def _shot_of(box: tuple[int, int, int, int], crop: PersonCrop) -> str | None:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from lora_pipeline.vision.identification import CharacterProfile, Identification, Identifier
-from lora_pipeline.vision.reference import ReferenceIdentifier
+from lora_pipeline.vision.reference import ReferenceIdentifier, match_record
 
 
 class CombinedIdentifier:
@@ -63,11 +63,15 @@ class CombinedIdentifier:
         matching = (
             f"{self.reference.name} (threshold {self.threshold}): {parts or 'no approved images'}"
         )
+        record = match_record(self.reference.name, self.threshold, scores, row)
         if asked is None:
-            return Identification(matched, f"matched by reference: {matching}")
+            return Identification(matched, f"matched by reference: {matching}", record)
+        # The VLM decided; the match scores say why it was asked.
+        record.update(method="vlm", vlm=self.fallback.name, vlm_answer=asked.raw_answer)
         return Identification(
             asked.slugs,
             f"reference unsure, asked {self.fallback.name}: {asked.raw_answer} | {matching}",
+            record,
         )
 
     def close(self) -> None:

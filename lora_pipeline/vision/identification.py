@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
@@ -32,6 +32,10 @@ class Identification:
 
     slugs: frozenset[str]
     raw_answer: str
+    # How the answer was reached, in fields, from backends that can say (reference matching,
+    # the combined identifier): method, scores, threshold. Kept in each crop's provenance so
+    # the review app can show why a crop was assigned; not part of what the answer is.
+    record: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 @runtime_checkable

@@ -162,7 +162,10 @@ class ReferenceIdentifier:
         answer = f"{measure} (threshold {self.threshold}): " + (", ".join(parts) or "-")
         if missing:
             answer += f"; no approved images yet: {', '.join(sorted(missing))}"
-        return Identification(found, answer)
+        record = match_record(self.name, self.threshold, scores, row)
+        if missing:
+            record["no_approved_images"] = sorted(missing)
+        return Identification(found, answer, record)
 
     def _reference_embeddings(self, slug: str) -> np.ndarray | None:
         references = list(self.references(slug))
@@ -214,3 +217,16 @@ class ReferenceIdentifier:
 def _model_key(model_id: str) -> str:
     """A folder name per model: embeddings of two models never mix."""
     return hashlib.sha256(model_id.encode()).hexdigest()[:16]
+
+
+def match_record(
+    matcher: str, threshold: float, scores: dict[str, np.ndarray], row: int
+) -> dict[str, Any]:
+    """Reference matching's part of an identification record: each candidate's best score
+    for image `row` against the threshold a match needs."""
+    return {
+        "method": "reference",
+        "matcher": matcher,
+        "threshold": float(threshold),
+        "scores": {slug: round(float(s[row]), 4) for slug, s in sorted(scores.items())},
+    }

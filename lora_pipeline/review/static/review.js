@@ -353,6 +353,35 @@
       return link;
     }
 
+    // Why the image is this character's: the identification record of its provenance.
+    function renderWhy(why) {
+      const section = box.querySelector("#viewer-why");
+      if (!section) return;
+      section.hidden = !why;
+      if (!why) return;
+      const lines = [];
+      if (why.cluster_id) {
+        lines.push(text("p", "Labelled by hand: candidate cluster " + why.cluster_id +
+          " was named this character on the Clusters tab.", "why-cluster"));
+      }
+      if (why.method) {
+        let line = "By " + why.method;
+        if (why.method === "VLM" && why.vlm) line += " (" + why.vlm + "), since reference matching was unsure";
+        else if (why.matcher) line += " (" + why.matcher + ")";
+        if (why.threshold !== null) line += "; a match needs " + why.threshold.toFixed(3);
+        lines.push(text("p", line + ".", "why-method"));
+      }
+      for (const row of why.scores) {
+        lines.push(text("p", row.character + " " + row.score.toFixed(3) +
+          (row.passes ? " (reaches the threshold)" : " (below)"), "why-score"));
+      }
+      if (why.vlm_answer) lines.push(text("p", "The VLM answered: " + why.vlm_answer, "prompt"));
+      if (why.answer && !why.scores.length && !why.vlm_answer) {
+        lines.push(text("p", (why.identifier || "The identifier") + " answered: " + why.answer, "prompt"));
+      }
+      section.querySelector(".why-lines").replaceChildren(...lines);
+    }
+
     function render(data) {
       box.querySelector("#viewer-size").textContent =
         data.width + "×" + data.height + " · " + data.origin + " · " + data.status;
@@ -377,6 +406,7 @@
         if (a.prompt_edit) item.append(text("p", "New prompt: " + a.prompt_edit, "prompt"));
         return item;
       }));
+      renderWhy(data.why);
       box.querySelector("#viewer-character").textContent = data.character_name;
       box.querySelector("#viewer-approved-count").textContent =
         data.approved_count + " / " + data.needed;

@@ -11,11 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from lora_pipeline.registry import commands, queries
-from lora_pipeline.registry.models import Character
+from lora_pipeline.registry.models import Character, Image
 from lora_pipeline.review import pages
 from lora_pipeline.review.security import csrf_protected
 from lora_pipeline.review.views.approve import tagged_notice
 from lora_pipeline.review.views.common import _context, _text, render, wants_json
+from lora_pipeline.review.why_assigned import why_assigned
 
 
 def gallery_page(request: Request) -> Response:
@@ -38,9 +39,11 @@ def gallery_view(request: Request) -> Response:
     image_id = request.path_params["image_id"]
     with ctx.registry.session(readonly=True) as session:
         item = pages.gallery_item(session, ctx.root, image_id)
+        image = session.get(Image, image_id)
+        why = why_assigned(image.provenance) if image is not None else None
     if item is None:
         raise HTTPException(404, f"no image {image_id}")
-    return render(request, "view.html", item=item, notice=tagged_notice(request))
+    return render(request, "view.html", item=item, why=why, notice=tagged_notice(request))
 
 
 @csrf_protected
