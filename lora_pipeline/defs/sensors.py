@@ -21,6 +21,7 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from sqlalchemy.orm import Session
 
 from lora_pipeline.config import Settings
 from lora_pipeline.dataset import approved_sets
@@ -29,10 +30,10 @@ from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
 from lora_pipeline.defs.jobs import ingest_job, regenerate_job, training_job
 from lora_pipeline.defs.partitions import CHARACTER_PARTITIONS_NAME, character_partitions
 from lora_pipeline.defs.resources import RegistryResource
-from lora_pipeline.generation.service import pending_requests
+from lora_pipeline.generation.service import is_request
 from lora_pipeline.media.comfyui_scan import register_new_outputs
 from lora_pipeline.registry import queries
-from lora_pipeline.registry.models import Character
+from lora_pipeline.registry.models import Character, Source
 
 RUNNING = DefaultSensorStatus.RUNNING
 
@@ -84,35 +85,53 @@ def character_partitions_sensor(
     )
 
 
+# Sources one tick of an ingest sensor turns into runs (and retried sources it looks at):
+# a backlog is worked through over several ticks, each of bounded cost.
+SOURCES_PER_TICK = 1000
+
+
+def _partitions(session: Session, sources: list[Source]) -> dict[int, str | None]:
+    """Source id -> the partition that ingests it: one lookup per character or project."""
+    by_owner: dict[tuple, str | None] = {}
+    found = {}
+    for source in sources:
+        owner = (source.character_id, source.project_id if source.character_id is None else None)
+        if owner not in by_owner:
+            by_owner[owner] = queries.ingest_partition(session, source)
+        found[source.id] = by_owner[owner]
+    return found
+
+
 @sensor(job=ingest_job, minimum_interval_seconds=30, default_status=RUNNING)
 def ingest_sensor(context: SensorEvaluationContext, registry: RegistryResource) -> SensorResult:
     """New ingest requests → one ingest run per source (cursor: last source id); a failed
-    source retried (`ingest retry`, the review app's button) → a new run of it."""
+    source retried (`ingest retry`, the review app's button) → a new run of it. At most
+    SOURCES_PER_TICK new sources a tick; the rest carry on in the next."""
     last_id = int(context.cursor or 0)
-    runs = []
-    with registry.get().session() as session:
-        sources = [s for s in queries.sources_after(session, last_id) if s.kind != "comfyui_output"]
-        retried = [s for s in queries.retried_sources(session) if s.id <= last_id]
-        for source in sources + retried:
-            slug = queries.ingest_partition(session, source)
-            if slug is None:
-                context.log.warning(f"source {source.id}: its project has no character yet")
-                continue
-            runs.append(
-                RunRequest(
-                    run_key=_ingest_run_key(source),
-                    partition_key=slug,
-                    run_config={
-                        "ops": {"ingested_frames": {"config": {"source_ids": [source.id]}}}
-                    },
-                    tags={"lora_pipeline/source_id": str(source.id)},
-                )
-            )
-    cursor = str(max([last_id] + [s.id for s in sources]))
-    return _result(context, runs, cursor, "no new ingest requests")
+    with registry.get().session(readonly=True) as session:
+        sources = queries.ingest_requests_after(session, last_id, False, SOURCES_PER_TICK)
+        retried = queries.retried_sources(session, last_id, SOURCES_PER_TICK)
+        partitions = _partitions(session, sources + retried)
+        runs = [_ingest_request(s, partitions[s.id], context) for s in sources + retried]
+        cursor = str(max([last_id] + [s.id for s in sources]))
+    return _result(context, [r for r in runs if r is not None], cursor, "no new ingest requests")
 
 
-def _ingest_run_key(source) -> str:
+def _ingest_request(
+    source: Source, slug: str | None, context: SensorEvaluationContext
+) -> RunRequest | None:
+    if slug is None:
+        context.log.warning(f"source {source.id}: its project has no character yet")
+        return None
+    return RunRequest(
+        run_key=_ingest_run_key(source),
+        partition_key=slug,
+        run_config={"ops": {"ingested_frames": {"config": {"source_ids": [source.id]}}}},
+        tags={"lora_pipeline/source_id": str(source.id)},
+    )
+
+
+def _ingest_run_key(source: Source) -> str:
     """One run per request, and one per retry (keyed by when the failed run ended)."""
     if source.processed_at is None:
         return f"ingest-{source.id}"
@@ -125,7 +144,7 @@ def comfyui_output_sensor(
 ) -> SensorResult:
     """New files in the ComfyUI output folder (LORA_PIPELINE_COMFYUI_OUTPUT_DIR) → ingest
     requests, each file once even across restarts → one ingest run per character with the
-    new ones (cursor: last source id requested)."""
+    new ones (cursor: last source id requested; at most SOURCES_PER_TICK a tick)."""
     settings = Settings.current()
     folder = settings.comfyui_output_dir
     if folder is None:
@@ -139,14 +158,16 @@ def comfyui_output_sensor(
     last_id = int(context.cursor or 0)
     by_partition: dict[str, list[int]] = defaultdict(list)
     with reg.session(readonly=True) as session:
-        sources = [s for s in queries.sources_after(session, last_id) if s.kind == "comfyui_output"]
+        sources = queries.ingest_requests_after(session, last_id, True, SOURCES_PER_TICK)
+        partitions = _partitions(session, sources)
         cursor = str(max([last_id] + [s.id for s in sources]))
-        for source in sources:
-            slug = queries.ingest_partition(session, source)
-            if slug is None:
-                context.log.warning(f"source {source.id}: its project has no character yet")
-                continue
-            by_partition[slug].append(source.id)
+        source_ids = [s.id for s in sources]
+    for source_id in source_ids:
+        slug = partitions[source_id]
+        if slug is None:
+            context.log.warning(f"source {source_id}: its project has no character yet")
+            continue
+        by_partition[slug].append(source_id)
     # A retried tick groups the same sources the same way, so its run_keys repeat; and a
     # source already ingested is skipped by the run, so an overlap costs nothing.
     runs = [
@@ -200,19 +221,26 @@ def rejection_sensor(context: SensorEvaluationContext, registry: RegistryResourc
     return _result(context, runs, cursor, "no new rejections")
 
 
+# Pending jobs one tick of the generation-request sensor reads.
+JOBS_PER_TICK = 1000
+
+
 @sensor(job=regenerate_job, minimum_interval_seconds=10, default_status=RUNNING)
 def generation_request_sensor(
     context: SensorEvaluationContext, registry: RegistryResource
 ) -> SensorResult:
     """Generation requests from the review app (pending jobs) → one run per character that
-    executes exactly those jobs (cursor: last job id)."""
+    executes exactly those jobs (cursor: last pending job read; the generation stage's own
+    jobs are passed over, they never become requests). At most JOBS_PER_TICK a tick."""
     last_id = int(context.cursor or 0)
     by_character: dict[str, list[int]] = defaultdict(list)
     with registry.get().session(readonly=True) as session:
-        for job in pending_requests(session, last_id):
-            by_character[session.get(Character, job.character_id).slug].append(job.id)
+        jobs = queries.pending_jobs_after(session, last_id, JOBS_PER_TICK)
+        for job in jobs:
+            if is_request(job):
+                by_character[session.get(Character, job.character_id).slug].append(job.id)
+        cursor = str(max([last_id] + [job.id for job in jobs]))
     runs = _generation_runs(by_character, "generate", "job_ids")
-    cursor = str(max([last_id] + [max(ids) for ids in by_character.values()]))
     return _result(context, runs, cursor, "no new generation requests")
 
 

@@ -603,10 +603,14 @@ def _count(count: int) -> int:
     return count
 
 
+def is_request(job: GenerationJob) -> bool:
+    """Whether the job was requested (the app, the CLI), not made by the generation stage."""
+    return bool((job.params or {}).get(REQUEST_MARK))
+
+
 def pending_requests(session: Session, after_id: int) -> list[GenerationJob]:
     """Requested jobs still pending, newer than a sensor's cursor, oldest first."""
-    jobs = queries.pending_jobs_after(session, after_id)
-    return [job for job in jobs if (job.params or {}).get(REQUEST_MARK)]
+    return [job for job in queries.pending_jobs_after(session, after_id) if is_request(job)]
 
 
 # A job pending or running this long is taken for stuck (the Generate tab, `jobs clear-stuck`).

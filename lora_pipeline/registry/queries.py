@@ -149,6 +149,24 @@ def sources_after(
     return list(session.scalars(query))
 
 
+COMFYUI_KIND = "comfyui_output"
+
+
+def ingest_requests_after(
+    session: Session, last_id: int, comfyui: bool, limit: int | None = None
+) -> list[Source]:
+    """Up to `limit` pending sources newer than a sensor's cursor, oldest first: those of the
+    ComfyUI output folder (`comfyui`) or those of every other kind (the (state, id) index)."""
+    kind = Source.kind == COMFYUI_KIND if comfyui else Source.kind != COMFYUI_KIND
+    query = (
+        select(Source)
+        .where(Source.state == "pending", Source.id > last_id, kind)
+        .order_by(Source.id)
+        .limit(_limit(limit))
+    )
+    return list(session.scalars(query))
+
+
 def frames_of_source(session: Session, source_id: int) -> list[Frame]:
     query = select(Frame).where(Frame.source_id == source_id).order_by(Frame.frame_index, Frame.id)
     return list(session.scalars(query))
@@ -159,10 +177,15 @@ def source_uses(session: Session, uri: str) -> bool:
     return session.scalar(select(Source.id).where(Source.uri == uri).limit(1)) is not None
 
 
-def retried_sources(session: Session) -> list[Source]:
-    """Sources a retry put back to pending: they keep the time their failed run ended."""
+def retried_sources(
+    session: Session, up_to_id: int | None = None, limit: int | None = None
+) -> list[Source]:
+    """Sources a retry put back to pending (they keep the time their failed run ended), up to
+    id `up_to_id` when given, oldest first."""
     query = select(Source).where(Source.state == "pending", Source.processed_at.is_not(None))
-    return list(session.scalars(query.order_by(Source.id)))
+    if up_to_id is not None:
+        query = query.where(Source.id <= up_to_id)
+    return list(session.scalars(query.order_by(Source.id).limit(_limit(limit))))
 
 
 def ingest_partition(session: Session, source: Source) -> str | None:
@@ -330,12 +353,15 @@ def generation_jobs(
     return list(session.scalars(query.limit(_limit(limit))))
 
 
-def pending_jobs_after(session: Session, after_id: int) -> list[GenerationJob]:
-    """Pending generation jobs newer than a sensor's cursor, oldest first."""
+def pending_jobs_after(
+    session: Session, after_id: int, limit: int | None = None
+) -> list[GenerationJob]:
+    """Up to `limit` pending generation jobs newer than a sensor's cursor, oldest first (the
+    (status, id) index)."""
     query = select(GenerationJob).where(
         GenerationJob.id > after_id, GenerationJob.status == "pending"
     )
-    return list(session.scalars(query.order_by(GenerationJob.id)))
+    return list(session.scalars(query.order_by(GenerationJob.id).limit(_limit(limit))))
 
 
 def comfyui_prompt_ids(session: Session, job_ids: Sequence[int]) -> dict[int, str]:

@@ -173,3 +173,51 @@ def test_ingest_sensor_runs_each_source_once(registry, instance) -> None:
         "source_ids": [s1]
     }
     assert _evaluate(ingest_sensor, registry, instance, cursor=result.cursor).run_requests == []
+
+
+def _sources(registry: Registry, count: int, kind: str = "url") -> list[int]:
+    with registry.session() as session:
+        return [
+            commands.create_source(
+                session, "demo", kind, f"https://example.invalid/{kind}/{n}", character_slug="aiko"
+            ).id
+            for n in range(count)
+        ]
+
+
+def test_ingest_sensor_carries_a_backlog_over_ticks(registry, instance, monkeypatch) -> None:
+    # At most SOURCES_PER_TICK sources a tick, each requested once, none skipped; the ComfyUI
+    # output folder's sources are the other sensor's and never hold this one up.
+    monkeypatch.setattr(sensors, "SOURCES_PER_TICK", 2)
+    ids = _sources(registry, 2) + _sources(registry, 3, "comfyui_output") + _sources(registry, 3)
+    ours = [i for n, i in enumerate(ids) if not 2 <= n < 5]
+    seen, cursor = [], None
+    for _ in range(3):
+        result = _evaluate(ingest_sensor, registry, instance, cursor=cursor)
+        assert len(result.run_requests) <= 2
+        seen += [int(r.tags["lora_pipeline/source_id"]) for r in result.run_requests]
+        cursor = result.cursor
+    assert seen == ours
+    assert _evaluate(ingest_sensor, registry, instance, cursor=cursor).run_requests == []
+
+
+def test_generation_request_sensor_carries_on_past_the_stages_own_jobs(
+    registry, instance, monkeypatch
+) -> None:
+    # A backlog of jobs the generation stage made itself (pending, never requests) does not
+    # hold up the requests behind it: each tick reads JOBS_PER_TICK and moves past them.
+    from lora_pipeline.generation.service import request_generation
+
+    monkeypatch.setattr(sensors, "JOBS_PER_TICK", 2)
+    with registry.session() as session:
+        character = commands.get_character(session, "aiko")
+        for seed in range(3):
+            commands.create_generation_job(session, character.id, "p", "", seed, {})
+        wanted = request_generation(session, "kenji", seed=7)[0].id
+    requested, cursor = [], None
+    for _ in range(2):
+        result = _evaluate(sensors.generation_request_sensor, registry, instance, cursor=cursor)
+        requested += [r.run_key for r in result.run_requests]
+        cursor = result.cursor
+    assert requested == [f"generate-kenji-{wanted}"]
+    assert cursor == str(wanted)

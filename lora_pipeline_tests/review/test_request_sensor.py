@@ -41,14 +41,15 @@ def test_one_run_per_character_with_its_jobs(registry: Registry) -> None:
         kenji = request_generation(session, "kenji", kind="video")[0].id
         # A job the generation stage made itself is not a request.
         character = commands.get_character(session, "aiko")
-        commands.create_generation_job(session, character.id, "p", "", 1, {})
+        own = commands.create_generation_job(session, character.id, "p", "", 1, {}).id
     with DagsterInstance.ephemeral() as instance:
         result = evaluate(registry, instance)
         runs = {r.partition_key: r for r in result.run_requests}
         assert runs["aiko"].run_config["ops"]["generated_images"]["config"] == {"job_ids": aiko}
         assert runs["aiko"].run_key == f"generate-aiko-{aiko[-1]}"
         assert runs["kenji"].tags["lora_pipeline/job_ids"] == str(kenji)
-        assert result.cursor == str(kenji)
+        # The cursor passes the stage's own job too: it is never read again.
+        assert result.cursor == str(own)
         assert sorted(result.dynamic_partitions_requests[0].partition_keys) == ["aiko", "kenji"]
         # Same cursor (a retried tick): the same run keys, so nothing runs twice.
         retry = evaluate(registry, instance)
