@@ -19,9 +19,10 @@ from lora_pipeline.defs.instance import open_instance, prepare_dagster_home
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run_two_probes(
-    dagster_home: Path, tmp_path: Path, modes: tuple[str, str], lock: bool = True
-) -> dict[str, dict]:
+def _start_two_probes(
+    dagster_home: Path, tmp_path: Path, modes: tuple[str, str], lock: bool, rounds: int
+) -> Path:
+    """Run the two probe processes to their end; the folder where they wrote their records."""
     probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
     env = dict(os.environ, DAGSTER_HOME=str(dagster_home), POOL_PROBE_DIR=str(probe_dir))
@@ -30,7 +31,7 @@ def _run_two_probes(
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "lora_pipeline_tests.defs.pool_probe", name, mode],
+            [sys.executable, "-m", "lora_pipeline_tests.defs.pool_probe", name, mode, str(rounds)],
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -40,8 +41,28 @@ def _run_two_probes(
     ]
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output.decode()[-3000:]
-    return {n: json.loads((probe_dir / f"end-{n}.json").read_text()) for n in ("a", "b")}
+        assert proc.returncode == 0, output.decode()[-3000:] + _diagnostics(probe_dir)
+    return probe_dir
+
+
+def _diagnostics(probe_dir: Path) -> str:
+    """What a stalled round's probes wrote down about the pool and the lock."""
+    return "".join(f"\n{p}: {p.read_text()}" for p in sorted(probe_dir.glob("*/diagnostics-*")))
+
+
+def _records(folder: Path) -> dict[str, dict]:
+    return {n: json.loads((folder / f"end-{n}.json").read_text()) for n in ("a", "b")}
+
+
+def _run_two_probes(
+    dagster_home: Path, tmp_path: Path, modes: tuple[str, str], lock: bool = True
+) -> dict[str, dict]:
+    return _records(_start_two_probes(dagster_home, tmp_path, modes, lock, rounds=1))
+
+
+def _run_rounds(home: Path, tmp_path: Path, lock: bool) -> list[dict[str, dict]]:
+    probe_dir = _start_two_probes(home, tmp_path, ("job", "job"), lock, rounds=ROUNDS)
+    return [_records(probe_dir / f"round-{number}") for number in range(ROUNDS)]
 
 
 def _overlap(records: dict[str, dict]) -> bool:
@@ -75,6 +96,25 @@ def test_gpu_runs_never_overlap_across_processes(tmp_path: Path) -> None:
     records = _run_two_probes(_project_home(tmp_path), tmp_path, ("job", "job"))
     assert not _overlap(records), records
     assert records["a"]["saw_running"] == [] and records["b"]["saw_running"] == []
+
+
+# The project's instance, 20 contests in a row: the pool and the lock never let two overlap.
+ROUNDS = 20
+
+
+def test_twenty_rounds_in_a_row_never_overlap(tmp_path: Path) -> None:
+    rounds = _run_rounds(_project_home(tmp_path), tmp_path, lock=True)
+    overlapping = [n for n, records in enumerate(rounds) if _overlap(records)]
+    seen = [n for n, r in enumerate(rounds) if r["a"]["saw_running"] or r["b"]["saw_running"]]
+    assert overlapping == [] and seen == [], rounds
+
+
+def test_twenty_rounds_overlap_without_the_pool_limit_and_the_lock(tmp_path: Path) -> None:
+    """The control of the rounds: the same contests on an instance without either mostly
+    overlap, so a round above that did not is one the pool and the lock kept apart."""
+    rounds = _run_rounds(_unlimited_home(tmp_path), tmp_path, lock=False)
+    overlapping = [n for n, records in enumerate(rounds) if _overlap(records)]
+    assert len(overlapping) >= ROUNDS // 2, rounds
 
 
 # Two run workers, a run worker beside an in-process `materialize()`, two materialisations.
