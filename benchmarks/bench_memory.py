@@ -10,7 +10,6 @@ Python still holds in tensors, and CUDA's allocated bytes, must.
 from __future__ import annotations
 
 import gc
-import resource
 import tempfile
 import time
 import warnings
@@ -21,24 +20,15 @@ from benchmarks.run import Result
 from lora_pipeline.config import Settings
 from lora_pipeline.generation.local import GenerationRequest
 from lora_pipeline.model_runtime import ModelRuntime
+from lora_pipeline.process_memory import process_memory
 from lora_pipeline.tiny_models import build_tiny_sd
 
 IMAGES = 4
 
 
 def _memory() -> dict[str, float]:
-    import torch
-
-    figures = {
-        # What Python still holds in tensors: on the CPU, the measure of what is left.
-        "live_tensors_mb": _live_tensor_bytes() / 2**20,
-        "rss_mb": _current_rss_kb() / 1024,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if torch.cuda.is_available():
-        figures["cuda_allocated_mb"] = torch.cuda.memory_allocated() / 2**20
-        figures["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return figures
+    # What Python still holds in tensors: on the CPU, the measure of what is left.
+    return {"live_tensors_mb": _live_tensor_bytes() / 2**20, **process_memory()}
 
 
 def _live_tensor_bytes() -> int:
@@ -49,14 +39,6 @@ def _live_tensor_bytes() -> int:
         warnings.simplefilter("ignore")
         tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _current_rss_kb() -> float:
-    """VmRSS of this process (Linux's /proc), in kB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return float(line.split()[1])
-    return float("nan")
 
 
 def _labelled(stage: str, figures: dict[str, float]) -> dict[str, float]:

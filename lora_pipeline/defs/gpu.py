@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dagster import AssetExecutionContext
+from dagster import AssetExecutionContext, MetadataValue
 
 from lora_pipeline.defs.resources import ModelsResource
 from lora_pipeline.gpu_lock import GpuLease, Priority
+from lora_pipeline.process_memory import describe_memory, process_memory, reset_cuda_peak
 
 # Dagster's documented priority tag: pool slots go in the order of run + step priority.
 PRIORITY_TAG = "dagster/priority"
@@ -45,9 +46,25 @@ def gpu_step(
     priority: Priority,
     escalate_after_s: float | None = None,
 ) -> Iterator[GpuLease]:
-    """Hold the GPU for the body of a step; the wait, if any, is logged with who holds it."""
+    """Hold the GPU for the body of a step; the wait, if any, is logged with who holds it.
+    The process's memory before and after the body goes to the log and to the step's
+    metadata (`gpu_step_memory`), so what a step leaves allocated is on record."""
     partition = f" {context.partition_key}" if context.has_partition_key else ""
     holder = f"run {context.run_id[:8]} {context.op_def.name}{partition}"
     lock = models.runtime().gpu_lock()
     with lock.hold(holder, priority, context.log.info, escalate_after_s) as lease:
+        reset_cuda_peak()
+        before = process_memory()
         yield lease
+        after = process_memory()
+    context.log.info(describe_memory(before, after))
+    _add_memory_metadata(context, before, after)
+
+
+def _add_memory_metadata(
+    context: AssetExecutionContext, before: dict[str, float], after: dict[str, float]
+) -> None:
+    # A step may hold the GPU more than once (a training that yields): the last hold counts.
+    output = context.assets_def.get_output_name_for_asset_key(context.asset_key)
+    figures = MetadataValue.json({"before": before, "after": after})
+    context.add_output_metadata({"gpu_step_memory": figures}, output_name=output)

@@ -74,6 +74,9 @@ def _materialised(instance: DagsterInstance, name: str) -> set[str]:
     return set(instance.get_materialized_partitions(AssetKey(name)))
 
 
+GPU_ASSETS = ["classified_frames", "generated_images", "trained_lora", "eval_grid"]
+
+
 def test_whole_graph_for_one_character(studio, monkeypatch) -> None:
     settings, registry, instance = studio
     monkeypatch.setenv("LORA_PIPELINE_TRAINING_SETTLE_S", "0")  # train once ten are approved
@@ -132,6 +135,12 @@ def test_whole_graph_for_one_character(studio, monkeypatch) -> None:
     assert metadata["verdict"].value in ("pass", "fail", "unverified")
     assert metadata["best_epoch"].value in (1, 2)  # the two saved epochs were compared
     assert Path(metadata["model_card"].value).is_file()
+    # Every GPU step records the process's memory before and after its work.
+    for name in GPU_ASSETS:
+        event = instance.get_latest_materialization_event(AssetKey(name))
+        memory = event.asset_materialization.metadata["gpu_step_memory"].value
+        assert memory["before"]["rss_mb"] > 0 and memory["after"]["rss_mb"] > 0, name
+        assert memory["after"]["peak_rss_mb"] > 0, name
     # What the review app shows of the training: its status file, written by the run worker
     # and the training child, ends trained at its last step, with the run that trained it.
     status = read_status(status_path(settings.data_root, "aiko"))
