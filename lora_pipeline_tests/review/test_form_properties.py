@@ -25,8 +25,9 @@ from starlette.testclient import TestClient
 from lora_pipeline.media.store import DataRoot
 from lora_pipeline.registry import commands
 from lora_pipeline.registry.commands import REJECTION_CATEGORIES
+from lora_pipeline.registry.commands import clusters as cluster_commands
 from lora_pipeline.registry.db import Registry
-from lora_pipeline.registry.models import Feedback, Image, Source
+from lora_pipeline.registry.models import CandidateCluster, Feedback, Image, Source
 from lora_pipeline.review.app import create_app
 from lora_pipeline_tests.media.test_ingest_properties import HEADS
 from lora_pipeline_tests.review.conftest import add_cast, app_client, form_token, make_settings
@@ -63,6 +64,7 @@ values = st.one_of(texts, numbers, slugs, st.sampled_from(WORDS))
 FIELDS = [
     "reviewer", "notes", "prompt_edit", "next", "character", "project", "kind", "seed",
     "prompt", "negative_prompt", "minutes", "mode", "url", "fps", "max_frames", "category",
+    "slug", "name", "design_prompt", "status",
 ]  # fmt: skip
 forms = st.dictionaries(
     st.sampled_from(FIELDS),
@@ -80,6 +82,8 @@ ROUTES = [
     "/suggestions/{id}/dismiss",
     "/ingest",
     "/ingest/{id}/retry",
+    "/clusters/{id}/label",
+    "/clusters/{id}/dismiss",
 ]
 BASE = {
     "/generate": {"character": "aiko", "kind": "image"},
@@ -95,9 +99,11 @@ PAGES = [
     "/releases",
     "/releases.json",
     "/jobs.json",
+    "/clusters",
 ]
 QUERY = ["project", "character", "reviewer", "done", "outcome", "demoted", "card", "created"]
 QUERY += ["retried", "requested", "cleared", "stopped", "accepted", "dismissed", "token"]
+QUERY += ["status", "cluster", "images"]
 
 
 @dataclass
@@ -124,10 +130,29 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
             commands.add_image(session, aiko.id, stored.sha256, stored.relpath, 24, 16, "generated")
         source = commands.create_source(session, "show", "url", "https://example.com/v", "aiko")
         commands.set_source_state(session, source.id, "failed", error="no data for 20 s")
+    _add_clusters(registry, root, count=6)
     # The app's answer to a bug, not the exception: a 500 must show here to fail the test.
     with app_client(application, raise_server_exceptions=False) as client:
         yield App(registry, root, settings_.home, client, form_token(client))
     registry.dispose()
+
+
+def _add_clusters(registry: Registry, root: DataRoot, count: int) -> None:
+    """Open candidate clusters of one unrecognised crop each (ids 1..count) in "show"."""
+    frame_image = root.put_image(PILImage.new("RGB", (32, 32), (1, 2, 3)))
+    with registry.session() as session:
+        source = commands.create_source(
+            session, "show", "image_upload", frame_image.relpath, mode="project"
+        )
+        frame, _ = commands.add_frame(
+            session, source.id, frame_image.sha256, frame_image.relpath, 0, 0.0, 32, 32
+        )
+        for n in range(count):
+            stored = root.put_image(PILImage.new("RGB", (8, 12), (n * 30, 200, 7)))
+            crop, _ = cluster_commands.add_unrecognised_crop(
+                session, frame.id, stored.sha256, stored.relpath, 8, 12, {"frame_index": 0}
+            )
+            cluster_commands.save_cluster(session, source.project_id, "test", [crop.id], [1.0])
 
 
 def _check_answer(answer) -> None:
@@ -160,6 +185,15 @@ def _check_state(app: App) -> None:
                 assert app.root.path(s.uri).is_file(), s.uri
         decided = select(Image.status).join(Feedback, Feedback.image_id == Image.id)
         assert set(session.scalars(decided)) <= {"rejected"}
+        # A cluster has a character exactly when labelled, and then its crop is its image.
+        for cluster in session.scalars(select(CandidateCluster)):
+            assert (cluster.character_id is not None) == (cluster.status == "labelled")
+            if cluster.character_id is not None:
+                (crop,) = cluster_commands.cluster_crops(session, cluster.id)
+                image = select(Image).where(
+                    Image.sha256 == crop.sha256, Image.character_id == cluster.character_id
+                )
+                assert session.scalar(image) is not None
 
 
 def _path(route: str, number: int, action: str) -> str:
@@ -201,6 +235,11 @@ def test_any_form_post_gets_a_designed_answer(
 @EXAMPLES
 # Found here: "²" passes str.isdigit() and then failed int() (a 500).
 @example(page="/releases", query={"done": "²", "outcome": "approved"}, as_json=False)
+@example(
+    page="/clusters",
+    query={"cluster": "1", "outcome": "labelled", "character": "aiko", "images": "²"},
+    as_json=False,
+)
 @given(
     page=st.sampled_from(PAGES),
     query=st.dictionaries(st.sampled_from(QUERY), values, max_size=5),

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from lora_pipeline.media.store import DataRoot, UnsafePathError
-from lora_pipeline.registry import queries
+from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.commands import clusters as cluster_commands
 from lora_pipeline.registry.errors import InvalidInputError
 from lora_pipeline.registry.models import CandidateCluster, Character, UnrecognisedCrop
@@ -113,7 +113,6 @@ def clusters_page(request: Request) -> Response:
         groups=groups,
         projects=projects,
         filters={"project": project, "status": shown if shown in STATUS_CHOICES else "open"},
-        here=page_url("/clusters", project=project, status=shown),
         notice=_notice(request),
     )
 
@@ -127,7 +126,12 @@ def _notice(request: Request) -> str | None:
     if params.get("outcome") == "dismissed":
         return f"Cluster {cluster} dismissed: its crops are set aside."
     character = params.get("character", "")
-    if params.get("outcome") == "labelled" and character and images.isdigit():
+    try:
+        commands.validate_slug(character)
+    except InvalidInputError:
+        return None  # a link of ours names a slug; anything else is not ours to echo
+    # isascii: isdigit() alone takes "²", which int() refuses.
+    if params.get("outcome") == "labelled" and images.isascii() and images.isdigit():
         return (
             f"Cluster {cluster} labelled {character}: {int(images)} pending image(s) to review "
             "in the Approve tab."
