@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 from PIL import Image
 from sqlalchemy import select
 
@@ -193,8 +194,14 @@ def test_a_decided_cluster_is_409_and_changes_nothing(studio: Studio, first, sec
         assert session.scalar(select(Character).where(Character.slug == "hana")) is None
         assert session.scalars(select(ImageRow)).all().__len__() == (2 if first else 0)
     # A plain form gets the page with the same one line.
-    page = studio.client.post(again, data={"csrf_token": studio.csrf(), **second})
-    assert page.status_code == 409 and expected in page.text and "Traceback" not in page.text
+    # A plain form gets the Clusters page back (its filter kept) with the same one line.
+    page = studio.client.post(
+        again, data={"csrf_token": studio.csrf(), "project": "show", **second}
+    )
+    assert page.status_code == 409 and "Traceback" not in page.text
+    assert f'<p class="error" role="alert">{expected}</p>' in page.text
+    assert "<h1>Candidate characters</h1>" in page.text
+    assert '<option value="show" selected>' in page.text
 
 
 @pytest.mark.parametrize("action", ["label", "dismiss"])
@@ -227,6 +234,11 @@ def test_a_bad_label_form_is_one_line_and_changes_nothing(studio: Studio, data, 
     assert answer.status_code in (400, 404, 409)
     message = answer.json()["error"]
     assert error in message and "\n" not in message
+    plain = studio.client.post(
+        f"/clusters/{cluster_id}/label", data={"csrf_token": studio.csrf(), **data}
+    )
+    assert plain.status_code == answer.status_code and "<h1>Candidate characters</h1>" in plain.text
+    assert escape(message) in plain.text
     assert status_of(studio, cluster_id) == "open"
     with studio.registry.session() as session:
         assert session.scalar(select(Character).where(Character.slug == "hana")) is None

@@ -18,10 +18,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
+from lora_pipeline.errors import user_message
 from lora_pipeline.media.store import DataRoot, UnsafePathError
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.commands import clusters as cluster_commands
-from lora_pipeline.registry.errors import InvalidInputError
+from lora_pipeline.registry.errors import ConflictError, InvalidInputError, NotFoundError
 from lora_pipeline.registry.models import CandidateCluster, Character, UnrecognisedCrop
 from lora_pipeline.review.security import csrf_protected, page_url
 from lora_pipeline.review.views.approve import IMMUTABLE
@@ -32,6 +33,13 @@ SHEET_CROPS = 48
 STATUS_CHOICES = {"open": ("open",), "all": ("open", "labelled", "dismissed")}
 NO_CHARACTER = "say who this is: choose an existing character, or give the new one's slug and name"
 BOTH_GIVEN = "choose an existing character or describe a new one, not both"
+# What the registry refuses a label or dismiss with, and the status each answers.
+REFUSAL_STATUS: dict[type[Exception], int] = {
+    NotFoundError: 404,
+    InvalidInputError: 400,
+    ConflictError: 409,
+}
+REFUSALS = tuple(REFUSAL_STATUS)
 
 
 @dataclass(frozen=True)
@@ -100,20 +108,32 @@ def _cast(session: Session, project_id: int) -> list[tuple[str, str]]:
 
 
 def clusters_page(request: Request) -> Response:
+    params = request.query_params
+    return _page(request, params.get("project", ""), params.get("status", ""), _notice(request))
+
+
+def _page(
+    request: Request,
+    project: str,
+    shown: str,
+    notice: str | None = None,
+    status: int = 200,
+    error: str | None = None,
+) -> Response:
     ctx = _context(request)
-    project = request.query_params.get("project", "").strip()
-    shown = request.query_params.get("status", "open")
-    statuses = STATUS_CHOICES.get(shown, STATUS_CHOICES["open"])
+    project, shown = project.strip(), shown if shown in STATUS_CHOICES else "open"
     with ctx.registry.session(readonly=True) as session:
-        groups = _project_clusters(session, project or None, statuses)
+        groups = _project_clusters(session, project or None, STATUS_CHOICES[shown])
         projects = [(p.slug, p.name) for p in queries.list_projects(session)]
     return render(
         request,
         "clusters.html",
+        status=status,
         groups=groups,
         projects=projects,
-        filters={"project": project, "status": shown if shown in STATUS_CHOICES else "open"},
-        notice=_notice(request),
+        filters={"project": project, "status": shown},
+        notice=notice,
+        error=error,
     )
 
 
@@ -158,9 +178,9 @@ async def label_cluster_action(request: Request, form: FormData) -> Response:
     become pending images of it."""
     ctx = _context(request)
     cluster_id = request.path_params["cluster_id"]
-    existing, new = _label_choice(form)
 
     def work() -> tuple[str, int]:
+        existing, new = _label_choice(form)
         with ctx.registry.session() as session:
             if new is not None:
                 character, added = cluster_commands.label_cluster_as_new(session, cluster_id, *new)
@@ -168,7 +188,10 @@ async def label_cluster_action(request: Request, form: FormData) -> Response:
             assert existing is not None  # _label_choice gives one or the other
             return existing, len(cluster_commands.label_cluster(session, cluster_id, existing))
 
-    slug, images = await run_in_threadpool(work)
+    try:
+        slug, images = await run_in_threadpool(work)
+    except REFUSALS as error:
+        return await _refused(request, form, error)
     if wants_json(request):
         return JSONResponse(
             {"ok": True, "cluster_id": cluster_id, "status": "labelled", "character": slug,
@@ -187,12 +210,26 @@ async def dismiss_cluster_action(request: Request, form: FormData) -> Response:
         with ctx.registry.session() as session:
             return cluster_commands.dismiss_cluster(session, cluster_id).size
 
-    size = await run_in_threadpool(work)
+    try:
+        size = await run_in_threadpool(work)
+    except REFUSALS as error:
+        return await _refused(request, form, error)
     if wants_json(request):
         return JSONResponse(
             {"ok": True, "cluster_id": cluster_id, "status": "dismissed", "size": size}
         )
     return _back(form, cluster_id, "dismissed")
+
+
+async def _refused(request: Request, form: FormData, error: Exception) -> Response:
+    """A label or dismiss the registry refused: one line, at its status, on the page the form
+    was on (a script gets it as JSON)."""
+    status = next(code for kind, code in REFUSAL_STATUS.items() if isinstance(error, kind))
+    message = user_message(error)
+    if wants_json(request):
+        return JSONResponse({"ok": False, "error": message}, status_code=status)
+    project, shown = _text(form, "project"), _text(form, "status")
+    return await run_in_threadpool(_page, request, project, shown, None, status, message)
 
 
 def _back(form: FormData, cluster_id: int, outcome: str, **extra: object) -> Response:
