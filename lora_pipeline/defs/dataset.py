@@ -42,8 +42,9 @@ from lora_pipeline.dataset.service import (
 )
 from lora_pipeline.dataset.versions import load_manifest
 from lora_pipeline.defs.generation import generated_images
+from lora_pipeline.defs.gpu import gpu_op_tags, gpu_step
 from lora_pipeline.defs.ingest import classified_frames
-from lora_pipeline.defs.partitions import character_partitions
+from lora_pipeline.defs.partitions import GPU_POOL, character_partitions
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 
 
@@ -159,6 +160,9 @@ def approved_dataset(
     partitions_def=character_partitions,
     group_name="dataset",
     check_specs=[AssetCheckSpec("captions_complete", asset="captions", blocking=True)],
+    # The tagger and the VLM captioner run on the GPU.
+    pool=GPU_POOL,
+    op_tags=gpu_op_tags("batch"),
 )
 def captions(
     context: AssetExecutionContext,
@@ -176,17 +180,20 @@ def captions(
     strategy = config.strategy or settings.caption_strategy
     info = character_info(registry.get(), approved_dataset.character)
     wants = strategy.lower()
-    caption_set = caption_version(
-        registry.get(),
-        root,
-        approved_dataset,
-        strategy=strategy,
-        tagger=runtime.tagger() if "tags" in wants or "auto" in wants else None,
-        captioner=runtime.captioner(info.project) if "vlm" in wants else None,
-        taxonomy=taxonomy_for_project(config.taxonomy or settings.taxonomy, info.project),
-        blacklist=_first_set(config.tag_blacklist, settings.tag_blacklist, DEFAULT_TAG_BLACKLIST),
-        include_character_tags=config.include_character_tags,
-    )
+    with gpu_step(context, models, "batch"):
+        caption_set = caption_version(
+            registry.get(),
+            root,
+            approved_dataset,
+            strategy=strategy,
+            tagger=runtime.tagger() if "tags" in wants or "auto" in wants else None,
+            captioner=runtime.captioner(info.project) if "vlm" in wants else None,
+            taxonomy=taxonomy_for_project(config.taxonomy or settings.taxonomy, info.project),
+            blacklist=_first_set(
+                config.tag_blacklist, settings.tag_blacklist, DEFAULT_TAG_BLACKLIST
+            ),
+            include_character_tags=config.include_character_tags,
+        )
     by_file = caption_set.captions
     yield Output(
         {"dataset": approved_dataset, "captions": by_file, "caption_set": caption_set},
@@ -210,6 +217,9 @@ def captions(
     partitions_def=character_partitions,
     group_name="dataset",
     check_specs=[AssetCheckSpec("shot_balance", asset="shot_splits", blocking=False)],
+    # The face detector that measures each shot runs on the GPU.
+    pool=GPU_POOL,
+    op_tags=gpu_op_tags("batch"),
 )
 def shot_splits(
     context: AssetExecutionContext,
@@ -224,15 +234,16 @@ def shot_splits(
     dataset = captions["dataset"]
     # The checkpoint the character trains on: its project profile's, else the setting.
     runtime = models.runtime().for_character(dataset.character, registry.get())
-    split = split_shots(
-        root,
-        dataset,
-        captions["captions"],
-        runtime.face_detector(),
-        caption_set=captions.get("caption_set"),
-        person=character_info(registry.get(), dataset.character).name,
-        base_model=runtime.settings.base_model,
-    )
+    with gpu_step(context, models, "batch"):
+        split = split_shots(
+            root,
+            dataset,
+            captions["captions"],
+            runtime.face_detector(),
+            caption_set=captions.get("caption_set"),
+            person=character_info(registry.get(), dataset.character).name,
+            base_model=runtime.settings.base_model,
+        )
     for warning in split.warnings:
         context.log.warning(warning)
     yield Output(

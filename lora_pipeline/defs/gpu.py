@@ -16,6 +16,7 @@ from dagster import AssetExecutionContext, MetadataValue
 
 from lora_pipeline.defs.resources import ModelsResource
 from lora_pipeline.gpu_lock import GpuLease, Priority
+from lora_pipeline.model_runtime import release_gpu_models
 from lora_pipeline.process_memory import describe_memory, process_memory, reset_cuda_peak
 
 # Dagster's documented priority tag: pool slots go in the order of run + step priority.
@@ -47,15 +48,19 @@ def gpu_step(
     escalate_after_s: float | None = None,
 ) -> Iterator[GpuLease]:
     """Hold the GPU for the body of a step; the wait, if any, is logged with who holds it.
-    The process's memory before and after the body goes to the log and to the step's
-    metadata (`gpu_step_memory`), so what a step leaves allocated is on record."""
+    The models the step loaded are released before the lock is, so the next holder finds the
+    device empty; the process's memory before the body and after the release goes to the log
+    and to the step's metadata (`gpu_step_memory`)."""
     partition = f" {context.partition_key}" if context.has_partition_key else ""
     holder = f"run {context.run_id[:8]} {context.op_def.name}{partition}"
     lock = models.runtime().gpu_lock()
     with lock.hold(holder, priority, context.log.info, escalate_after_s) as lease:
         reset_cuda_peak()
         before = process_memory()
-        yield lease
+        try:
+            yield lease
+        finally:
+            release_gpu_models()
         after = process_memory()
     context.log.info(describe_memory(before, after))
     _add_memory_metadata(context, before, after)

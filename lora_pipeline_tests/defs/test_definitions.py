@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from pathlib import Path
 
@@ -22,7 +23,14 @@ EXPECTED_DEPS = {
     "trained_lora": {"shot_splits"},
     "eval_grid": {"trained_lora"},
 }
-GPU_ASSETS = {"classified_frames", "generated_images", "trained_lora", "eval_grid"}
+GPU_ASSETS = {
+    "classified_frames",
+    "generated_images",
+    "captions",
+    "shot_splits",
+    "trained_lora",
+    "eval_grid",
+}
 
 
 def test_definitions_load() -> None:
@@ -45,6 +53,15 @@ def test_every_gpu_asset_is_in_a_gpu_pool() -> None:
         pools = graph.get(AssetKey(name)).pools or set()
         expected = {INTERACTIVE_GPU_POOL if name == "generated_images" else GPU_POOL}
         assert pools == (expected if name in GPU_ASSETS else set()), name
+
+
+def test_every_asset_that_loads_models_holds_the_gpu_for_them() -> None:
+    """An asset given the models resource runs models (on the GPU where there is one), so it
+    is one of the GPU assets above; test_pipeline sees each of them record its gpu_step."""
+    for assets_def in defs.assets or []:
+        compute = assets_def.op.compute_fn.decorated_fn
+        if "models" in inspect.signature(compute).parameters:
+            assert assets_def.key.to_user_string() in GPU_ASSETS, assets_def.key
 
 
 def test_blocking_checks_guard_training() -> None:

@@ -74,7 +74,15 @@ def _materialised(instance: DagsterInstance, name: str) -> set[str]:
     return set(instance.get_materialized_partitions(AssetKey(name)))
 
 
-GPU_ASSETS = ["classified_frames", "generated_images", "trained_lora", "eval_grid"]
+# The assets whose work holds the GPU (test_definitions: every asset that loads models).
+GPU_ASSETS = [
+    "classified_frames",
+    "generated_images",
+    "captions",
+    "shot_splits",
+    "trained_lora",
+    "eval_grid",
+]
 
 
 def test_whole_graph_for_one_character(studio, monkeypatch) -> None:
