@@ -259,6 +259,11 @@ class Settings(BaseSettings):
         1800.0, ge=0, allow_inf_nan=False,
         description="longest a training waits in one pause before it takes the GPU back",
     )
+    training_nice: int = Field(
+        10, ge=0, le=19,
+        description="CPU niceness of the training process (0: none): batch work leaves the "
+        "CPU to interactive work first (a regeneration's start-up, the review app)",
+    )
     training_settle_s: float = Field(
         600.0, ge=0, allow_inf_nan=False,
         description="the training sensor waits until a character's approved set has not "

@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     from lora_pipeline.logging_setup import quiet_ml_libraries
 
     quiet_ml_libraries()
+    # A training is batch work: the CPU goes to interactive work first (a regeneration's run
+    # starting while this trains, the review app), as the GPU does through the lock.
+    os.nice(Settings.current().training_nice)
     stop = StopFlag()
     stop.install()
     if args.job is not None:

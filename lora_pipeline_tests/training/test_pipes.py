@@ -5,6 +5,7 @@ fails the Dagster asset with a clear message and the next run resumes to the sam
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -82,6 +83,9 @@ def test_a_cancelled_child_saves_its_step_and_resumes(
     assert child.stdout is not None
     for line in child.stdout:
         if line.startswith("step 1/6"):
+            # Batch work: the child lowered its CPU priority (training_nice, default 10).
+            ours = os.getpriority(os.PRIO_PROCESS, 0)
+            assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(ours + 10, 19)
             child.send_signal(signal.SIGINT)  # what Dagster sends when a run is cancelled
             break
     rest = child.stdout.read()
