@@ -49,13 +49,16 @@ def tiny_clip_tokenizer(scratch: Path):  # -> CLIPTokenizer
     return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=TOKENIZER_MAX_LENGTH)
 
 
-def tiny_clip_text_config(tokenizer, projection_dim: int = 32):  # -> CLIPTextConfig
-    """A two-layer, 32-wide CLIP text tower for `tiny_clip_tokenizer`."""
+def tiny_clip_text_config(
+    tokenizer, projection_dim: int = 32, hidden_size: int = 32
+):  # -> CLIPTextConfig
+    """A two-layer CLIP text tower for `tiny_clip_tokenizer`, 32 wide unless asked otherwise
+    (the tiny SDXL's second encoder is wider, as bigG is wider than CLIP-L)."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=hidden_size,
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
