@@ -1,13 +1,15 @@
 """Every common single-file layout loads, offline, through the one loader that generation, the
 eval grid and the built-in trainer share (`generation.local.load_pipeline`): the text encoder
 with and without `text_model.`, fp16/bf16/fp32, EMA-only (pruned) files and full files with
-`model_ema.*`, `.ckpt` pickles; a file that cannot be loaded is refused in one line naming the
-problem. The tiny SD is written in each layout (random weights, built offline)."""
+`model_ema.*`, `.ckpt` pickles, and SDXL (`conditioner.embedders.0/1`); a file that cannot be
+loaded is refused in one line naming the problem. The tiny SD and the tiny SDXL are written in
+these layouts (random weights, built offline)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -23,7 +25,12 @@ from lora_pipeline.generation.single_file import CheckpointError, checkpoint_lay
 from lora_pipeline.model_configs import build_config_folder
 from lora_pipeline.training.defaults import detect_base_model_version
 from lora_pipeline.training.trainer import TrainingConfig, TrainingExample, train_lora
-from lora_pipeline_tests.training.single_file import write_single_file
+from lora_pipeline_tests.training.single_file import (
+    SDXL_OPEN_CLIP,
+    write_sdxl_single_file,
+    write_single_file,
+)
+from lora_pipeline_tests.training.tiny_sdxl import build_tiny_sdxl
 
 CLIP = "cond_stage_model.transformer."
 # Buffers of the original LatentDiffusion that full and EMA-only files carry.
@@ -280,3 +287,61 @@ def test_sdxls_first_encoder_without_text_model_is_built_exactly(
     built = clip_text_encoder(path, prefix, tiny_sd / "text_encoder", torch.float32)
     for key, tensor in encoder.state_dict().items():
         assert torch.equal(built.state_dict()[key], tensor.half().float()), key
+
+
+class SdxlFile(NamedTuple):
+    folder: Path  # the tiny SDXL in diffusers layout, whose weights the file holds
+    checkpoint: Path  # the same weights as one sgm-layout single file
+    config: Path  # the config folder that loads it offline
+
+
+@pytest.fixture(scope="module")
+def sdxl_file(tmp_path_factory: pytest.TempPathFactory) -> SdxlFile:
+    work = tmp_path_factory.mktemp("sdxl-single-file")
+    folder = build_tiny_sdxl(work / "tiny-sdxl")
+    checkpoint = write_sdxl_single_file(folder, work / "tiny-sdxl.safetensors")
+    # The tiny model's configs stand in for the shipped SDXL ones, as for SD1.5 above.
+    shutil.copytree(folder, work / "template", ignore=shutil.ignore_patterns("*.safetensors"))
+    config = build_config_folder(work / "template", folder / "tokenizer", work / "config")
+    return SdxlFile(folder, checkpoint, config)
+
+
+def test_an_sdxl_single_file_loads_both_text_encoders_exactly(sdxl_file: SdxlFile) -> None:
+    """diffusers tells SDXL's two encoders apart by width; each must get its own weights (with
+    encoders of one width the second would be filled from CLIP-L's keys)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    assert checkpoint_layout(sdxl_file.checkpoint).version == "sdxl"
+    pipe = load_pipeline(sdxl_file.checkpoint, torch.float32, config=sdxl_file.config)
+    assert isinstance(pipe, StableDiffusionXLPipeline)
+    reference = StableDiffusionXLPipeline.from_pretrained(sdxl_file.folder, local_files_only=True)
+    assert reference.text_encoder.config.hidden_size != reference.text_encoder_2.config.hidden_size
+    for part in ("text_encoder", "text_encoder_2", "unet", "vae"):
+        expected = getattr(reference, part).state_dict()
+        loaded = getattr(pipe, part).state_dict()
+        assert loaded.keys() == expected.keys(), part
+        for key, tensor in expected.items():
+            assert torch.equal(loaded[key], tensor), (part, key)
+    assert pipe.tokenizer_2.pad_token == "!"  # SDXL's second tokenizer, not a copy of the first
+
+
+def test_an_sdxl_single_file_generates_a_64_px_image(sdxl_file: SdxlFile) -> None:
+    generator = DiffusersGenerator(str(sdxl_file.checkpoint), "cpu", config=sdxl_file.config)
+    with generator:
+        image = generator.generate(GenerationRequest("zkchar", steps=2, width=64, height=64))
+    assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "dropped", ["transformer.resblocks.1.attn.in_proj_weight", "text_projection"]
+)
+def test_an_sdxl_file_with_a_torn_second_encoder_is_refused_in_one_line(
+    sdxl_file: SdxlFile, dropped: str, tmp_path: Path
+) -> None:
+    state = load_file(sdxl_file.checkpoint)
+    del state[SDXL_OPEN_CLIP + dropped]
+    torn = tmp_path / "torn-second-encoder.safetensors"
+    save_file(state, torn)
+    message = _generation_error(torn, sdxl_file.config)
+    assert str(torn) in message and "is incomplete" in message, message
+    assert "weights of its text_encoder_2 are missing" in message, message
