@@ -37,11 +37,11 @@ class ApprovedSet:
 
 
 def _read_set(session: Session, character_id: int, slug: str) -> ApprovedSet:
-    approved = queries.approved_images(session, character_id)
+    approved = queries.approved_pairs(session, character_id)
     return ApprovedSet(
         slug=slug,
         approved=len(approved),
-        version=dataset_fingerprint(slug, [(i.id, i.sha256) for i in approved]),
+        version=dataset_fingerprint(slug, approved),
         trained=False,  # asked for every character at once, see `advance`
         last_review=queries.last_review_at(session, character_id),
     )

@@ -236,9 +236,11 @@ def generation_request_sensor(
     by_character: dict[str, list[int]] = defaultdict(list)
     with registry.get().session(readonly=True) as session:
         jobs = queries.pending_jobs_after(session, last_id, JOBS_PER_TICK)
-        for job in jobs:
-            if is_request(job):
-                by_character[session.get(Character, job.character_id).slug].append(job.id)
+        slugs: dict[int, str] = {}  # one lookup per character, not per job
+        for job in filter(is_request, jobs):
+            if job.character_id not in slugs:
+                slugs[job.character_id] = session.get(Character, job.character_id).slug
+            by_character[slugs[job.character_id]].append(job.id)
         cursor = str(max([last_id] + [job.id for job in jobs]))
     runs = _generation_runs(by_character, "generate", "job_ids")
     return _result(context, runs, cursor, "no new generation requests")

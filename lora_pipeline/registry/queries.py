@@ -90,6 +90,17 @@ def approved_images(session: Session, character_id: int) -> list[Image]:
     return list(session.scalars(query))
 
 
+def approved_pairs(session: Session, character_id: int) -> list[tuple[int, str]]:
+    """(id, sha256) of the character's approved images, by id: what its dataset version hash
+    is made of, without loading the rows."""
+    query = (
+        select(Image.id, Image.sha256)
+        .where(Image.character_id == character_id, Image.status == "approved")
+        .order_by(Image.id)
+    )
+    return [(row.id, row.sha256) for row in session.execute(query)]
+
+
 def pending_images(
     session: Session,
     project_slug: str | None = None,
@@ -237,12 +248,17 @@ def last_decision_at(session: Session) -> datetime | None:
 
 def decisions_since(session: Session, since: datetime | None) -> dict[int, datetime]:
     """Character id -> its newest decision at or after `since` (None: ever), for the
-    characters with one: the training sensor recomputes only these."""
-    query = select(Image.character_id, func.max(Image.reviewed_at)).where(
+    characters with one: the training sensor recomputes only these. The rows are grouped
+    here, not by the database: SQLite would answer a GROUP BY by scanning the whole
+    (character_id, reviewed_at) index instead of searching the reviewed_at one."""
+    query = select(Image.character_id, Image.reviewed_at).where(
         Image.reviewed_at.is_not(None) if since is None else Image.reviewed_at >= since
     )
-    rows = session.execute(query.group_by(Image.character_id)).tuples()
-    return dict(rows.all())
+    newest: dict[int, datetime] = {}
+    for character_id, reviewed_at in session.execute(query).tuples():
+        if character_id not in newest or reviewed_at > newest[character_id]:
+            newest[character_id] = reviewed_at
+    return newest
 
 
 # Bound parameters per IN list, well under SQLite's and PostgreSQL's limits.

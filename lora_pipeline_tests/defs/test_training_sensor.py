@@ -281,13 +281,13 @@ def test_a_tick_reads_again_only_the_characters_decided_on(
     approve(registry, 1, slug="kenji")
     cursor = evaluate(registry, instance).cursor
     read: list[int] = []
-    real = approved_sets.queries.approved_images
+    real = approved_sets.queries.approved_pairs
 
     def counted(session, character_id):
         read.append(character_id)
         return real(session, character_id)
 
-    monkeypatch.setattr(approved_sets.queries, "approved_images", counted)
+    monkeypatch.setattr(approved_sets.queries, "approved_pairs", counted)
     approve(registry, 1, start=1, slug="kenji")
     result = evaluate(registry, instance, cursor)
     with registry.session() as session:
