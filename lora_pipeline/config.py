@@ -118,6 +118,16 @@ class Settings(BaseSettings):
         Path(), description="where the per-device GPU locks live; local to each host, never on a "
         "shared mount"
     )
+    # --- executing steps (README "Production mode") ---
+    executor: Literal["multiprocess", "in_process", "celery"] = Field(
+        "multiprocess", description="how a run executes its steps: `multiprocess` (each step in "
+        "a child process of the run), `in_process`, or `celery` (steps go to `lora-pipeline "
+        "worker`s through the broker: GPU steps to the `gpu` queue, the rest to `cpu`)"
+    )
+    broker_url: str = Field(
+        "pyamqp://guest@127.0.0.1:5672//", description="the Celery broker of the `celery` "
+        "executor and of `lora-pipeline worker` (RabbitMQ `pyamqp://…` or Redis `redis://…`)"
+    )
     # --- models ---
     base_model: str | None = Field(
         None, description="a diffusers folder, a single-file `.safetensors` checkpoint, or a hub "
@@ -367,7 +377,7 @@ class Settings(BaseSettings):
             return tuple(t.strip() for t in value.split(",") if t.strip()) or None
         return value
 
-    @field_validator("resolution_gate", mode="before")
+    @field_validator("resolution_gate", "executor", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from lora_pipeline.config import Settings
 from lora_pipeline.defs import dataset, evaluation, generation, ingest, training
+from lora_pipeline.defs.executor import chosen_executor
 from lora_pipeline.defs.jobs import ingest_job, regenerate_job, training_job
 from lora_pipeline.defs.resources import DataRootResource, ModelsResource, RegistryResource
 from lora_pipeline.defs.schedules import (
@@ -55,4 +57,6 @@ defs = Definitions(
     ],
     schedules=[stuck_jobs_schedule, nightly_quality_schedule],
     resources=build_resources(),
+    # LORA_PIPELINE_EXECUTOR: the run's steps in its own processes, or on celery workers.
+    executor=chosen_executor(Settings.current()),
 )

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from dagster import AssetExecutionContext, MetadataValue
 
+from lora_pipeline.defs.executor import CELERY_QUEUE_TAG, GPU_QUEUE
 from lora_pipeline.defs.resources import ModelsResource
 from lora_pipeline.gpu_lock import GpuLease, Priority
 from lora_pipeline.model_runtime import release_gpu_models
@@ -25,8 +26,9 @@ STEP_PRIORITY: dict[Priority, int] = {"interactive": 10, "batch": -10}
 
 
 def gpu_op_tags(priority: Priority) -> dict[str, str]:
-    """The op tags of a GPU asset of this priority."""
-    return {PRIORITY_TAG: str(STEP_PRIORITY[priority])}
+    """The op tags of a GPU asset of this priority; under the celery executor the step goes to
+    the GPU queue (defs/executor.py), other executors ignore that tag."""
+    return {PRIORITY_TAG: str(STEP_PRIORITY[priority]), CELERY_QUEUE_TAG: GPU_QUEUE}
 
 
 # The run tag dagster.yaml's run queue limits (tag_concurrency_limits): batch GPU runs may not
