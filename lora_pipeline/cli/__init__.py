@@ -12,7 +12,17 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from lora_pipeline.cli import clusters, home, ingest, profiles, projects, releases, review, runs
+from lora_pipeline.cli import (
+    clusters,
+    deploy,
+    home,
+    ingest,
+    profiles,
+    projects,
+    releases,
+    review,
+    runs,
+)
 from lora_pipeline.cli.common import CliError
 from lora_pipeline.config import SettingsError, home_from_environment
 from lora_pipeline.errors import (
@@ -25,7 +35,7 @@ from lora_pipeline.errors import (
 )
 from lora_pipeline.registry.errors import RegistryError
 
-COMMAND_GROUPS = (home, projects, profiles, ingest, review, runs, releases, clusters)
+COMMAND_GROUPS = (home, projects, profiles, ingest, review, runs, releases, clusters, deploy)
 ERROR_LOG = "cli.log"
 
 
