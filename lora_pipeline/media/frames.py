@@ -4,7 +4,10 @@
     for ingested in store_unique_frames(frames, root, stats, FrameFilters()): ...
 
 Each step pulls one frame at a time, so memory stays flat however long the video is. Frames
-are judged before they are encoded: a dropped frame costs a 32x32 thumbnail, not a PNG.
+are judged before they are encoded: a dropped frame costs a 32x32 thumbnail, not a PNG. The
+frames kept are encoded, hashed and written by a few threads while the next ones are decoded and
+judged (PNG encoding is most of an ingest's time, and PIL, zlib, hashlib and file writes release
+the GIL); they come out in stream order, at most a few frames ahead.
 
 The judging is a chain of filters in the style of waifuc's actions: each `FrameFilter` is a
 small object over the stream, with a name and its own counters of what it kept and dropped,
@@ -16,7 +19,10 @@ counters reach the source's stats and the ingest metadata under its name.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar
@@ -40,6 +46,17 @@ from lora_pipeline.media.video import VideoFrame
 DEFAULT_STATIC_THRESHOLD = 0.01
 # Smaller frames make poor training images (SD1.5 trains at 512).
 DEFAULT_MIN_SIDE = 128
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# Threads storing kept frames: one per core the process may use (ffmpeg decodes on the same
+# cores), a few at most, since each holds a frame.
+STORE_WORKERS = max(1, min(4, _usable_cores()))
 
 
 @dataclass(frozen=True)
@@ -325,24 +342,52 @@ def store_unique_frames(
     stats: FrameStats,
     filters: FrameFilters | None = None,
     known: HashIndex | None = None,
+    workers: int = STORE_WORKERS,
 ) -> Iterator[IngestedFrame]:
-    """Store each frame that passes the filters in the data root and yield it.
+    """Store each frame that passes the filters in the data root and yield it, in stream order.
 
     `known` holds the perceptual hashes of images the frames must not repeat (the character's
     dataset); the near-duplicate filter adds the kept frames to it. A frame already in the root
-    from an earlier run is still yielded: it is new to this stream.
+    from an earlier run is still yielded: it is new to this stream. `workers` threads store
+    frames while the stream goes on. When the stream fails part way (a truncated video), the
+    frames it gave before are still stored and yielded, then its error is raised.
     """
     chain = build_filters(filters or FrameFilters(), known if known is not None else HashIndex())
     stream: Iterator[Candidate] = _candidates(frames, stats)
     for frame_filter in chain:
         stream = frame_filter(stream, stats.counts(frame_filter.name))
-    for candidate in stream:
-        for frame_filter in chain:
-            frame_filter.remember(candidate)
-        stored = root.put_image(candidate.image)
-        stats.kept += 1
-        frame = candidate.frame
-        yield IngestedFrame(frame.index, frame.timestamp_s, stored, candidate.phash)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store-frame") as pool:
+        pending: deque[tuple[VideoFrame, int, Future[StoredImage]]] = deque()
+        try:
+            while True:
+                try:
+                    candidate = next(stream)
+                except StopIteration:
+                    break
+                except Exception:
+                    # The frames decoded before the damage are kept, as they were taken.
+                    while pending:
+                        yield _stored(pending.popleft(), stats)
+                    raise
+                for frame_filter in chain:
+                    frame_filter.remember(candidate)
+                stored = pool.submit(root.put_image, candidate.image)
+                pending.append((candidate.frame, candidate.phash, stored))
+                # A few frames ahead keep every thread busy; more would only hold memory.
+                if len(pending) > workers + 1:
+                    yield _stored(pending.popleft(), stats)
+            while pending:
+                yield _stored(pending.popleft(), stats)
+        finally:
+            # Closed early or failed storing: frames not started are not written at all.
+            pool.shutdown(cancel_futures=True)
+
+
+def _stored(entry: tuple[VideoFrame, int, Future[StoredImage]], stats: FrameStats) -> IngestedFrame:
+    frame, phash, future = entry
+    stored = future.result()
+    stats.kept += 1
+    return IngestedFrame(frame.index, frame.timestamp_s, stored, phash)
 
 
 def _candidates(frames: Iterable[VideoFrame], stats: FrameStats) -> Iterator[Candidate]:

@@ -12,7 +12,6 @@ left `running` by a run that died (kill -9, lost worker) is found and failed lat
 
 from __future__ import annotations
 
-import itertools
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -251,27 +250,52 @@ def _record_frames(
     outcome: SourceOutcome,
     log: Log,
 ) -> None:
+    """Record the frames FRAMES_PER_COMMIT to a transaction. When the stream fails part way,
+    the frames it gave (each one stored before it is given) are recorded before the error goes
+    on, so the source's kept count is the frames it has."""
     last_report = time.monotonic()
-    while chunk := list(itertools.islice(frames, FRAMES_PER_COMMIT)):
-        with registry.session() as session:
-            for frame in chunk:
-                row, _ = commands.add_frame(
-                    session,
-                    source_id,
-                    frame.stored.sha256,
-                    frame.stored.relpath,
-                    frame.index,
-                    frame.timestamp_s,
-                    frame.stored.width,
-                    frame.stored.height,
-                    phash=hash_to_hex(frame.phash),
-                    generation_params=opened.generation_params,
-                )
-                outcome.frame_ids.append(row.id)
-        if time.monotonic() - last_report >= PROGRESS_EVERY_S:
-            last_report = time.monotonic()
-            stats = outcome.stats
-            log(f"source {source_id}: {stats.seen} frames seen, {stats.kept} kept so far")
+    batch: list[IngestedFrame] = []
+    try:
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) < FRAMES_PER_COMMIT:
+                continue
+            full, batch = batch, []
+            _add_frames(registry, source_id, full, opened, outcome)
+            if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                stats = outcome.stats
+                log(f"source {source_id}: {stats.seen} frames seen, {stats.kept} kept so far")
+    except Exception:
+        _add_frames(registry, source_id, batch, opened, outcome)
+        raise
+    _add_frames(registry, source_id, batch, opened, outcome)
+
+
+def _add_frames(
+    registry: Registry,
+    source_id: int,
+    frames: list[IngestedFrame],
+    opened: _Opened,
+    outcome: SourceOutcome,
+) -> None:
+    if not frames:
+        return
+    with registry.session() as session:
+        for frame in frames:
+            row, _ = commands.add_frame(
+                session,
+                source_id,
+                frame.stored.sha256,
+                frame.stored.relpath,
+                frame.index,
+                frame.timestamp_s,
+                frame.stored.width,
+                frame.stored.height,
+                phash=hash_to_hex(frame.phash),
+                generation_params=opened.generation_params,
+            )
+            outcome.frame_ids.append(row.id)
 
 
 def _log_summary(source_id: int, outcome: SourceOutcome, log: Log) -> None:

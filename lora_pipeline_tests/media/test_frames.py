@@ -60,7 +60,9 @@ def test_frame_already_in_store_is_still_yielded(tmp_path: Path) -> None:
     assert (stats.seen, stats.kept, stats.duplicates) == (1, 1, 0)
 
 
-def test_stream_is_lazy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_stream_is_lazy(tmp_path: Path, workers: int) -> None:
+    """Frames are stored a few ahead of the reader, never the whole stream at once."""
     root = DataRoot(tmp_path / "data")
     pulled: list[int] = []
 
@@ -69,10 +71,14 @@ def test_stream_is_lazy(tmp_path: Path) -> None:
             pulled.append(index)
             yield _pattern(index, seed=index)
 
-    stream = store_unique_frames(source(), root, FrameStats())
-    next(stream)
-    next(stream)
-    assert pulled == [0, 1]
+    stream = store_unique_frames(source(), root, FrameStats(), workers=workers)
+    assert next(stream).index == 0
+    assert next(stream).index == 1
+    assert 2 < len(pulled) <= 2 + workers + 2
+    stream.close()
+    # Closing waits for the writes under way: no half-written temporary file is left behind.
+    assert not list(root.path("images").rglob("*.tmp"))
+    assert len(pulled) <= 2 + workers + 2
 
 
 def test_static_shot_gives_one_frame(tmp_path: Path) -> None:
@@ -244,3 +250,39 @@ def test_each_frame_is_counted_once_and_stats_add_up() -> None:
     assert (first.seen, first.kept, first.static, first.odd_index) == (5, 3, 2, 1)
     with pytest.raises(AttributeError):
         _ = first.no_such_filter
+
+
+def test_frames_stored_by_several_threads_come_out_as_one_thread_stores_them(
+    tmp_path: Path,
+) -> None:
+    frames = [_pattern(index, seed=index % 7) for index in range(20)]  # repeats: 7 distinct
+    results = {}
+    for workers in (1, 4):
+        stats = FrameStats()
+        root = DataRoot(tmp_path / f"data{workers}")
+        kept = list(store_unique_frames(frames, root, stats, EXACT, workers=workers))
+        results[workers] = ([(f.index, f.stored.sha256, f.phash) for f in kept], stats.as_dict())
+    assert results[4] == results[1]
+    assert [index for index, _, _ in results[4][0]] == list(range(7))
+    shas = [sha for _, sha, _ in results[4][0]]
+    assert shas == [image_sha256(frame.image) for frame in frames[:7]]
+
+
+def test_a_stream_failing_part_way_gives_its_earlier_frames_then_the_error(
+    tmp_path: Path,
+) -> None:
+    root = DataRoot(tmp_path / "data")
+
+    def source():
+        for index in range(5):
+            yield _pattern(index, seed=index)
+        raise OSError("decoder died")
+
+    stats = FrameStats()
+    given: list[IngestedFrame] = []
+    with pytest.raises(OSError, match="decoder died"):
+        for frame in store_unique_frames(source(), root, stats, EXACT, workers=3):
+            given.append(frame)
+    assert [frame.index for frame in given] == [0, 1, 2, 3, 4]
+    assert (stats.seen, stats.kept) == (5, 5)
+    assert all(root.path(frame.stored.relpath).is_file() for frame in given)

@@ -11,7 +11,7 @@ from PIL import Image
 from lora_pipeline.media.frames import FrameFilters
 from lora_pipeline.media.ingest import IngestOptions, ingest_source
 from lora_pipeline.media.phash import hash_from_hex
-from lora_pipeline.media.store import DataRoot
+from lora_pipeline.media.store import DataRoot, sha256_file
 from lora_pipeline.media.uploads import store_upload
 from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry
@@ -116,6 +116,53 @@ def test_truncated_video_fails_with_the_reason(
     # Frames before the damage were kept: the failure is reported, the work is not lost.
     source = _state(registry, source_id)
     assert source.state == "failed" and source.stats["kept"] == outcome.stats.kept
+
+
+@pytest.mark.parametrize(
+    ("frames_given", "reason"),
+    [
+        (3.0, "ffmpeg failed (decoder died at frame 3)"),
+        (3.5, "ffmpeg stopped in the middle of a frame"),
+    ],
+)
+def test_an_ffmpeg_dying_mid_stream_fails_the_source_with_whole_frames_only(
+    registry: Registry,
+    root: DataRoot,
+    synthetic_video: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    frames_given: float,
+    reason: str,
+) -> None:
+    """ffmpeg gives a few frames, then dies: the source fails with the reason, the frames it
+    gave whole are registered with their files, and nothing else is."""
+    from lora_pipeline.media import video
+
+    real_command = video._extract_command
+    frame_bytes = 160 * 120 * 3
+    script = (
+        f'"$@" 2>/dev/null | head -c {int(frames_given * frame_bytes)}; '
+        'echo "decoder died at frame 3" >&2; exit 1'
+    )
+
+    def dying(*args: object) -> list[str]:
+        return ["/bin/sh", "-c", script, "sh", *real_command(*args)]
+
+    monkeypatch.setattr(video, "_extract_command", dying)
+    upload = store_upload(synthetic_video, root)
+    source_id = _source(registry, upload.kind, upload.relpath, fps=4.0, max_frames=100)
+    options = IngestOptions(filters=FrameFilters.exact_only())
+    outcome = ingest_source(registry, root, source_id, lambda _: None, options)
+    assert outcome.state == "failed" and reason in outcome.error
+    source = _state(registry, source_id)
+    assert source.state == "failed" and source.error == outcome.error
+    with registry.session() as session:
+        rows = queries.frames_of_source(session, source_id)
+    assert [row.frame_index for row in rows] == [0, 1, 2]
+    assert source.stats["seen"] == source.stats["kept"] == outcome.stats.kept == 3
+    for row in rows:
+        assert sha256_file(root.path(row.path)) == row.sha256
+    assert len(list(root.path("images").rglob("*.png"))) == 3
+    assert not list(root.path("images").rglob("*.tmp"))
 
 
 def test_small_frames_are_dropped_but_a_chosen_small_image_is_kept(
