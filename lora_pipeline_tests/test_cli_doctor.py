@@ -36,7 +36,8 @@ def test_doctor_fails_one_line_per_check(home, monkeypatch, capsys) -> None:
     assert lines["dagster"].startswith("FAIL")
     assert lines["broker"].startswith("FAIL") and "127.0.0.1:1" in lines["broker"]
     assert lines["workers"].startswith("FAIL")
-    assert captured.err.strip().splitlines() == ["error: 5 check(s) failed"]
+    assert lines["gpu"].startswith("FAIL")
+    assert captured.err.strip().splitlines() == ["error: 6 check(s) failed"]
 
 
 def test_worker_refuses_two_steps_at_once_on_a_gpu_queue(home, capsys) -> None:

@@ -84,7 +84,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 def _checks(current: Settings) -> list[Callable[[Settings], Check]]:
     checks = [_registry_check, _dagster_check]
     if current.executor == "celery":
-        checks += [_broker_check, _workers_check]
+        checks += [_broker_check, _workers_check, _gpu_pools_check]
     if current.comfyui_url:
         checks.append(_comfyui_check)
     checks += [_data_root_check, _loras_check, _disk_check]
@@ -152,6 +152,24 @@ def _workers_check(current: Settings) -> Check:
     problems += [f"{name} serves a GPU queue with concurrency ≠ 1" for name in too_wide]
     detail = "; ".join(problems + ([shown] if shown else ["no worker answered"]))
     return Check("workers", not problems, detail)
+
+
+def _gpu_pools_check(current: Settings) -> Check:
+    """The GPU pools are instance-wide: with fewer slots than GPU workers, hosts sit idle."""
+    from lora_pipeline.defs.instance import open_instance
+    from lora_pipeline.defs.partitions import GPU_POOLS
+    from lora_pipeline.defs.workers import is_gpu_queue, live_workers
+
+    gpu_workers = sum(any(map(is_gpu_queue, w.queues)) for w in live_workers(current))
+    with open_instance(current.dagster_home) as instance:
+        slots = {p: instance.event_log_storage.get_concurrency_info(p).slot_count
+                 for p in GPU_POOLS}
+    shown = ", ".join(f"{pool} {count}" for pool, count in slots.items())
+    short = [pool for pool, count in slots.items() if count < gpu_workers]
+    if short:
+        fix = f"`dagster instance concurrency set {short[0]} {gpu_workers}`"
+        return Check("gpu pools", False, f"{shown} slot(s) for {gpu_workers} GPU workers: {fix}")
+    return Check("gpu pools", True, f"{shown} slot(s) for {gpu_workers} GPU worker(s)")
 
 
 def _comfyui_check(current: Settings) -> Check:

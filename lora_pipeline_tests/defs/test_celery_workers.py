@@ -165,13 +165,14 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 
 def _allow_one_gpu_step_per_host(deployment: Deployment) -> None:
-    """The `gpu` pool is instance-wide: with two GPU hosts it takes two slots (README)."""
+    """The GPU pools are instance-wide: with two GPU hosts they take two slots (README)."""
     from dagster import DagsterInstance
 
-    from lora_pipeline.defs.partitions import GPU_POOL
+    from lora_pipeline.defs.partitions import GPU_POOLS
 
     with DagsterInstance.from_config(deployment.env["DAGSTER_HOME"]) as instance:
-        instance.event_log_storage.set_concurrency_slots(GPU_POOL, len(HOSTS))
+        for pool in GPU_POOLS:
+            instance.event_log_storage.set_concurrency_slots(pool, len(HOSTS))
 
 
 def test_two_partitions_at_once_land_one_per_host(deployment: Deployment) -> None:
@@ -184,6 +185,25 @@ def test_two_partitions_at_once_land_one_per_host(deployment: Deployment) -> Non
     # Both held their host's GPU at the same time: the second did not wait for the first.
     first, second = sorted(ends, key=lambda r: r["t"])
     assert second["t"] < first["end"], ends
+    _doctor_sees_both_hosts(deployment)
+
+
+def _doctor_sees_both_hosts(deployment: Deployment) -> None:
+    """`doctor` lists both workers at concurrency 1 and the pools' two slots. It fails on the
+    whole (this home has no registry; the test's queues are not `gpu` and `cpu`)."""
+    lora_pipeline = Path(sys.executable).with_name("lora-pipeline")
+    done = subprocess.run(
+        [str(lora_pipeline), "doctor"], env=deployment.env, cwd=REPO, capture_output=True,
+        text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = {line.split(maxsplit=2)[1]: line for line in done.stdout.splitlines()}
+    assert lines["broker"].startswith("ok"), done.stdout
+    for host in HOSTS:
+        queues = ", ".join(sorted([deployment.queue, f"{deployment.queue}-{host}"]))
+        assert f"{deployment.name(host)}@" in lines["workers"], done.stdout
+        assert f"[{queues}] x1" in lines["workers"], done.stdout
+    assert "gpu 2, gpu_interactive 2 slot(s)" in lines["gpu"], done.stdout
 
 
 def test_a_worker_killed_mid_step_hands_the_step_to_the_other_host(
