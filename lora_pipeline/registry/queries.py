@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -78,6 +79,19 @@ def image_counts(session: Session, character_id: int) -> dict[str, int]:
     ).tuples()
     for status, count in rows:
         counts[status] = count
+    return counts
+
+
+def image_counts_by_character(session: Session) -> dict[int, dict[str, int]]:
+    """character id -> number of its images per status (every status present), one query."""
+    counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(IMAGE_STATUSES, 0))
+    rows = session.execute(
+        select(Image.character_id, Image.status, func.count(Image.id)).group_by(
+            Image.character_id, Image.status
+        )
+    ).tuples()
+    for character_id, status, count in rows:
+        counts[character_id][status] = count
     return counts
 
 

@@ -6,7 +6,6 @@ Plain dataclasses, so the templates never touch a database session.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -24,7 +23,6 @@ from lora_pipeline.generation.service import VIDEO_SUFFIXES, request_settings
 from lora_pipeline.media.store import DataRoot, UnsafePathError
 from lora_pipeline.registry import commands, queries, suggestions
 from lora_pipeline.registry.models import (
-    IMAGE_STATUSES,
     Character,
     Eval,
     Feedback,
@@ -124,18 +122,6 @@ def _checkpoints(session: Session, base_model: str | None) -> dict[int, str]:
     return {pid: by_project.get(pid, fallback) for pid in projects}
 
 
-def _counts(session: Session) -> dict[int, dict[str, int]]:
-    counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(IMAGE_STATUSES, 0))
-    rows = session.execute(
-        select(Image.character_id, Image.status, func.count(Image.id)).group_by(
-            Image.character_id, Image.status
-        )
-    ).tuples()
-    for character_id, status, count in rows:
-        counts[character_id][status] = count
-    return counts
-
-
 def _latest_releases(session: Session) -> dict[int, ReleaseView]:
     latest: dict[int, ReleaseView] = {}
     for row in session.scalars(select(LoraRelease).order_by(LoraRelease.id)):
@@ -145,7 +131,7 @@ def _latest_releases(session: Session) -> dict[int, ReleaseView]:
 
 def characters(session: Session, base_model: str | None) -> list[CharacterView]:
     checkpoints = _checkpoints(session, base_model)
-    counts = _counts(session)
+    counts = queries.image_counts_by_character(session)
     releases = _latest_releases(session)
     open_suggestions = suggestions.open_suggestions(session)
     views = []

@@ -17,19 +17,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lora_pipeline.config import Settings
 from lora_pipeline.dataset.quality import MIN_APPROVED_IMAGES
 from lora_pipeline.media.store import DataRoot, UnsafePathError
+from lora_pipeline.registry import queries
 from lora_pipeline.registry.models import (
+    IMAGE_STATUSES,
     Character,
     DatasetVersion,
     Eval,
     Feedback,
     GenerationJob,
-    Image,
     LoraRelease,
 )
 from lora_pipeline.training.status import read_status, status_path
@@ -119,15 +120,8 @@ def character_states(
     for run in runs:
         if run.character and run.status in ACTIVE_RUN_STATUSES:
             active[run.character].append(run)
-    approved = dict(
-        session.execute(
-            select(Image.character_id, func.count(Image.id))
-            .where(Image.status == "approved")
-            .group_by(Image.character_id)
-        )
-        .tuples()
-        .all()
-    )
+    # The image counts too: a page opened before images came keeps its counts current.
+    image_counts = queries.image_counts_by_character(session)
     feedback: dict[int, list[Feedback]] = defaultdict(list)
     for row in session.scalars(
         select(Feedback).where(Feedback.regeneration_state.in_(("queued", "requested")))
@@ -204,7 +198,8 @@ def character_states(
                     run_url(settings, release.run_id),
                 )
             )
-        count = approved.get(character.id, 0)
+        counts = image_counts.get(character.id) or dict.fromkeys(IMAGE_STATUSES, 0)
+        count = counts["approved"]
         # A release trained on fewer images than are approved now is not the last word: more
         # were approved since, and the training sensor will train them.
         trained_on = (
@@ -216,6 +211,7 @@ def character_states(
         states[character.slug] = {
             "label": _label(count, training, None if stale else release, verdict),
             "approved": count,
+            "counts": dict(counts),
             "lines": lines,
             "training": {k: v for k, v in training.items() if k != "line"} if training else None,
         }

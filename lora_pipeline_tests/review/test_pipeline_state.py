@@ -169,12 +169,19 @@ def test_the_characters_tab_follows_a_training_without_a_reload(
     sync_api = pytest.importorskip("playwright.sync_api")
     from lora_pipeline.review.app import background_server
 
-    approve_ten(studio)
     hold_gpu(studio, "run 0badc0de generated_images [kenji]")
     with background_server(studio.app) as url:
         page = browser.new_page()
         page.goto(f"{url}/")
         card = page.locator('[data-state-for="aiko"]')
+        section = page.locator("#character-aiko")
+        sync_api.expect(section.locator(".progress-text")).to_have_text("0 / 10 approved")
+        # Images approved after the page opened: its counts and progress follow.
+        approve_ten(studio)
+        studio.add_image("aiko", 11)
+        sync_api.expect(section.locator(".progress-text")).to_have_text("10 / 10 approved")
+        sync_api.expect(section.locator(".count-pending")).to_have_text("1 pending")
+        sync_api.expect(section.locator(".counts")).to_contain_text("11 — ")
         sync_api.expect(card.locator(".state-label")).to_have_text("ready for training")
         runs.append(FakeRun(RUN, "training_job", "aiko", "queued"))
         sync_api.expect(card.locator(".state-label")).to_have_text("training queued")

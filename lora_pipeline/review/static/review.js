@@ -665,9 +665,27 @@
   const POLL_MS = 2000;
   function boxes() { return document.querySelectorAll(".pipeline-state[data-state-for]"); }
   if (!boxes().length) return;
+  // A Characters card's image counts and progress towards a training, as the state says now.
+  function showCounts(card, state) {
+    const bar = card.querySelector("progress");
+    const needed = bar ? Number(bar.max) : 0;
+    if (bar) bar.value = Math.min(state.approved, needed);
+    const progress = card.querySelector(".progress-text");
+    if (progress) progress.textContent = `${state.approved} / ${needed} approved`;
+    let total = 0;
+    for (const [status, count] of Object.entries(state.counts)) {
+      total += count;
+      const span = card.querySelector(`.count-${status}`);
+      if (span) span.textContent = `${count} ${status}`;
+    }
+    const counts = card.querySelector(".counts");
+    if (counts && counts.firstChild) counts.firstChild.textContent = `${total} — `;
+  }
   function render(box, state) {
     const label = box.querySelector(".state-label");
     label.textContent = state ? state.label : "";
+    const card = box.closest("section.character");
+    if (card && state && state.counts) showCounts(card, state);
     const list = box.querySelector(".state-lines");
     list.replaceChildren();
     for (const line of (state ? state.lines : [])) {
