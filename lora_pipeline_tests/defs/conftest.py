@@ -18,7 +18,7 @@ from lora_pipeline_tests.defs.test_dagster_dev import _free_port, _wait_for_serv
 
 REPO = Path(__file__).resolve().parents[2]
 # A run starts a process that loads the code location and the model: allow for a slow machine.
-DEADLINE_S = 300
+DEADLINE_S = 480
 Found = TypeVar("Found")
 
 

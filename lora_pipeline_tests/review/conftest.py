@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from starlette.applications import Starlette
@@ -22,6 +28,9 @@ from lora_pipeline.registry.db import Registry
 from lora_pipeline.review.app import create_app
 from lora_pipeline.review.views.approve import REVIEWER_COOKIE
 
+REPO = Path(__file__).resolve().parents[2]
+# The review app's process imports the app and opens the registry: allow for a slow machine.
+APP_START_DEADLINE_S = 300.0
 BASE_URL = "http://127.0.0.1"
 # Debian's Chromium, which scripts/setup.sh installs, driven by Playwright.
 CHROMIUM = "/usr/bin/chromium"
@@ -143,16 +152,74 @@ def studio(tmp_path: Path) -> Iterator[Studio]:
         yield opened
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One Chromium per test module, for every page test of the review app."""
+@contextmanager
+def launch_chromium() -> Iterator[Any]:
+    """Chromium under Playwright (skips the test where either is missing)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; scripts/setup.sh does)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium per test module, for every page test of the review app."""
+    with launch_chromium() as launched:
         yield launched
-        launched.close()
+
+
+@contextmanager
+def review_app_process(log_path: Path) -> Iterator[tuple[str, int]]:
+    """`lora-pipeline review` in its own process, with this process's environment (home,
+    DAGSTER_HOME); yields its URL and pid once it answers, and stops it afterwards."""
+    port = _free_port()
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lora_pipeline.cli", "review", "--port", str(port)],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_it_answers(url, proc, log_path)
+        yield url, proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _wait_until_it_answers(url: str, proc: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + APP_START_DEADLINE_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the review app exited with {proc.returncode}: see {log_path}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the review app did not start within {APP_START_DEADLINE_S} s")
+        time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def named_context(browser: Any, **kwargs: Any) -> Any:

@@ -7,15 +7,9 @@ A ceiling on memory, never on time: the waits below are deadlines, not assertion
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +19,8 @@ import pytest
 
 from lora_pipeline.cli import main
 from lora_pipeline.media.images import MAX_IMAGE_PIXELS
+from lora_pipeline_tests.review.conftest import review_app_process
 
-REPO = Path(__file__).resolve().parents[2]
 SIDE = 7900
 UPLOADS = 6
 CEILING_BYTES = 1024**3
@@ -89,12 +83,6 @@ class RssSampler:
         self._thread.join()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
     """`lora-pipeline review` in its own process on a home with project demo / character
@@ -107,39 +95,8 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[st
     cast = (["init"], ["project", "add", "demo"], ["character", "add", "aiko", "--project", "demo"])
     for argv in cast:
         assert main(argv) == 0, argv
-    port = _free_port()
-    log = (tmp_path / "review.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lora_pipeline.cli", "review", "--port", str(port)],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the review app exited with {proc.returncode}: see {log.name}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the review app did not start within {DEADLINE_S} s")
-            time.sleep(0.2)
-        yield url, proc.pid
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    with review_app_process(tmp_path / "review.log") as served:
+        yield served
 
 
 def test_six_parallel_big_uploads_stay_under_1_gb(server: tuple[str, int], tmp_path: Path) -> None:
