@@ -21,6 +21,7 @@ from lora_pipeline.registry import commands, queries
 from lora_pipeline.registry.db import Registry, migrate
 from lora_pipeline.registry.models import Image
 from lora_pipeline.training.status import read_status, status_path
+from lora_pipeline_tests.defs.test_definitions import GPU_ASSETS
 from lora_pipeline_tests.generation.fake_comfyui import FakeComfyUI
 
 ALL_ASSETS = [asset.key.to_user_string() for asset in ASSETS]
@@ -74,15 +75,6 @@ def _materialised(instance: DagsterInstance, name: str) -> set[str]:
     return set(instance.get_materialized_partitions(AssetKey(name)))
 
 
-# The assets whose work holds the GPU (test_definitions: every asset that loads models).
-GPU_ASSETS = [
-    "classified_frames",
-    "generated_images",
-    "captions",
-    "shot_splits",
-    "trained_lora",
-    "eval_grid",
-]
 
 
 def test_whole_graph_for_one_character(studio, monkeypatch) -> None:
