@@ -24,6 +24,7 @@ from lora_pipeline.generation.local import (
 from lora_pipeline.generation.single_file import CheckpointError, checkpoint_layout
 from lora_pipeline.model_configs import build_config_folder
 from lora_pipeline.training.defaults import detect_base_model_version
+from lora_pipeline.training.kohya_format import read_kohya_lora
 from lora_pipeline.training.trainer import TrainingConfig, TrainingExample, train_lora
 from lora_pipeline_tests.training.single_file import (
     SDXL_OPEN_CLIP,
@@ -345,3 +346,18 @@ def test_an_sdxl_file_with_a_torn_second_encoder_is_refused_in_one_line(
     message = _generation_error(torn, sdxl_file.config)
     assert str(torn) in message and "is incomplete" in message, message
     assert "weights of its text_encoder_2 are missing" in message, message
+
+
+def test_an_sdxl_single_file_trains_both_text_encoders(
+    sdxl_file: SdxlFile, examples: list[TrainingExample], tmp_path: Path
+) -> None:
+    """The trainer loads the SDXL single file through the same loader as generation."""
+    config = TrainingConfig(
+        base_model=str(sdxl_file.checkpoint), max_steps=1, rank=4, alpha=4.0, device="cpu",
+        train_text_encoder=True, single_file_config=str(sdxl_file.config),
+    )  # fmt: skip
+    result = train_lora(config, examples, tmp_path / "xl.safetensors")
+    tensors, metadata = read_kohya_lora(result.path)
+    assert result.steps == 1 and metadata["ss_sd_model_name"] == sdxl_file.checkpoint.name
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert any(key.startswith("lora_te2_") for key in tensors)
