@@ -6,8 +6,8 @@ paeth filter on every row. Headline: `ingest_source` of the same video as an upl
 every frame kept (every filter off but exact duplicates, which content addressing would store
 once anyway), so it decodes, samples and writes the same frames, plus what an ingest adds
 (registry rows, provenance, content-addressed PNGs through atomic writes, perceptual hashes).
-The ingest's PNGs are Pillow's at zlib level 6 (images.PNG_COMPRESS_LEVEL) with its adaptive
-filter per row. The default filters' ingest is an extra figure. Each round starts from an
+The ingest's PNGs are the project's own writer's (images.encode_png): zlib level 6
+(images.PNG_COMPRESS_LEVEL) with the "up" filter on every row. The default filters' ingest is an extra figure. Each round starts from an
 empty data root and registry; the rounds alternate and the medians are kept. CPU seconds
 (ffmpeg's and this process's threads) are given too: on a shared machine they vary less than
 the wall clock. The generated video is cached under /tmp (it takes minutes).
@@ -153,7 +153,7 @@ def run() -> Result:
             "load_average_before": load_before,
             "load_average_after": _load(),
             "png_ffmpeg": "ffmpeg png encoder defaults: zlib level 6, paeth filter",
-            "png_ingest": f"Pillow, zlib level {PNG_COMPRESS_LEVEL}, adaptive filter",
+            "png_ingest": f"images.encode_png: zlib level {PNG_COMPRESS_LEVEL}, up filter",
             "store_threads": STORE_WORKERS,
             "frames_sampled": stats.seen,
             "frames_written_by_ffmpeg": int(frames_baseline),
