@@ -7,10 +7,11 @@ every frame kept (every filter off but exact duplicates, which content addressin
 once anyway), so it decodes, samples and writes the same frames, plus what an ingest adds
 (registry rows, provenance, content-addressed PNGs through atomic writes, perceptual hashes).
 The ingest's PNGs are the project's own writer's (images.encode_png): zlib level 6
-(images.PNG_COMPRESS_LEVEL) with the "up" filter on every row. The default filters' ingest is an extra figure. Each round starts from an
-empty data root and registry; the rounds alternate and the medians are kept. CPU seconds
-(ffmpeg's and this process's threads) are given too: on a shared machine they vary less than
-the wall clock. The generated video is cached under /tmp (it takes minutes).
+(images.PNG_COMPRESS_LEVEL) with the "up" filter on every row. The default filters' ingest is
+an extra figure. Each round starts from an empty data root and registry; the rounds alternate
+and the medians are kept. CPU seconds (ffmpeg's and this process's threads) are given too: on a
+shared machine they vary less than the wall clock. The generated video is cached under /tmp
+(it takes minutes).
 """
 
 from __future__ import annotations
