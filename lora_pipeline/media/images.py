@@ -31,6 +31,7 @@ PNG_COMPRESS_LEVEL = 6
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR_RGB = 2
 PNG_FILTER_NONE, PNG_FILTER_UP = 0, 2
+PNG_BAND_ROWS = 64  # rows filtered and compressed at a time
 _PNG_END = b"IEND\xaeB`\x82"
 
 
@@ -177,19 +178,33 @@ def encode_png(image: Image.Image) -> bytes:
     Written here rather than by Pillow, whose encoder tries every PNG filter on every row
     (half the time of an every-frame ingest) and cannot be told not to: each row is "up"
     filtered (the difference to the row above, which suits flat-coloured anime frames), then
-    zlib at PNG_COMPRESS_LEVEL. Pillow and every PNG reader decode it."""
+    zlib at PNG_COMPRESS_LEVEL. Pillow and every PNG reader decode it. The rows go through in
+    bands, so a huge upload costs a band's memory, not copies of the whole picture."""
     rgb = image if image.mode == "RGB" else to_rgb(image)
-    pixels = np.asarray(rgb, dtype=np.uint8)
-    height, width, _ = pixels.shape
-    rows = pixels.reshape(height, width * 3)
-    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
-    filtered[:, 0] = PNG_FILTER_UP
-    filtered[0, 0] = PNG_FILTER_NONE  # the first row has no row above
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG wants
+    width, height = rgb.size
+    compressor = zlib.compressobj(PNG_COMPRESS_LEVEL)
+    parts, above = [], None
+    for top in range(0, height, PNG_BAND_ROWS):
+        band = np.asarray(rgb.crop((0, top, width, min(top + PNG_BAND_ROWS, height))))
+        parts.append(compressor.compress(_up_filtered(band.reshape(len(band), width * 3), above)))
+        above = band[-1].reshape(width * 3)
+    parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, PNG_COLOUR_RGB, 0, 0, 0)
-    data = zlib.compress(filtered.tobytes(), PNG_COMPRESS_LEVEL)
-    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+    body = _chunk(b"IHDR", header) + _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
+    return PNG_SIGNATURE + body
+
+
+def _up_filtered(rows: np.ndarray, above: np.ndarray | None) -> bytes:
+    """PNG scanlines of these rows: filter byte, then each row minus the one above (mod 256);
+    the picture's first row has no row above and is left unfiltered."""
+    filtered = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = PNG_FILTER_UP
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    if above is None:
+        filtered[0, 0], filtered[0, 1:] = PNG_FILTER_NONE, rows[0]
+    else:
+        np.subtract(rows[0], above, out=filtered[0, 1:])
+    return filtered.tobytes()
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
